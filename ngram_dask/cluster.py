@@ -1,0 +1,140 @@
+"""Decide where the work runs: a LocalCluster on this machine, or a running scheduler.
+
+``get_client(cfg.cluster)`` is the only place that knows the difference; every stage
+just receives a ``distributed.Client``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from typing import Iterator
+
+from .config import ClusterConfig
+from .errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
+
+
+def _security(cfg: ClusterConfig):
+    parts = (cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    if not any(parts):
+        return None
+    if not all(parts):
+        raise ConfigError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=cfg.tls_ca,
+        tls_client_cert=cfg.tls_cert,
+        tls_client_key=cfg.tls_key,
+        tls_worker_cert=cfg.tls_cert,
+        tls_worker_key=cfg.tls_key,
+        tls_scheduler_cert=cfg.tls_cert,
+        tls_scheduler_key=cfg.tls_key,
+        require_encryption=True,
+    )
+
+
+def _dashboard_host(address: str) -> str:
+    return address.rsplit(":", 1)[0] if ":" in address else ""
+
+
+def _default_workers(threads_per_worker: int) -> int:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, threads_per_worker))
+
+
+def check_workers(client, expected_versions: dict[str, str]) -> None:
+    """Refuse a cluster whose workers run other versions of the packages that matter."""
+    got = client.run(_worker_versions)
+    if not got:
+        raise UserError(f"the scheduler at {client.scheduler.address} has no workers")
+    for worker, versions in got.items():
+        for name, want in expected_versions.items():
+            have = versions.get(name)
+            if have != want:
+                raise UserError(
+                    f"worker {worker} runs {name} {have}, this client runs {want}: "
+                    "install the same versions everywhere"
+                )
+
+
+def _worker_versions() -> dict[str, str]:
+    return package_versions()
+
+
+def package_versions() -> dict[str, str]:
+    import dask
+    import distributed
+    import duckdb
+    import numpy
+    import pyarrow
+
+    from . import __version__
+
+    return {
+        "ngram_dask": __version__,
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+        "duckdb": duckdb.__version__,
+        "numpy": numpy.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+@contextlib.contextmanager
+def get_client(cfg: ClusterConfig, announce=print) -> Iterator["distributed.Client"]:
+    """Yield a connected ``Client``; a LocalCluster started here is closed on exit."""
+    from distributed import Client, LocalCluster
+
+    security = _security(cfg)
+    if cfg.scheduler:
+        try:
+            client = Client(cfg.scheduler, security=security, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise UserError(f"cannot reach the Dask scheduler at {cfg.scheduler}: {exc}") from None
+        try:
+            check_workers(client, package_versions())
+            announce(f"attached to {cfg.scheduler}; dashboard: {client.dashboard_link}")
+            yield client
+        finally:
+            client.close()
+        return
+
+    if cfg.host not in _LOOPBACK or _dashboard_host(cfg.dashboard_address) not in _LOOPBACK:
+        warnings.warn(
+            "the LocalCluster listens beyond this machine "
+            f"(host={cfg.host!r}, dashboard={cfg.dashboard_address!r}); anyone who reaches it "
+            "can run code as this user unless TLS is configured",
+            stacklevel=2,
+        )
+    n_workers = cfg.n_workers or _default_workers(cfg.threads_per_worker)
+    with warnings.catch_warnings():
+        # A busy default dashboard port is not an error: Dask picks another and says which.
+        warnings.filterwarnings("ignore", message=".*Port .* is already in use.*")
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            host=cfg.host,
+            dashboard_address=cfg.dashboard_address,
+            processes=True,
+            silence_logs=logging.ERROR if not log.isEnabledFor(logging.DEBUG) else logging.INFO,
+            security=security,
+            protocol="tls://" if security else None,
+        )
+    try:
+        with Client(cluster, security=security) as client:
+            announce(
+                f"LocalCluster: {n_workers} worker(s) x {cfg.threads_per_worker} thread(s); "
+                f"dashboard: {client.dashboard_link}"
+            )
+            yield client
+    finally:
+        cluster.close()

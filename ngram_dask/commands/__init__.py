@@ -1,0 +1,1 @@
+"""Commands of the later stages; each module defines register(sub, ...)."""

@@ -1,0 +1,295 @@
+"""The build: explode (Dask bag over shards) -> aggregate (a task per chunk) -> load (client).
+
+Only this module and ``cluster`` know about Dask; the stages are plain functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import __version__
+from .aggregate import AggregateSettings, aggregate_chunk
+from .cluster import get_client, package_versions
+from .config import Config
+from .errors import BadInputError, UserError, WorkDirError
+from .explode import ExplodeSettings, explode_shard
+from .load import CatalogWriter, check_existing, writer_lock
+from .mds import ShardRef, list_shards, resolve_token_dtype
+from .schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
+from .storage import join, read_marker, write_marker
+
+Announce = Callable[[str], None]
+
+
+@dataclass
+class BuildReport:
+    shards: int = 0
+    samples: int = 0
+    tokens: int = 0
+    ngrams: dict[int, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    loaded_chunks: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    dashboard: str | None = None
+
+    @property
+    def did_nothing(self) -> bool:
+        return (self.skipped.get("explode", 0) == self.shards and self.loaded_chunks == 0
+                and self.skipped.get("aggregate_new", 0) == 0)
+
+
+class Progress:
+    """Console progress for one stage: a line at most every ``interval`` seconds, and at the end."""
+
+    def __init__(self, stage: str, total: int, unit: str, announce: Announce, interval: float = 2.0):
+        self.stage, self.total, self.unit, self.announce = stage, total, unit, announce
+        self.done, self.tokens, self.t0, self.last = 0, 0, time.perf_counter(), 0.0
+        self.interval = interval
+
+    def step(self, tokens: int = 0) -> None:
+        self.done += 1
+        self.tokens += tokens
+        now = time.perf_counter()
+        if self.done == self.total or now - self.last >= self.interval:
+            self.last = now
+            rate = f", {self.tokens / max(now - self.t0, 1e-9) / 1e6:.2f}M tokens/s" if self.tokens else ""
+            self.announce(f"  {self.stage}: {self.done}/{self.total} {self.unit}{rate}")
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def build_identity(cfg: Config) -> dict[str, str]:
+    return {
+        "input": cfg.input,
+        "chunks": str(cfg.build.chunks),
+        "ngrams": json.dumps(sorted(cfg.build.ngrams)),
+        "vocab_size": str(cfg.vocab_size),
+        "drop_eos": json.dumps(cfg.build.drop_eos),
+    }
+
+
+def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str) -> None:
+    """Refuse a work dir that holds intermediate results of another input or layout."""
+    manifest = {
+        **build_identity(cfg),
+        "token_dtype": token_dtype,
+        "shards": [[s.basename, s.samples, s.raw_bytes] for s in shards],
+    }
+    url = join(cfg.work_dir, "manifest.json")
+    try:
+        existing = read_marker(url)
+    except OSError as exc:
+        raise WorkDirError(f"cannot read work dir {cfg.work_dir}: {exc}") from None
+    if existing is None:
+        try:
+            write_marker(url, manifest)
+        except OSError as exc:
+            raise WorkDirError(f"cannot write to work dir {cfg.work_dir}: {exc}") from None
+        return
+    for key, value in manifest.items():
+        if existing.get(key) != value:
+            what = "the input shards" if key == "shards" else key
+            raise WorkDirError(
+                f"work dir {cfg.work_dir} holds results for different {what}; "
+                "use a fresh --work-dir (or delete this one)"
+            )
+
+
+def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
+    cfg.validate_build()
+    b = cfg.build
+    report = BuildReport()
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    shards = list_shards(cfg.input)
+    if not shards or sum(s.samples for s in shards) == 0:
+        raise BadInputError(f"input dataset {cfg.input} is empty: no samples in {len(shards)} shard(s)")
+    report.shards = len(shards)
+    token_dtype = resolve_token_dtype(b.token_dtype, cfg.input)
+    tokenizer = None
+    if "catalog" in b.steps:  # fail before hours of work, not after
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    identity = build_identity(cfg)
+    check_existing(cfg.db, identity)
+    _check_work_dir(cfg, shards, token_dtype)
+
+    xs = ExplodeSettings(
+        work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
+        vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
+        eos_id=b.eos_id, verify_hashes=b.verify_hashes,
+    )
+    ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
+                            threads=b.duckdb_threads)
+
+    with writer_lock(cfg.db), get_client(cfg.cluster, announce) as client:
+        report.dashboard = client.dashboard_link
+        perf = _performance_report(cfg)
+        with perf:
+            _run_explode(client, shards, xs, b.steps, announce, report)
+            if not {"aggregate", "load"} & set(b.steps):
+                return report
+            _run_aggregate_and_load(client, cfg, xs, ags, identity, started, announce, report, tokenizer)
+    return report
+
+
+def _performance_report(cfg: Config):
+    import contextlib
+
+    if not cfg.cluster.performance_report:
+        return contextlib.nullcontext()
+    from distributed import performance_report
+
+    return performance_report(filename=cfg.cluster.performance_report)
+
+
+def _gather_errors(future):
+    """Re-raise a task's user error as itself, so the client prints the same one line."""
+    try:
+        return future.result()
+    except UserError:
+        raise
+
+
+def _run_explode(client, shards, xs: ExplodeSettings, steps, announce, report: BuildReport) -> list[dict]:
+    import dask.bag as db
+    from distributed import as_completed
+
+    if "explode" not in steps:
+        stats = [read_marker(join(xs.work_dir, "explode", "_done", f"{s.name}.json")) for s in shards]
+        missing = [s.name for s, st in zip(shards, stats) if st is None]
+        if missing:
+            raise WorkDirError(f"shard {missing[0]} has not been exploded yet: run the explode step first")
+        report.skipped["explode"] = len(shards)
+        _tally(report, stats)
+        return stats
+
+    announce(f"explode: {len(shards)} shard(s) -> {xs.chunks} chunk(s), n = {', '.join(map(str, xs.ngrams))}")
+    bag = db.from_sequence(shards, partition_size=1).map(explode_shard, xs)
+    futures = client.compute(bag.to_delayed(), optimize_graph=False)
+    progress = Progress("explode", len(futures), "shards", announce)
+    stats: list[dict] = []
+    for fut in as_completed(futures):
+        part = _gather_errors(fut)
+        stats.extend(part)
+        progress.step(sum(p["tokens"] for p in part))
+    report.seconds["explode"] = progress.seconds
+    report.skipped["explode"] = sum(1 for s in stats if s.get("skipped"))
+    _tally(report, stats)
+    return stats
+
+
+def _tally(report: BuildReport, stats: list[dict]) -> None:
+    report.samples = sum(s["samples"] for s in stats)
+    report.tokens = sum(s["tokens"] for s in stats)
+    totals: dict[int, int] = {}
+    for s in stats:
+        for n, v in s["ngrams"].items():
+            totals[int(n)] = totals.get(int(n), 0) + int(v)
+    report.ngrams = totals
+
+
+def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: AggregateSettings,
+                            identity: dict, started: str, announce: Announce,
+                            report: BuildReport, tokenizer=None) -> None:
+    from distributed import as_completed
+
+    b = cfg.build
+    steps = set(b.steps)
+    if report.tokens == 0:
+        raise BadInputError(f"input dataset {cfg.input} is empty: its samples hold no tokens")
+    info = {
+        **identity,
+        "tool": TOOL,
+        "schema_version": str(SCHEMA_VERSION),
+        "ngram_dask_version": __version__,
+        "versions": package_versions(),
+        "shards": str(report.shards),
+        "samples": str(report.samples),
+        "tokens": str(report.tokens),
+        **{f"ngram_total_{n}": str(v) for n, v in report.ngrams.items()},
+        "token_dtype": xs.token_dtype,
+        "started_at": started,
+    }
+    writer = CatalogWriter(cfg.db, b.ngrams, cfg.vocab_size, b.chunks, info) if "load" in steps else None
+    try:
+        loaded = writer.loaded() if writer else set()
+        todo = [(n, c) for n in sorted(b.ngrams) for c in range(b.chunks) if (n, c) not in loaded]
+        announce(f"aggregate: {len(todo)} chunk(s) to do, {len(loaded)} already loaded")
+        if "aggregate" in steps:
+            futures = client.map(aggregate_chunk, [n for n, _ in todo], [c for _, c in todo],
+                                 s=ags, pure=False)
+        else:
+            futures = None
+        progress = Progress("aggregate+load" if writer else "aggregate", len(todo), "chunks", announce)
+        t0 = time.perf_counter()
+        new_aggregates = 0
+        if futures is not None:
+            results = (_gather_errors(f) for f in as_completed(futures))
+        else:
+            results = (_aggregated(cfg.work_dir, n, c) for n, c in todo)
+        for res in results:
+            new_aggregates += 0 if res.get("skipped") else 1
+            if writer and writer.append_chunk(res):
+                report.loaded_chunks += 1
+            progress.step()
+        report.skipped["aggregate_new"] = new_aggregates
+        report.seconds["aggregate+load"] = time.perf_counter() - t0
+        if writer:
+            if report.loaded_chunks:
+                writer.write_info({"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+            if tokenizer is not None:
+                _run_catalog(writer, cfg, tokenizer, announce, report)
+            for n in sorted(b.ngrams):
+                for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
+                    report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        if writer:
+            writer.close()
+
+
+def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announce,
+                 report: BuildReport) -> None:
+    from .catalog import build_catalog, catalog_tables
+    from .load import table_names
+
+    missing = set(catalog_tables(cfg.build.ngrams)) - table_names(writer.con)
+    if not report.loaded_chunks and not missing:
+        return  # counts unchanged: keep the top tables (and any scores on them)
+    t0 = time.perf_counter()
+    rows = build_catalog(writer.con, tokenizer, cfg.vocab_size, sorted(cfg.build.ngrams), cfg.catalog)
+    writer.write_info({"tokenizer": cfg.tokenizer})
+    report.seconds["catalog"] = time.perf_counter() - t0
+    announce(f"catalog: {', '.join(f'{t} {r:,} rows' for t, r in rows.items())}")
+
+
+def _aggregated(work_dir: str, n: int, c: int) -> dict:
+    from .aggregate import marker_url
+
+    res = read_marker(marker_url(work_dir, n, c))
+    if res is None:
+        raise WorkDirError(f"chunk {c} of n={n} has not been aggregated yet: run the aggregate step first")
+    return {**res, "skipped": True}
+
+
+def summary_lines(report: BuildReport) -> list[str]:
+    total = sum(report.seconds.values())
+    lines = ["", "summary:",
+             f"  shards {report.shards}, samples {report.samples:,}, tokens {report.tokens:,}"]
+    for stage, sec in report.seconds.items():
+        lines.append(f"  {stage:<15} {sec:8.2f} s")
+    if total:
+        lines.append(f"  {'total':<15} {total:8.2f} s  ({report.tokens / total / 1e6:.2f}M tokens/s)")
+    for table, rows in report.rows.items():
+        lines.append(f"  {table:<17} {rows:>14,} rows")
+    if report.did_nothing:
+        lines.append("  nothing to do: every shard was exploded and every chunk loaded already")
+    return lines

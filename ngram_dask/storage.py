@@ -1,0 +1,105 @@
+"""File-system edges: fsspec URLs, atomic writes, completion markers, SQL quoting.
+
+Work units (an exploded shard, an aggregated chunk) write their outputs under a
+temporary name and rename them into place, then write a ``_done`` marker last, in
+the style of datatrove: a rerun skips every unit whose marker exists, and a retried
+task simply overwrites its own deterministic file names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+
+import fsspec
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def get_fs(url: str):
+    """``(filesystem, path)`` for a local path or any fsspec URL."""
+    return fsspec.core.url_to_fs(url)
+
+
+def join(root: str, *parts: str) -> str:
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *parts])
+    return os.path.join(root, *parts)
+
+
+def _tmp_name(path: str) -> str:
+    head, tail = posixpath.split(path)
+    return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write_bytes(url: str, data: bytes) -> None:
+    fs, path = get_fs(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if is_local(url):
+        tmp = _tmp_name(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:  # one PUT is atomic on object stores
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_parquet(url: str, table, **kwargs) -> int:
+    """Write an Arrow table as Parquet under a temp name, then rename; returns bytes."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, **kwargs)
+    data = buf.getvalue()
+    atomic_write_bytes(url, data)
+    return len(data)
+
+
+def atomic_move_local(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(src, dst)
+
+
+def write_marker(url: str, info: dict) -> None:
+    atomic_write_bytes(url, json.dumps(info, sort_keys=True, indent=1).encode())
+
+
+def read_marker(url: str) -> dict | None:
+    fs, path = get_fs(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return None  # a torn marker counts as missing: the unit is redone
+
+
+def glob(url_pattern: str) -> list[str]:
+    fs, path = get_fs(url_pattern)
+    found = sorted(fs.glob(path))
+    if is_local(url_pattern):
+        return found
+    protocol = url_pattern.split("://", 1)[0]
+    return [f"{protocol}://{p}" for p in found]
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal: the one place a path enters SQL text (COPY TO takes no parameter)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
