@@ -1,0 +1,155 @@
+"""The torch-free MDS reader against datasets written by streaming's own MDSWriter."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ngram_dask.errors import BadInputError
+from ngram_dask.mds import list_shards, read_shard
+from helpers import write_mds, write_mds_subfolders
+
+
+def random_samples(seed: int, count: int = 30, max_len: int = 300, vocab: int = 65536):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, size=int(rng.integers(0, max_len))).tolist() for _ in range(count)]
+
+
+def read_all(root, **kw):
+    out = []
+    for ref in list_shards(str(root)):
+        s = read_shard(ref, **kw)
+        out += [s.tokens[a:b].tolist() for a, b in zip(s.offsets[:-1], s.offsets[1:])]
+    return out
+
+
+@pytest.mark.parametrize("compression", [None, "zstd:16", "gz", "br"])
+def test_reads_every_sample_in_order(tmp_path, compression):
+    samples = random_samples(1)
+    write_mds(tmp_path / "d", samples, compression=compression, size_limit=1 << 11, hashes=["sha1", "xxh64"])
+    assert len(list_shards(str(tmp_path / "d"))) > 3
+    assert read_all(tmp_path / "d", vocab_size=65536) == samples
+
+
+def test_other_columns_around_tokens(tmp_path):
+    samples = random_samples(2, count=20)
+    write_mds(tmp_path / "d", samples, extra_columns=True, size_limit=1 << 12)
+    assert read_all(tmp_path / "d") == samples
+
+
+def test_uint32_tokens(tmp_path):
+    samples = [[70000, 1, 2**32 - 1], [5]]
+    write_mds(tmp_path / "d", samples, dtype="<u4")
+    assert read_all(tmp_path / "d", token_dtype="uint32") == samples
+
+
+def test_agrees_with_streaming_dataset(tmp_path):
+    from streaming import StreamingDataset
+
+    samples = random_samples(3, count=25)
+    root = write_mds(tmp_path / "d", samples, size_limit=1 << 12)
+    ds = StreamingDataset(local=str(root), shuffle=False, batch_size=1)
+    theirs = [np.frombuffer(ds[i]["tokens"], "<u2").tolist() for i in range(len(ds))]
+    assert read_all(root) == theirs == samples
+
+
+def test_subfolders_with_merged_root_index(tmp_path):
+    parts = [random_samples(s, count=7) for s in range(4)]
+    root = write_mds_subfolders(tmp_path / "d", parts, size_limit=1 << 11)
+    refs = list_shards(str(root))
+    assert all("/" in r.basename for r in refs)
+    assert read_all(root) == [s for p in parts for s in p]
+
+
+def test_subfolders_without_root_index(tmp_path):
+    parts = [random_samples(s, count=5) for s in range(3)]
+    for i, p in enumerate(parts):
+        write_mds(tmp_path / "d" / f"sub{i}", p)
+    assert read_all(tmp_path / "d") == [s for p in parts for s in p]
+
+
+def _one_shard(tmp_path, **kw):
+    root = write_mds(tmp_path / "d", [[1, 2, 3], [4, 5], [6]], **kw)
+    return root, list_shards(str(root))[0]
+
+
+def test_truncated_shard(tmp_path):
+    root, ref = _one_shard(tmp_path, compression=None)
+    path = root / ref.basename
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(BadInputError, match="truncated or corrupt"):
+        read_shard(ref)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic"])
+def test_corrupt_compressed_shard(tmp_path, damage):
+    # Without hashes in index.json a flipped byte inside zstd data can decode silently;
+    # damage the frame itself (what a broken copy or upload does) and it must be caught.
+    root, ref = _one_shard(tmp_path)
+    path = root / ref.basename
+    data = bytearray(path.read_bytes())
+    data = data[: len(data) // 2] if damage == "truncate" else b"\x00\x01\x02\x03" + data[4:]
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInputError, match="cannot be decompressed"):
+        read_shard(ref, verify_hashes=False)
+
+
+def test_hash_mismatch(tmp_path):
+    root, ref = _one_shard(tmp_path, hashes=["sha1"])
+    path = root / ref.basename
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInputError, match="sha1 hash .* does not match"):
+        read_shard(ref)
+
+
+def test_odd_byte_length_names_the_sample(tmp_path):
+    from streaming import MDSWriter
+
+    with MDSWriter(out=str(tmp_path / "d"), columns={"tokens": "bytes"}) as w:
+        w.write({"tokens": b"\x01\x00\x02\x00"})
+        w.write({"tokens": b"\x01\x00\x02"})
+    ref = list_shards(str(tmp_path / "d"))[0]
+    with pytest.raises(BadInputError, match=r"sample 1: 'tokens' holds 3 bytes"):
+        read_shard(ref)
+
+
+def test_id_over_vocab_names_shard_and_sample(tmp_path):
+    root = write_mds(tmp_path / "d", [[1, 2], [3, 50432, 4]])
+    ref = list_shards(str(root))[0]
+    with pytest.raises(BadInputError, match=r"sample 1: token id 50432 at position 1 is >= vocab_size 50432"):
+        read_shard(ref, vocab_size=50432)
+
+
+def test_missing_and_invalid_index(tmp_path):
+    with pytest.raises(BadInputError, match="not found"):
+        list_shards(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="no index.json"):
+        list_shards(str(tmp_path / "empty"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "index.json").write_text("{not json")
+    with pytest.raises(BadInputError, match="not valid JSON"):
+        list_shards(str(tmp_path / "bad"))
+    (tmp_path / "bad" / "index.json").write_text(json.dumps({"version": 2}))
+    with pytest.raises(BadInputError, match="no 'shards' list"):
+        list_shards(str(tmp_path / "bad"))
+
+
+def test_missing_tokens_column(tmp_path):
+    from streaming import MDSWriter
+
+    with MDSWriter(out=str(tmp_path / "d"), columns={"text": "str"}) as w:
+        w.write({"text": "hello"})
+    with pytest.raises(BadInputError, match="no 'tokens' column"):
+        list_shards(str(tmp_path / "d"))
+
+
+def test_missing_shard_file(tmp_path):
+    root, ref = _one_shard(tmp_path)
+    (root / ref.basename).unlink()
+    with pytest.raises(BadInputError, match="shard file missing"):
+        read_shard(ref)
