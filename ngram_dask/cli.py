@@ -38,6 +38,10 @@ BUILD_FLAGS = {
     "--steps": "build.steps",
     "--token-dtype": "build.token_dtype",
 }
+STORAGE_FLAGS = {
+    "--s3-endpoint-url": "storage.s3_endpoint_url",
+    "--s3-region": "storage.s3_region",
+}
 BOOL_FLAGS = {
     "--drop-eos": "build.drop_eos",
 }
@@ -121,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _add(p, BUILD_FLAGS)
     _add_bools(p, BOOL_FLAGS)
+    _add(p, STORAGE_FLAGS)
     _add(p, CLUSTER_FLAGS)
     p.set_defaults(_run=cmd_build)
 

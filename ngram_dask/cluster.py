@@ -50,6 +50,34 @@ def _default_workers(threads_per_worker: int) -> int:
     return max(1, cores // max(1, threads_per_worker))
 
 
+def install_storage_options(client, options: dict) -> None:
+    """Apply storage options (S3 endpoint, region) here and on every worker, present and future."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    from .storage import apply_storage_options
+
+    apply_storage_options(options)
+    if not options:
+        return
+
+    class StorageOptions(WorkerPlugin):
+        name = "ngram-dask-storage-options"
+
+        def setup(self, worker):
+            apply_storage_options(options)
+
+    client.register_plugin(StorageOptions())
+
+
+def check_worker_access(client, input_url: str, work_dir: str) -> None:
+    """Every worker must read the input and write the work dir (shared storage), checked up front."""
+    from .storage import check_access
+
+    for worker, problem in client.run(check_access, input_url, work_dir).items():
+        if problem:
+            raise UserError(f"{problem} ({worker}); --input and --work-dir must be reachable by every worker")
+
+
 def check_workers(client, expected_versions: dict[str, str]) -> None:
     """Refuse a cluster whose workers run other versions of the packages that matter."""
     got = client.run(_worker_versions)

@@ -38,6 +38,15 @@ class ClusterConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Remote storage. Credentials come from the usual AWS settings (environment,
+    ~/.aws), never from here, so they cannot end up in logs or catalog_info."""
+
+    s3_endpoint_url: Optional[str] = None  # e.g. http://127.0.0.1:8333 for SeaweedFS / MinIO
+    s3_region: Optional[str] = None
+
+
+@dataclass
 class BuildConfig:
     """The n-gram build: explode -> aggregate -> load (-> catalog)."""
 
@@ -64,29 +73,39 @@ class CatalogConfig:
 
 @dataclass
 class ConvertConfig:
-    source: Optional[str] = None
-    out: Optional[str] = None
+    """Raw text -> tokenized MDS (`ngram-dask convert`); the tokenizer is the top-level key."""
+
+    source: Optional[str] = None  # hub dataset id (or hf:<id or folder>), or a path / fsspec glob
+    out: Optional[str] = None  # MDS root: one sub-dataset per source shard + a merged index.json
     text_field: str = "text"
     txt_mode: str = "file"  # "file": one document per .txt file; "line": one per line
     seq_len: int = 2048
-    wrap: bool = True
+    wrap: bool = True  # False: each document is cut on its own, no carry-over
     compression: Optional[str] = "zstd:16"
-    size_limit: str = "64MiB"
+    size_limit: str = "64MiB"  # per MDS shard file
     max_samples_per_shard: Optional[int] = None
     begin_shard: int = 0
-    end_shard: Optional[int] = None
+    end_shard: Optional[int] = None  # exclusive; None = all
     hf_split: str = "train"
+    hf_config: Optional[str] = None  # the hub dataset's configuration name, if it has several
+    bos_token: Optional[str] = None  # None = the tokenizer's bos_token; "" = none
+    eos_token: Optional[str] = None  # None = the tokenizer's eos_token; "" = none
+    invalid_utf8: str = "skip"  # "skip": count and report such documents; "error": stop
 
 
 @dataclass
 class ScoreConfig:
-    models: list[str] = field(default_factory=list)
+    """`score`: a p_<model> column per model on the top tables."""
+
+    models: list[str] = field(default_factory=list)  # 70m, 1.4b, ... or any local path / hub id
     tables: list[str] = field(default_factory=lambda: ["top_bigrams", "top_trigrams"])
-    device: str = "auto"  # auto / cpu / cuda
+    device: str = "auto"  # auto / cpu / cuda / cuda:N (resolved on each worker)
     dtype: str = "auto"  # auto = float16 on CUDA, float32 on CPU
-    batch_size: int = 1024
-    rows_per_task: int = 65536
-    force: bool = False
+    batch_size: int = 1024  # prompts per forward pass
+    batch_sizes: list[str] = field(default_factory=list)  # per-model overrides: ["12b=256", "./m=64"]
+    rows_per_task: int = 65536  # rows per Dask task
+    cpu_threads: Optional[int] = None  # torch threads per worker on CPU; None = (cores - 1) / workers on the host
+    force: bool = False  # rescore models already scored
 
 
 @dataclass
@@ -112,6 +131,7 @@ class Config:
     tokenizer: str = "EleutherAI/gpt-neox-20b"
     vocab_size: int = 50432  # Pythia pads GPT-NeoX's 50277 tokens to 50432
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)

@@ -124,12 +124,17 @@ def writer_lock(db_path: str) -> Iterator[None]:
 class CatalogWriter:
     """The single writer of the catalog database."""
 
-    def __init__(self, path: str, ngrams: list[int], vocab_size: int, chunks: int, info: dict):
+    def __init__(self, path: str, ngrams: list[int], vocab_size: int, chunks: int, info: dict,
+                 work_dir: str | None = None):
         self.path = path
         self.ngrams = list(ngrams)
         self.vocab_size = vocab_size
         self.chunks = chunks
         self.con = _connect(path, read_only=False)
+        if work_dir and "://" in work_dir and not work_dir.startswith("file://"):
+            from .storage import get_fs
+
+            self.con.register_filesystem(get_fs(work_dir)[0])  # chunk files live on remote storage
         # Tables and the build's identity appear together, so a database is never
         # left with ngram-dask tables but no catalog_info saying whose they are.
         self.con.execute("BEGIN TRANSACTION")
@@ -183,7 +188,7 @@ class CatalogWriter:
                 url = result["files"].get(kind)
                 if url:
                     c.execute(f"INSERT INTO {table} SELECT * FROM read_parquet(?, hive_partitioning = false)", [url])
-            _crash_hook(n, chunk)
+            _crash_hook("NGRAM_DASK_CRASH_IN_LOAD", n, chunk)
             c.execute(
                 f"INSERT INTO {LEDGER} VALUES (?, ?, ?, ?, now())",
                 [n, chunk, int(result["rows"]), int(result["prefix_rows"])],
@@ -194,11 +199,12 @@ class CatalogWriter:
         except BaseException:
             c.execute("ROLLBACK")
             raise
+        _crash_hook("NGRAM_DASK_CRASH_AFTER_LOAD", n, chunk)
         return True
 
 
-def _crash_hook(n: int, chunk: int) -> None:
-    """Tests kill the client inside a load transaction with NGRAM_DASK_CRASH_IN_LOAD=n:chunk."""
-    target = os.environ.get("NGRAM_DASK_CRASH_IN_LOAD")
-    if target and target == f"{n}:{chunk}":
+def _crash_hook(variable: str, n: int, chunk: int) -> None:
+    """Fault tests kill the client at a chosen chunk, inside its load transaction
+    (NGRAM_DASK_CRASH_IN_LOAD=n:chunk) or right after its commit (NGRAM_DASK_CRASH_AFTER_LOAD)."""
+    if os.environ.get(variable) == f"{n}:{chunk}":
         os._exit(86)

@@ -6,23 +6,27 @@ Only this module and ``cluster`` know about Dask; the stages are plain functions
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
+import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import __version__
 from .aggregate import AggregateSettings, aggregate_chunk
-from .cluster import get_client, package_versions
+from .cluster import check_worker_access, get_client, install_storage_options, package_versions
 from .config import Config
 from .errors import BadInputError, UserError, WorkDirError
 from .explode import ExplodeSettings, explode_shard
 from .load import CatalogWriter, check_existing, writer_lock
 from .mds import ShardRef, list_shards, resolve_token_dtype
 from .schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
-from .storage import join, read_marker, write_marker
+from .storage import join, read_marker, redact_url, storage_options, write_marker
 
 Announce = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Progress:
 
 def build_identity(cfg: Config) -> dict[str, str]:
     return {
-        "input": cfg.input,
+        "input": redact_url(cfg.input),
         "chunks": str(cfg.build.chunks),
         "ngrams": json.dumps(sorted(cfg.build.ngrams)),
         "vocab_size": str(cfg.vocab_size),
@@ -107,6 +111,10 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     b = cfg.build
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    options = storage_options(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
+    from .storage import apply_storage_options
+
+    apply_storage_options(options)
 
     shards = list_shards(cfg.input)
     if not shards or sum(s.samples for s in shards) == 0:
@@ -132,13 +140,25 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
 
     with writer_lock(cfg.db), get_client(cfg.cluster, announce) as client:
         report.dashboard = client.dashboard_link
+        install_storage_options(client, options)
+        check_worker_access(client, cfg.input, cfg.work_dir)
+        workers_at_start = set(client.scheduler_info()["workers"])
         perf = _performance_report(cfg)
         with perf:
             _run_explode(client, shards, xs, b.steps, announce, report)
             if not {"aggregate", "load"} & set(b.steps):
                 return report
             _run_aggregate_and_load(client, cfg, xs, ags, identity, started, announce, report, tokenizer)
+        _warn_lost_workers(client, workers_at_start, announce)
     return report
+
+
+def _warn_lost_workers(client, at_start: set, announce: Announce) -> None:
+    lost = at_start - set(client.scheduler_info()["workers"])
+    if lost:
+        log.warning("%d worker(s) left during the build (%s); Dask re-ran their tasks elsewhere",
+                    len(lost), ", ".join(sorted(lost)))
+        announce(f"warning: {len(lost)} worker(s) were lost during the build; their tasks were re-run")
 
 
 def _performance_report(cfg: Config):
@@ -151,12 +171,34 @@ def _performance_report(cfg: Config):
     return performance_report(filename=cfg.cluster.performance_report)
 
 
-def _gather_errors(future):
-    """Re-raise a task's user error as itself, so the client prints the same one line."""
+def _gather_errors(future, work_dir: str):
+    """A task's result; its user errors come back as themselves (one line on the client),
+    and a full disk in the work dir becomes a user error naming the path and the space."""
     try:
         return future.result()
-    except UserError:
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise WorkDirError(f"out of disk space in the work dir {work_dir}{_space_hint(work_dir)}; "
+                               "free space (or use a larger --work-dir) and rerun: finished work is kept") from None
         raise
+
+
+def _space_hint(work_dir: str) -> str:
+    """' (free X MiB, this build has written Y MiB so far, about Z MiB more needed)' for a local work dir."""
+    import shutil
+
+    from .storage import is_local, local_path
+
+    if not is_local(work_dir):
+        return ""
+    path = local_path(work_dir)
+    written = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    free = shutil.disk_usage(path).free
+    done = len(list(Path(path, "explode", "_done").glob("*.json")))
+    total = len(json.loads(Path(path, "manifest.json").read_text())["shards"])
+    needed = written / max(done, 1) * total * 1.5 - written  # aggregate output ~ half of explode's
+    return (f" (free {free / 2**20:.1f} MiB, written so far {written / 2**20:.1f} MiB, "
+            f"about {max(needed, 0) / 2**20:.1f} MiB more needed)")
 
 
 def _run_explode(client, shards, xs: ExplodeSettings, steps, announce, report: BuildReport) -> list[dict]:
@@ -178,7 +220,7 @@ def _run_explode(client, shards, xs: ExplodeSettings, steps, announce, report: B
     progress = Progress("explode", len(futures), "shards", announce)
     stats: list[dict] = []
     for fut in as_completed(futures):
-        part = _gather_errors(fut)
+        part = _gather_errors(fut, xs.work_dir)
         stats.extend(part)
         progress.step(sum(p["tokens"] for p in part))
     report.seconds["explode"] = progress.seconds
@@ -219,7 +261,8 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
         "token_dtype": xs.token_dtype,
         "started_at": started,
     }
-    writer = CatalogWriter(cfg.db, b.ngrams, cfg.vocab_size, b.chunks, info) if "load" in steps else None
+    writer = (CatalogWriter(cfg.db, b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
+              if "load" in steps else None)
     try:
         loaded = writer.loaded() if writer else set()
         todo = [(n, c) for n in sorted(b.ngrams) for c in range(b.chunks) if (n, c) not in loaded]
@@ -233,7 +276,7 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
         t0 = time.perf_counter()
         new_aggregates = 0
         if futures is not None:
-            results = (_gather_errors(f) for f in as_completed(futures))
+            results = (_gather_errors(f, cfg.work_dir) for f in as_completed(futures))
         else:
             results = (_aggregated(cfg.work_dir, n, c) for n, c in todo)
         for res in results:

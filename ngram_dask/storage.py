@@ -103,3 +103,61 @@ def sql_string(value: str) -> str:
 
 def sql_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def storage_options(s3_endpoint_url: str | None = None, s3_region: str | None = None) -> dict:
+    """fsspec's per-protocol defaults for S3 (endpoint and region only: never credentials)."""
+    kwargs = {}
+    if s3_endpoint_url:
+        kwargs["endpoint_url"] = s3_endpoint_url
+    if s3_region:
+        kwargs["region_name"] = s3_region
+    return {"s3": {"client_kwargs": kwargs}} if kwargs else {}
+
+
+def apply_storage_options(options: dict) -> None:
+    """Make every later ``fsspec`` call in this process use ``options``."""
+    import fsspec.config
+
+    for protocol, conf in options.items():
+        merged = dict(fsspec.config.conf.get(protocol, {}))
+        for key, value in conf.items():
+            if isinstance(value, dict):
+                merged[key] = {**merged.get(key, {}), **value}
+            else:
+                merged[key] = value
+        fsspec.config.conf[protocol] = merged
+    if options:
+        fsspec.AbstractFileSystem.clear_instance_cache()
+
+
+def check_access(input_url: str, work_dir: str) -> str | None:
+    """Run on each worker before a build: can it read the input and write the work dir?"""
+    import socket
+
+    host = socket.gethostname()
+    try:
+        fs, path = get_fs(input_url)
+        if not fs.exists(path):
+            return f"worker on {host} cannot see the input {input_url}"
+    except Exception as exc:  # any backend error means the worker cannot use it
+        return f"worker on {host} cannot read the input {input_url}: {exc}"
+    probe = join(work_dir, f".probe-{host}-{uuid.uuid4().hex[:8]}")
+    try:
+        atomic_write_bytes(probe, b"ok")
+        fs, path = get_fs(probe)
+        fs.rm(path)
+    except Exception as exc:
+        return f"worker on {host} cannot write to the work dir {work_dir}: {exc}"
+    return None
+
+
+def redact_url(url: str | None) -> str | None:
+    """Drop ``user:password@`` from a URL before it is logged or recorded."""
+    if not url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, _, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}://{netloc}/{path}" if path or rest.endswith("/") else f"{scheme}://{netloc}"
