@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_verbose", 0) < 2:
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("huggingface_hub", "urllib3"):  # offline hub retries: the error line says it all
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args._run(args)
     except UserError as exc:

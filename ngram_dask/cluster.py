@@ -153,7 +153,7 @@ def get_client(cfg: ClusterConfig, announce=print) -> Iterator["distributed.Clie
             host=cfg.host,
             dashboard_address=cfg.dashboard_address,
             processes=True,
-            silence_logs=logging.ERROR if not log.isEnabledFor(logging.DEBUG) else logging.INFO,
+            silence_logs=logging.CRITICAL if not log.isEnabledFor(logging.INFO) else logging.INFO,
             security=security,
             protocol="tls://" if security else None,
         )

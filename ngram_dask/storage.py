@@ -8,6 +8,7 @@ task simply overwrites its own deterministic file names.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -46,11 +47,17 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     if is_local(url):
         tmp = _tmp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            # A full disk must not keep the half-written temp file: it holds the space a rerun needs.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     else:  # one PUT is atomic on object stores
         with fs.open(path, "wb") as f:
             f.write(data)
