@@ -111,7 +111,7 @@ class DaskProcesses:
     """A `dask scheduler` and `dask worker`s started as separate processes on 127.0.0.1."""
 
     def __init__(self, tmp: Path, workers: int = 1, nthreads: int = 1, resources: str | None = None,
-                 memory_limit: str = "4GiB"):
+                 memory_limit: str = "4GiB", worker_cwd: str | None = None):
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.tmp = tmp
@@ -128,6 +128,7 @@ class DaskProcesses:
                             "--host", "127.0.0.1", "--local-directory", str(tmp / "worker-space")]
         if resources:
             self.worker_args += ["--resources", resources]
+        self.worker_cwd = worker_cwd
         self.workers: list[subprocess.Popen] = []
         for _ in range(workers):
             self.add_worker()
@@ -137,7 +138,7 @@ class DaskProcesses:
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
         self.logs.append(log)
         p = subprocess.Popen([str(Path(sys.executable).parent / "dask"), "worker", self.address,
-                              *self.worker_args], stdout=log, stderr=subprocess.STDOUT)
+                              *self.worker_args], stdout=log, stderr=subprocess.STDOUT, cwd=self.worker_cwd)
         self.procs.append(p)
         self.workers.append(p)
         return p

