@@ -7,10 +7,11 @@ Real GPT-NeoX token ids, so the text reads as text:
 * "sodium chloride, or common salt." 1100 times and "water, or ice." 100 times: the
   trigram prefix ("," " or") occurs 1200 times (> 1000, a top trigram), followed by
   " common" 1100 times;
-* 3000 ids drawn from a pool of 40 (seeded), for prefixes of every frac_max with ties,
+* 3000 ids of a seeded Markov chain over 60 ids, for prefixes of every frac_max,
   and one document of padding ids (>= 50277) that decode to ''.
 
-Documents are joined with <|endoftext|> (id 0) and cut into samples of 256 tokens.
+Each document ends with <|endoftext|> (id 0); whole documents are packed into samples
+of at most 256 tokens, so no sentence is cut by a sample boundary.
 """
 
 from __future__ import annotations
@@ -35,14 +36,26 @@ def corpus_samples(tokenizer) -> list[list[int]]:
     docs += [enc("sodium chloride, or common salt.")] * 1100
     docs += [enc("water, or ice.")] * 100
     rng = random.Random(1234)
-    pool = [i for i in rng.sample(range(1, 50277), 41) if i != TELOME][:40]
-    docs += [[rng.choice(pool) for _ in range(300)] for _ in range(10)]
+    # A Markov chain over 60 ids: each id has a favourite follower it picks with its own
+    # probability, so the prefixes spread over every frac_max (ties included).
+    pool = [i for i in rng.sample(range(1, 50277), 61) if i != TELOME][:60]
+    favourite = {t: rng.choice(pool) for t in pool}
+    strength = {t: rng.random() for t in pool}
+    for _ in range(12):
+        t, doc = rng.choice(pool), []
+        for _ in range(250):
+            doc.append(t)
+            t = favourite[t] if rng.random() < strength[t] else rng.choice(pool)
+        docs.append(doc)
     docs.append([50300, 50301, 50431, 50300, 50301])
     rng.shuffle(docs)
-    stream: list[int] = []
+    # Whole documents per sample (n-grams never cross samples, so none is cut in two).
+    samples: list[list[int]] = [[]]
     for d in docs:
-        stream += d + [0]
-    return [stream[i:i + 256] for i in range(0, len(stream), 256)]
+        if len(samples[-1]) + len(d) + 1 > 256:
+            samples.append([])
+        samples[-1] += d + [0]
+    return samples
 
 
 def build_catalog_db(root: Path, scheduler: str, tokenizer_path: str, **overrides) -> tuple[Path, list[list[int]]]:
@@ -63,3 +76,43 @@ def build_catalog_db(root: Path, scheduler: str, tokenizer_path: str, **override
     })
     run_build(cfg, announce=lambda msg: None)
     return db, samples
+
+
+def _copy(good: Path, dest: Path, *sql: str) -> Path:
+    import shutil
+
+    import duckdb
+
+    shutil.copy(good, dest)
+    con = duckdb.connect(str(dest))
+    try:
+        for stmt in sql:
+            con.execute(stmt)
+    finally:
+        con.close()
+    return dest
+
+
+def bad_databases(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Databases the readers (query, export, report) must refuse: name -> (path, words of the error)."""
+    import duckdb
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    text = tmp / "notes.duckdb"
+    text.write_text("not a database\n" * 100)
+    other = tmp / "other-tool.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE bigrams (a INTEGER, b INTEGER)")
+    con.close()
+    return {
+        "missing": (tmp / "nope.duckdb", "does not exist: run `ngram-dask build` first"),
+        "not_duckdb": (text, "not a DuckDB database"),
+        "other_tool": (other, "not written by ngram-dask"),
+        "old_schema": (_copy(good, tmp / "old.duckdb",
+                             "UPDATE catalog_info SET value = '0' WHERE key = 'schema_version'"),
+                       "schema version 0"),
+        "unfinished": (_copy(good, tmp / "unfinished.duckdb", "DELETE FROM load_ledger WHERE n = 3 AND chunk = 1"),
+                       "unfinished build"),
+        "no_bigrams": (_copy(good, tmp / "no-bigrams.duckdb", "DROP TABLE bigrams"),
+                       "has no table bigrams: run `ngram-dask build` first"),
+    }
