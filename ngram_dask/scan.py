@@ -1,0 +1,669 @@
+"""First-token deletion scan (``scan_<L>``): where one token of earlier context changes
+the model's prediction sharply.
+
+For every position ``i`` of a sample with room (``i + 1 + L <= len(sample)``)::
+
+    short = tokens[i+1 : i+1+L]          long = tokens[i : i+1+L]   (short plus one earlier token)
+
+and with ``P_s``, ``P_l`` the model's next-token distributions after each window (softmax
+of the last position's logits, computed with ``log_softmax`` in float32 whatever the model
+runs in), every statistic of SPEC.md's "First-token deletion scan":
+
+* ``p_short = max P_s``, ``p_long = max P_l`` and their argmaxes ``short_max_id``, ``long_max_id``;
+* ``p_delta_max = max |P_s - P_l|``;
+* ``logit_excite_max = max(logits_l - logits_s)``, ``logit_inhibit_max = max(logits_s - logits_l)``;
+* ``sym_kl = (KL(P_s||P_l) + KL(P_l||P_s)) / 2``: the value the original called ``JS``
+  (a symmetrised KL divergence, in nats, unbounded);
+* ``js_divergence = (KL(P_s||M) + KL(P_l||M)) / 2`` with ``M = (P_s + P_l) / 2``: the true
+  Jensen-Shannon divergence, in nats, in ``[0, ln 2]``.
+
+One forward pass serves two windows. For a causal model the output at position ``L-1``
+of the ``L+1``-token window starting at ``i+1`` depends only on ``tokens[i+1 : i+1+L]``,
+i.e. it *is* the short window of position ``i``; its last output is the long window of
+position ``i+1``. So each micro-batch runs the model once on equal-length ``L+1`` windows
+(no attention mask, no padding in the middle) and reads the last two positions' logits.
+The window that starts at ``len - L`` lacks one token at its end; it gets an arbitrary
+token there, which no output that is used can see.
+
+Work units are *batches*: ``samples_per_batch`` consecutive samples of one shard, numbered
+in dataset order, so a batch means the same samples in every run. Each Dask task scans
+one batch and writes the candidate rows (``p_long > min_p_long AND sym_kl > min_sym_kl``)
+to ``parts/batch-<b>.parquet`` under a temporary name, then a ``_done`` marker: a rerun
+skips done batches, and a retried task overwrites its own file, never duplicating rows.
+The client then gathers the parts, decodes them with the tokenizer, deduplicates on
+``text`` and writes ``--out`` (and optionally the table ``scan_<L>`` of the catalog
+database).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import Config
+from .errors import BadInputError, ConfigError, WorkDirError
+from .mds import ShardRef, list_shards, read_shard, resolve_token_dtype
+from .storage import atomic_write_parquet, get_fs, join, read_marker, write_marker
+
+Announce = Callable[[str], None]
+
+STAT_COLUMNS = ("p_short", "p_long", "short_max_id", "long_max_id", "p_delta_max",
+                "logit_excite_max", "logit_inhibit_max", "sym_kl", "js_divergence")
+FLOAT_STATS = ("p_short", "p_long", "p_delta_max", "logit_excite_max", "logit_inhibit_max",
+               "sym_kl", "js_divergence")
+CONTEXT_TOKENS = 5  # extra tokens of context on each side of the long window
+
+# The output, in this order (SPEC.md's columns; the original's `JS` is `sym_kl`).
+OUTPUT_COLUMNS = ("text", "token_short", "token_long", "p_short", "p_long", "sym_kl", "js_divergence",
+                  "long_ids", "short_max_id", "long_max_id", "context", "context_ids", "p_delta_max",
+                  "logit_excite_max", "logit_inhibit_max", "batch", "sample", "start")
+
+# Tests slow each batch down with this (seconds) to kill a worker mid-scan.
+_TEST_DELAY_ENV = "NGRAM_DASK_SCAN_TEST_DELAY"
+
+
+def scan_table(seq_len: int) -> str:
+    return f"scan_{int(seq_len)}"
+
+
+# ---------------------------------------------------------------------------------------
+# The pure core: model + samples -> statistics of every position (nothing filtered).
+# ---------------------------------------------------------------------------------------
+
+def positions(lengths: Sequence[int], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample, start)`` of every position with room, in order: ``max(n - L, 0)`` per sample."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    per = np.maximum(lengths - seq_len, 0)
+    sample = np.repeat(np.arange(len(lengths), dtype=np.int64), per)
+    first = np.concatenate(([0], np.cumsum(per)[:-1])) if len(per) else np.zeros(0, np.int64)
+    start = np.arange(int(per.sum()), dtype=np.int64) - np.repeat(first, per)
+    return sample, start
+
+
+def pair_statistics(logits_short, logits_long) -> dict:
+    """Every statistic of a batch of (short, long) last-position logits, in float32 (torch tensors)."""
+    import torch
+
+    ls = logits_short.float()
+    ll = logits_long.float()
+    logp_s = torch.log_softmax(ls, dim=-1)
+    logp_l = torch.log_softmax(ll, dim=-1)
+    p_s = logp_s.exp()
+    p_l = logp_l.exp()
+    p_short, short_max = p_s.max(dim=-1)
+    p_long, long_max = p_l.max(dim=-1)
+    diff = logp_s - logp_l
+    # (KL(Ps||Pl) + KL(Pl||Ps)) / 2 = sum((Ps - Pl) * (log Ps - log Pl)) / 2: each term >= 0.
+    sym_kl = 0.5 * ((p_s - p_l) * diff).sum(dim=-1)
+    log_m = torch.logaddexp(logp_s, logp_l) - float(np.log(2.0))
+    js = 0.5 * ((p_s * (logp_s - log_m)).sum(dim=-1) + (p_l * (logp_l - log_m)).sum(dim=-1))
+    d = ll - ls
+    return {
+        "p_short": p_short,
+        "p_long": p_long,
+        # max P and argmax of the logits agree; argmax of logits avoids ties made by exp underflow
+        "short_max_id": ls.argmax(dim=-1),
+        "long_max_id": ll.argmax(dim=-1),
+        "p_delta_max": (p_s - p_l).abs().max(dim=-1).values,
+        "logit_excite_max": d.max(dim=-1).values,
+        "logit_inhibit_max": (-d).max(dim=-1).values,
+        "sym_kl": sym_kl.clamp_min(0.0),
+        "js_divergence": js.clamp_min(0.0),
+    }
+
+
+def _last_two_logits(model, windows):
+    """Logits of the last two positions of each window: ``(n, 2, vocab)``."""
+    try:
+        out = model(input_ids=windows, use_cache=False, logits_to_keep=2)
+    except TypeError:  # a model class without logits_to_keep
+        out = model(input_ids=windows, use_cache=False)
+    return out.logits[:, -2:, :]
+
+
+def position_statistics(model, samples: Sequence[np.ndarray], seq_len: int, micro_batch: int = 1024,
+                        device=None) -> dict[str, np.ndarray]:
+    """Statistics of every position of every sample (before any filter).
+
+    Returns arrays of equal length, one entry per position, ordered by (sample, start):
+    ``sample`` (index into ``samples``), ``start`` (``i``: the long window is
+    ``tokens[i : i+1+L]``) and ``STAT_COLUMNS``. ``micro_batch`` positions go through
+    the model together (one forward pass on about that many ``L+1``-token windows).
+    """
+    import torch
+
+    if seq_len < 1:
+        raise ValueError("seq_len must be >= 1")
+    if micro_batch < 1:
+        raise ValueError("micro_batch must be >= 1")
+    if device is None:
+        device = next(model.parameters()).device
+    lengths = [len(s) for s in samples]
+    pos_sample, pos_start = positions(lengths, seq_len)
+    total = len(pos_sample)
+    result: dict[str, np.ndarray] = {"sample": pos_sample, "start": pos_start}
+    if total == 0:
+        for name in STAT_COLUMNS:
+            result[name] = np.zeros(0, np.int64 if name.endswith("_id") else np.float32)
+        return result
+    # All samples in one flat array, each followed by one filler token, so that every
+    # window start j in [0, n - L] of a sample reads L+1 ids without leaving the sample.
+    flat = np.concatenate([np.append(np.asarray(s, dtype=np.int64), 0) for s in samples])
+    base = np.concatenate(([0], np.cumsum(np.asarray(lengths, np.int64) + 1)[:-1]))
+    span = np.arange(seq_len + 1, dtype=np.int64)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in STAT_COLUMNS}
+    with torch.inference_mode():
+        for a in range(0, total, micro_batch):
+            b = min(a + micro_batch, total)
+            long_starts = base[pos_sample[a:b]] + pos_start[a:b]
+            short_starts = long_starts + 1  # short(i) = first L ids of the window at i+1
+            starts, inverse = np.unique(np.concatenate([long_starts, short_starts]), return_inverse=True)
+            windows = torch.from_numpy(flat[starts[:, None] + span]).to(device)
+            logits = _last_two_logits(model, windows)
+            n = b - a
+            long_idx = torch.from_numpy(inverse[:n]).to(logits.device)
+            short_idx = torch.from_numpy(inverse[n:]).to(logits.device)
+            stats = pair_statistics(logits[short_idx, 0, :], logits[long_idx, 1, :])
+            for name in STAT_COLUMNS:
+                parts[name].append(stats[name].cpu().numpy())
+            del logits, stats
+    for name in STAT_COLUMNS:
+        arr = np.concatenate(parts[name])
+        result[name] = arr.astype(np.int64) if name.endswith("_id") else arr.astype(np.float32)
+    return result
+
+
+def candidate_mask(stats: dict[str, np.ndarray], min_p_long: float, min_sym_kl: float) -> np.ndarray:
+    """The kept positions: ``p_long > min_p_long AND sym_kl > min_sym_kl`` (strict, as the original)."""
+    return (stats["p_long"] > min_p_long) & (stats["sym_kl"] > min_sym_kl)
+
+
+def context_bounds(start: np.ndarray, length: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` of the context: the long window and CONTEXT_TOKENS more each side, clipped."""
+    lo = np.maximum(start - CONTEXT_TOKENS, 0)
+    hi = np.minimum(start + seq_len + 1 + CONTEXT_TOKENS, length)
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------------------
+# Batches and the per-batch task.
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchRef:
+    """Samples ``[first, stop)`` of one shard; ``sample0`` is the dataset index of ``first``."""
+
+    index: int
+    shard: ShardRef
+    first: int
+    stop: int
+    sample0: int
+
+    @property
+    def name(self) -> str:
+        return f"batch-{self.index:07d}"
+
+
+def make_batches(shards: Sequence[ShardRef], samples_per_batch: int, limit: int | None = None) -> list[BatchRef]:
+    """Consecutive groups of ``samples_per_batch`` samples, never across shards, in dataset order."""
+    if samples_per_batch < 1:
+        raise ConfigError(f"scan.samples_per_batch must be >= 1, got {samples_per_batch}")
+    out: list[BatchRef] = []
+    sample0 = 0
+    for ref in shards:
+        for first in range(0, ref.samples, samples_per_batch):
+            if limit is not None and len(out) >= limit:
+                return out
+            stop = min(first + samples_per_batch, ref.samples)
+            out.append(BatchRef(len(out), ref, first, stop, sample0 + first))
+        sample0 += ref.samples
+    return out
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """What a scan task needs; small, so it travels in the task graph."""
+
+    scan_dir: str
+    model: str
+    seq_len: int
+    micro_batch: int
+    min_p_long: float
+    min_sym_kl: float
+    device: str
+    dtype: str
+    token_dtype: str
+    model_vocab: int
+    verify_hashes: bool = True
+
+
+def part_url(scan_dir: str, batch: BatchRef | int) -> str:
+    name = batch.name if isinstance(batch, BatchRef) else f"batch-{int(batch):07d}"
+    return join(scan_dir, "parts", f"{name}.parquet")
+
+
+def marker_url(scan_dir: str, batch: BatchRef | int) -> str:
+    name = batch.name if isinstance(batch, BatchRef) else f"batch-{int(batch):07d}"
+    return join(scan_dir, "_done", f"{name}.json")
+
+
+def part_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("batch", pa.int64()), ("sample", pa.int64()), ("start", pa.int32()),
+        ("long_ids", pa.list_(pa.int32())), ("context_ids", pa.list_(pa.int32())),
+        ("short_max_id", pa.int32()), ("long_max_id", pa.int32()),
+        *[(name, pa.float32()) for name in FLOAT_STATS],
+    ])
+
+
+def candidates_table(batch_index: int, sample0: int, samples: Sequence[np.ndarray], stats: dict,
+                     mask: np.ndarray, seq_len: int):
+    """The kept positions of one batch as an Arrow table (``part_schema``)."""
+    import pyarrow as pa
+
+    idx = np.flatnonzero(mask)
+    k = stats["sample"][idx]
+    start = stats["start"][idx]
+    lengths = np.asarray([len(s) for s in samples], np.int64)
+    lo, hi = context_bounds(start, lengths[k] if len(k) else np.zeros(0, np.int64), seq_len)
+    long_ids = [np.asarray(samples[kk][s:s + seq_len + 1], np.int32) for kk, s in zip(k, start)]
+    context_ids = [np.asarray(samples[kk][a:b], np.int32) for kk, a, b in zip(k, lo, hi)]
+    cols = {
+        "batch": pa.array(np.full(len(idx), batch_index, np.int64)),
+        "sample": pa.array(sample0 + k.astype(np.int64)),
+        "start": pa.array(start.astype(np.int32)),
+        "long_ids": pa.array(long_ids, pa.list_(pa.int32())),
+        "context_ids": pa.array(context_ids, pa.list_(pa.int32())),
+        "short_max_id": pa.array(stats["short_max_id"][idx].astype(np.int32)),
+        "long_max_id": pa.array(stats["long_max_id"][idx].astype(np.int32)),
+    }
+    for name in FLOAT_STATS:
+        cols[name] = pa.array(stats[name][idx].astype(np.float32))
+    return pa.table(cols, schema=part_schema())
+
+
+@functools.lru_cache(maxsize=2)
+def _shard_samples(ref: ShardRef, token_dtype: str, vocab: int, verify: bool) -> list[np.ndarray]:
+    data = read_shard(ref, token_dtype, vocab, verify)
+    return [data.tokens[data.offsets[j]:data.offsets[j + 1]] for j in range(len(data.offsets) - 1)]
+
+
+def scan_batch(batch: BatchRef, s: ScanSettings) -> dict:
+    """Scan one batch (idempotent): write its candidate rows and a done marker; return its statistics."""
+    done = read_marker(marker_url(s.scan_dir, batch))
+    if done is not None:
+        return {**done, "skipped": True}
+    t0 = time.perf_counter()
+    samples = _shard_samples(batch.shard, s.token_dtype, s.model_vocab, s.verify_hashes)[batch.first:batch.stop]
+    lengths = [len(x) for x in samples]
+    n_positions = int(sum(max(n - s.seq_len, 0) for n in lengths))
+    if n_positions:
+        from .models import load_model
+
+        model = load_model(s.model, s.device, s.dtype)
+        stats = position_statistics(model, samples, s.seq_len, s.micro_batch)
+    else:  # nothing has room: no model needed
+        stats = position_statistics(None, samples, s.seq_len, s.micro_batch, device="cpu")
+    mask = candidate_mask(stats, s.min_p_long, s.min_sym_kl)
+    table = candidates_table(batch.index, batch.sample0, samples, stats, mask, s.seq_len)
+    delay = float(os.environ.get(_TEST_DELAY_ENV) or 0)
+    if delay:
+        time.sleep(delay)
+    nbytes = atomic_write_parquet(part_url(s.scan_dir, batch), table, compression="zstd")
+    info = {
+        "batch": batch.index,
+        "shard": batch.shard.name,
+        "samples": len(samples),
+        "tokens": int(sum(lengths)),
+        "max_len": int(max(lengths, default=0)),
+        "positions": n_positions,
+        "kept": int(mask.sum()),
+        "bytes": nbytes,
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+    write_marker(marker_url(s.scan_dir, batch), info)
+    return {**info, "skipped": False}
+
+
+# ---------------------------------------------------------------------------------------
+# Gather: parts -> decoded, deduplicated, sorted table.
+# ---------------------------------------------------------------------------------------
+
+class _Decoder:
+    """``tokenizer.decode`` with ids beyond the tokenizer's vocabulary (model padding) as ''."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.known = len(tokenizer)
+        self._single: dict[int, str] = {}
+
+    def _clean(self, ids) -> list[int]:
+        return [int(i) for i in ids if 0 <= int(i) < self.known]
+
+    def one(self, i: int) -> str:
+        i = int(i)
+        if i not in self._single:
+            self._single[i] = (self.tok.decode([i], clean_up_tokenization_spaces=False)
+                               if 0 <= i < self.known else "")
+        return self._single[i]
+
+    def many(self, seqs) -> list[str]:
+        if not seqs:
+            return []
+        return self.tok.batch_decode([self._clean(s) for s in seqs], clean_up_tokenization_spaces=False)
+
+
+def decode_candidates(parts, tokenizer):
+    """Parts (``part_schema``) -> the output table: text columns added, deduplicated on ``text``
+    (the first occurrence in (batch, sample, start) order stays), sorted by ``p_long`` desc
+    (ties by batch, sample, start)."""
+    import duckdb
+    import pyarrow as pa
+
+    dec = _Decoder(tokenizer)
+    long_ids = parts.column("long_ids").to_pylist()
+    text = [f"[{dec.one(ids[0])}]{rest}" for ids, rest in zip(long_ids, dec.many([ids[1:] for ids in long_ids]))]
+    decoded = parts.append_column("text", pa.array(text, pa.string()))
+    decoded = decoded.append_column(
+        "token_short", pa.array([dec.one(i) for i in parts.column("short_max_id").to_pylist()], pa.string()))
+    decoded = decoded.append_column(
+        "token_long", pa.array([dec.one(i) for i in parts.column("long_max_id").to_pylist()], pa.string()))
+    decoded = decoded.append_column(
+        "context", pa.array(dec.many(parts.column("context_ids").to_pylist()), pa.string()))
+    floats = set(FLOAT_STATS)
+    select = ", ".join(f"CAST({c} AS DOUBLE) AS {c}" if c in floats else c for c in OUTPUT_COLUMNS)
+    con = duckdb.connect()
+    try:
+        con.register("_parts", decoded)
+        return con.sql(
+            f"SELECT {select} FROM _parts "
+            "QUALIFY row_number() OVER (PARTITION BY text ORDER BY batch, sample, start) = 1 "
+            "ORDER BY p_long DESC, batch, sample, start"
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def read_parts(scan_dir: str, batches: Sequence[int]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for b in batches:
+        url = part_url(scan_dir, b)
+        fs, path = get_fs(url)
+        try:
+            with fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f, schema=part_schema()))
+        except FileNotFoundError:
+            raise WorkDirError(f"{url} is missing although its batch is marked done; delete "
+                               f"{marker_url(scan_dir, b)} and rerun to scan that batch again") from None
+    if not tables:
+        return part_schema().empty_table()
+    return pa.concat_tables(tables)
+
+
+# ---------------------------------------------------------------------------------------
+# The client: validate, submit, gather, write.
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class ScanReport:
+    batches: int = 0
+    skipped: int = 0
+    samples: int = 0
+    tokens: int = 0
+    positions: int = 0
+    kept: int = 0
+    scanned_positions: int = 0  # positions scanned by this run (not by an earlier one)
+    rows: int = 0
+    out: str | None = None
+    table: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _model_config(name: str):
+    from transformers import AutoConfig
+
+    from .models import expand_model_name, model_vocab_size
+
+    vocab = model_vocab_size(name)  # a UserError naming the model when it cannot be had
+    return vocab, AutoConfig.from_pretrained(expand_model_name(name))
+
+
+def _safe(name: str) -> str:
+    base = os.path.basename(name.rstrip("/")) or "model"
+    return re.sub(r"[^0-9a-zA-Z._-]+", "_", base)
+
+
+def default_work_dir(out: str) -> str:
+    return re.sub(r"\.parquet$", "", out.rstrip("/")) + ".work"
+
+
+def validate(cfg: Config) -> None:
+    s = cfg.scan
+    if not cfg.input:
+        raise ConfigError("'input' is required (flag --input or config key 'input')")
+    if not s.model:
+        raise ConfigError("'scan.model' is required (flag --model or config key 'scan.model')")
+    if not s.out:
+        raise ConfigError("'scan.out' is required (flag --out or config key 'scan.out')")
+    if s.seq_len < 1:
+        raise ConfigError(f"scan.seq_len must be >= 1, got {s.seq_len}")
+    if s.samples_per_batch < 1:
+        raise ConfigError(f"scan.samples_per_batch must be >= 1, got {s.samples_per_batch}")
+    if s.micro_batch < 1:
+        raise ConfigError(f"scan.micro_batch must be >= 1, got {s.micro_batch}")
+    if s.batches is not None and s.batches < 1:
+        raise ConfigError(f"scan.batches must be >= 1, got {s.batches}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", s.device):
+        raise ConfigError(f"scan.device must be auto, cpu or cuda[:N], got {s.device!r}")
+    if s.to_db and not cfg.db:
+        raise ConfigError("scan.to_db needs a database: --db or config key 'db'")
+    from .models import resolve_dtype
+
+    resolve_dtype(s.dtype, "cpu")  # unknown dtype names are a UserError
+
+
+def scan_identity(cfg: Config, model: str, token_dtype: str, shards: Sequence[ShardRef]) -> dict:
+    s = cfg.scan
+    return {
+        "input": cfg.input,
+        "model": model,
+        "seq_len": s.seq_len,
+        "samples_per_batch": s.samples_per_batch,
+        "min_p_long": s.min_p_long,
+        "min_sym_kl": s.min_sym_kl,
+        "device": s.device,
+        "dtype": s.dtype,
+        "token_dtype": token_dtype,
+        "shards": [[r.basename, r.samples, r.raw_bytes] for r in shards],
+    }
+
+
+def _check_scan_dir(scan_dir: str, identity: dict) -> None:
+    url = join(scan_dir, "manifest.json")
+    try:
+        existing = read_marker(url)
+        if existing is None:
+            write_marker(url, identity)
+            return
+    except OSError as exc:
+        raise WorkDirError(f"cannot use scan work dir {scan_dir}: {exc}") from None
+    for key, value in identity.items():
+        if existing.get(key) != value:
+            what = "input shards" if key == "shards" else key
+            raise WorkDirError(
+                f"scan work dir {scan_dir} holds a scan with a different {what} "
+                f"({existing.get(key)!r} there, {value!r} now); use another --work-dir or delete it"
+            )
+
+
+def task_resources(client) -> dict | None:
+    """``{"GPU": 1}`` when some worker advertises a GPU resource (tasks then run only there)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # every worker, not the first few
+    except TypeError:  # distributed before 2025.1 lists them all anyway
+        info = client.scheduler_info()
+    workers = info.get("workers", {})
+    if any("GPU" in (w.get("resources") or {}) for w in workers.values()):
+        return {"GPU": 1}
+    return None
+
+
+def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
+    from .cluster import get_client
+    from .models import expand_model_name
+    from .pipeline import Progress, _performance_report
+    from .tokenizer import load_tokenizer
+
+    validate(cfg)
+    s = cfg.scan
+    report = ScanReport(out=s.out)
+    model = expand_model_name(s.model)
+    shards = list_shards(cfg.input)
+    if not shards or sum(r.samples for r in shards) == 0:
+        raise BadInputError(f"input dataset {cfg.input} is empty: no samples in {len(shards)} shard(s)")
+    token_dtype = resolve_token_dtype(cfg.build.token_dtype, cfg.input)
+    model_vocab, model_cfg = _model_config(model)
+    max_pos = getattr(model_cfg, "max_position_embeddings", None)
+    if isinstance(max_pos, int) and s.seq_len + 1 > max_pos:
+        raise ConfigError(f"--seq-len {s.seq_len} needs {s.seq_len + 1}-token windows; "
+                          f"{model} takes at most {max_pos} positions")
+    tokenizer = load_tokenizer(cfg.tokenizer)  # fail before the scan, not after
+    if s.to_db:
+        from .load import check_existing
+
+        check_existing(cfg.db)
+
+    batches = make_batches(shards, s.samples_per_batch, s.batches)
+    work_dir = cfg.work_dir or default_work_dir(s.out)
+    scan_dir = join(work_dir, f"scan-{s.seq_len}-{_safe(model)}")
+    _check_scan_dir(scan_dir, scan_identity(cfg, model, token_dtype, shards))
+    settings = ScanSettings(
+        scan_dir=scan_dir, model=model, seq_len=s.seq_len, micro_batch=s.micro_batch,
+        min_p_long=s.min_p_long, min_sym_kl=s.min_sym_kl, device=s.device, dtype=s.dtype,
+        token_dtype=token_dtype, model_vocab=model_vocab, verify_hashes=cfg.build.verify_hashes,
+    )
+    report.batches = len(batches)
+    stats: dict[int, dict] = {}
+    for b in batches:
+        m = read_marker(marker_url(scan_dir, b))
+        if m is not None:
+            stats[b.index] = m
+    todo = [b for b in batches if b.index not in stats]
+    report.skipped = len(batches) - len(todo)
+    announce(f"scan: {model}, L = {s.seq_len}, {len(batches)} batch(es) of <= {s.samples_per_batch} "
+             f"samples ({report.skipped} already done) -> {scan_dir}")
+
+    t0 = time.perf_counter()
+    if todo:
+        cluster_cfg = cfg.cluster
+        if not cluster_cfg.scheduler and cluster_cfg.n_workers is None:
+            from .models import resolve_device
+
+            if resolve_device(s.device).startswith("cuda"):
+                # One local GPU: one worker holds the model; several would each load it.
+                from dataclasses import replace
+
+                cluster_cfg = replace(cluster_cfg, n_workers=1)
+        with get_client(cluster_cfg, announce) as client, _performance_report(cfg):
+            resources = task_resources(client)
+            if resources:
+                announce("  tasks ask for a GPU resource")
+            futures = client.map(scan_batch, todo, s=settings, pure=False, resources=resources)
+            from distributed import as_completed
+
+            progress = Progress("scan", len(todo), "batches", announce)
+            for fut in as_completed(futures):
+                res = fut.result()  # a task's UserError surfaces here as the same one line
+                stats[res["batch"]] = res
+                report.scanned_positions += 0 if res.get("skipped") else res["positions"]
+                progress.step(res.get("tokens", 0))
+    report.seconds["scan"] = time.perf_counter() - t0
+
+    for m in stats.values():
+        report.samples += m["samples"]
+        report.tokens += m["tokens"]
+        report.positions += m["positions"]
+        report.kept += m["kept"]
+    if report.positions == 0:
+        longest = max((m["max_len"] for m in stats.values()), default=0)
+        raise BadInputError(
+            f"--seq-len {s.seq_len} is larger than the samples: a position needs {s.seq_len + 1} tokens, "
+            f"the longest of the {report.samples} scanned sample(s) has {longest}"
+        )
+
+    t0 = time.perf_counter()
+    parts = read_parts(scan_dir, [b.index for b in batches])
+    table = decode_candidates(parts, tokenizer)
+    report.rows = table.num_rows
+    atomic_write_parquet(s.out, table, compression="zstd")
+    report.seconds["gather"] = time.perf_counter() - t0
+    announce(f"gather: {report.kept:,} candidate(s), {report.rows:,} after dedup on text -> {s.out}")
+    if s.to_db:
+        t0 = time.perf_counter()
+        report.table = write_scan_table(cfg.db, s.seq_len, table, {
+            "model": model, "input": cfg.input, "seq_len": s.seq_len, "batches": len(batches),
+            "samples_per_batch": s.samples_per_batch, "min_p_long": s.min_p_long,
+            "min_sym_kl": s.min_sym_kl, "rows": report.rows,
+        })
+        report.seconds["db"] = time.perf_counter() - t0
+        announce(f"database: table {report.table} ({report.rows:,} rows) in {cfg.db}")
+    return report
+
+
+def write_scan_table(db: str, seq_len: int, table, info: dict) -> str:
+    """Replace ``scan_<L>`` in the catalog database in one transaction (the single writer)."""
+    from .load import INFO, _connect, check_existing, writer_lock
+    from .schema import SCHEMA_VERSION, TOOL
+
+    name = scan_table(seq_len)
+    with writer_lock(db):
+        check_existing(db)
+        con = _connect(db, read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"CREATE TABLE IF NOT EXISTS {INFO} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+                con.executemany(f"INSERT OR IGNORE INTO {INFO} VALUES (?, ?)",
+                                [("tool", TOOL), ("schema_version", str(SCHEMA_VERSION))])
+                con.register("_scan_arrow", table)
+                con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _scan_arrow")
+                con.unregister("_scan_arrow")
+                stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                con.execute(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)",
+                            [name, json.dumps({**info, "written_at": stamp}, sort_keys=True)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+    return name
+
+
+def summary_lines(report: ScanReport) -> list[str]:
+    lines = ["", "summary:",
+             f"  batches {report.batches} ({report.skipped} already done), samples {report.samples:,}, "
+             f"tokens {report.tokens:,}, positions {report.positions:,}",
+             f"  candidates {report.kept:,}, rows after dedup {report.rows:,}"]
+    for stage, sec in report.seconds.items():
+        lines.append(f"  {stage:<8} {sec:8.2f} s")
+    scan_sec = report.seconds.get("scan", 0)
+    if scan_sec and report.scanned_positions:
+        lines.append(f"  {report.scanned_positions / scan_sec:,.0f} positions/s")
+    if report.skipped == report.batches:
+        lines.append("  every batch was scanned already: only the gather step ran")
+    return lines
+
