@@ -87,6 +87,21 @@ def catalog_tables(ngrams: list[int]) -> list[str]:
     return ["tokens"] + [top_table(n) for n in ngrams if n in _THRESHOLDS]
 
 
+def _thresholds(n: int, cfg: CatalogConfig) -> tuple[float, int]:
+    frac_key, count_key = _THRESHOLDS[n]
+    return float(getattr(cfg, frac_key)), int(getattr(cfg, count_key))
+
+
+def top_rules(ngrams: list[int], cfg: CatalogConfig) -> dict[str, str]:
+    """``{top_bigrams_rule: "frac_max > 0.5 AND sum_count > 0", ...}`` for this configuration."""
+    rules = {}
+    for n in ngrams:
+        if n in _THRESHOLDS:
+            min_frac, min_count = _thresholds(n, cfg)
+            rules[rule_key(n)] = f"frac_max > {min_frac:g} AND sum_count > {min_count}"
+    return rules
+
+
 def build_catalog(con, tokenizer, vocab_size: int, ngrams: list[int], cfg: CatalogConfig) -> dict[str, int]:
     """Write ``tokens`` and the top tables in one transaction; returns rows per table.
 
@@ -94,6 +109,7 @@ def build_catalog(con, tokenizer, vocab_size: int, ngrams: list[int], cfg: Catal
     so exports and reports can say what the table holds.
     """
     rows = {}
+    rules = top_rules(ngrams, cfg)
     has_info = bool(con.execute(
         "SELECT 1 FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [INFO]
     ).fetchone())
@@ -103,13 +119,10 @@ def build_catalog(con, tokenizer, vocab_size: int, ngrams: list[int], cfg: Catal
         for n in ngrams:
             if n not in _THRESHOLDS:
                 continue
-            frac_key, count_key = _THRESHOLDS[n]
-            min_frac, min_count = float(getattr(cfg, frac_key)), int(getattr(cfg, count_key))
-            con.execute(top_sql(n), [min_frac, min_count])
+            con.execute(top_sql(n), list(_thresholds(n, cfg)))
             rows[top_table(n)] = con.execute(f"SELECT count(*) FROM {top_table(n)}").fetchone()[0]
             if has_info:
-                con.execute(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)",
-                            [rule_key(n), f"frac_max > {min_frac:g} AND sum_count > {min_count}"])
+                con.execute(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)", [rule_key(n), rules[rule_key(n)]])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

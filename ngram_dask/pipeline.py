@@ -44,7 +44,7 @@ class BuildReport:
     @property
     def did_nothing(self) -> bool:
         return (self.skipped.get("explode", 0) == self.shards and self.loaded_chunks == 0
-                and self.skipped.get("aggregate_new", 0) == 0)
+                and self.skipped.get("aggregate_new", 0) == 0 and "catalog" not in self.seconds)
 
 
 class Progress:
@@ -301,12 +301,15 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
 
 def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announce,
                  report: BuildReport) -> None:
-    from .catalog import build_catalog, catalog_tables
-    from .load import table_names
+    from .catalog import build_catalog, catalog_tables, top_rules
+    from .load import read_info, table_names
 
     missing = set(catalog_tables(cfg.build.ngrams)) - table_names(writer.con)
-    if not report.loaded_chunks and not missing:
-        return  # counts unchanged: keep the top tables (and any scores on them)
+    info = read_info(writer.con)
+    wanted = {**top_rules(cfg.build.ngrams, cfg.catalog), "tokenizer": cfg.tokenizer}
+    changed = any(info.get(k) != v for k, v in wanted.items())
+    if not report.loaded_chunks and not missing and not changed:
+        return  # counts, thresholds and tokenizer unchanged: keep the top tables and their scores
     t0 = time.perf_counter()
     rows = build_catalog(writer.con, tokenizer, cfg.vocab_size, sorted(cfg.build.ngrams), cfg.catalog)
     writer.write_info({"tokenizer": cfg.tokenizer})

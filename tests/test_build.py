@@ -272,3 +272,22 @@ def test_work_dir_of_another_input_is_refused(tmp_path, local_cluster):
     assert _cli_build(tmp_path, a, local_cluster).returncode == 0
     r = _cli_build(tmp_path, b, local_cluster, db=tmp_path / "other.duckdb")
     _assert_one_line_error(r, "holds results for different input")
+
+
+def test_catalog_step_follows_thresholds_and_keeps_tables_otherwise(tmp_path, local_cluster, bpe_tokenizer_path):
+    rng = np.random.default_rng(9)
+    samples = [rng.integers(0, 30, 400).tolist() for _ in range(10)] + [[5, 6, 7] * 100]
+    over = {"tokenizer": bpe_tokenizer_path, "vocab_size": 512, "build.steps": "explode,aggregate,load,catalog",
+            "catalog.top_trigram_min_count": 50}
+    cfg, first = build(tmp_path, samples, local_cluster, **over)
+    want = {k for k, (f, s, m, frac) in oracle_prefixes(oracle(samples, 3)).items() if s > 50 and frac > 0.5}
+    assert {tuple(r) for r in db_rows(cfg.db, "SELECT id0, id1 FROM top_trigrams")} == want
+    again = run_build(cfg, announce=lambda m: None)
+    assert again.did_nothing
+    cfg2 = make_cfg(tmp_path, tmp_path / "mds", local_cluster, **{**over, "catalog.top_trigram_min_count": 0})
+    third = run_build(cfg2, announce=lambda m: None)
+    assert not third.did_nothing and third.loaded_chunks == 0
+    want = {k for k, (f, s, m, frac) in oracle_prefixes(oracle(samples, 3)).items() if frac > 0.5}
+    assert {tuple(r) for r in db_rows(cfg.db, "SELECT id0, id1 FROM top_trigrams")} == want
+    assert dict(db_rows(cfg.db, "SELECT key, value FROM catalog_info"))["top_trigrams_rule"] == \
+        "frac_max > 0.5 AND sum_count > 0"
