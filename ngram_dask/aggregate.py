@@ -2,8 +2,16 @@
 
 Every n-gram with a given ``id0`` lands in one chunk, so a chunk's sums are final
 and its prefix table (which only groups by ``id0..id{n-2}``) needs no other chunk.
-DuckDB does the work out of core inside the worker, with a memory limit below the
-worker's and a temp directory to spill to, and writes two sorted Parquet files::
+Two ways to do it, chosen per chunk and recorded in its marker (``path``):
+
+* ``numpy`` (the fast path): when the chunk's partial counts fit a memory budget,
+  read them, pack each row into one integer key and merge the already-sorted
+  partial files with a stable sort (timsort merges sorted runs in near-linear time),
+  sum equal keys and compute the prefix table from the sorted runs. No hashing.
+* ``duckdb``: otherwise DuckDB does it out of core inside the worker, with a memory
+  limit below the worker's and a temp directory to spill to.
+
+Either writes two sorted Parquet files with exactly the final tables' columns::
 
     <work>/aggregate/n=<n>/ngrams/chunk=<c>.parquet
     <work>/aggregate/n=<n>/prefixes/chunk=<c>.parquet
@@ -13,6 +21,7 @@ then a ``_done`` marker with row counts. A chunk with a marker is skipped.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +41,15 @@ from .storage import (
 )
 from .explode import explode_dir
 
+log = logging.getLogger(__name__)
+
+# Bytes of memory the numpy path needs per partial-count row: packed key, count,
+# sort order, the sorted copies and the output columns (measured with tracemalloc
+# on a trigram chunk: ~60 B/row; rounded up).
+NUMPY_BYTES_PER_ROW = 80
+# The numpy path's budget when no Dask worker memory limit is known.
+DEFAULT_NUMPY_BUDGET = 1 << 30
+
 
 @dataclass(frozen=True)
 class AggregateSettings:
@@ -39,6 +57,12 @@ class AggregateSettings:
     memory_fraction: float = 0.5
     threads: int | None = None
     memory_limit_bytes: int | None = None  # overrides the worker-derived limit (tests, no worker)
+    # "auto": numpy when the chunk's estimated footprint fits the budget, else DuckDB;
+    # "numpy" / "duckdb" force one path (tests, benchmarks).
+    method: str = "auto"
+    # Memory budget of the numpy path; None = memory_fraction of the worker's limit
+    # (the same share DuckDB would get), or DEFAULT_NUMPY_BUDGET without a worker.
+    numpy_budget_bytes: int | None = None
 
 
 def aggregate_dir(work_dir: str, n: int) -> str:
@@ -93,53 +117,186 @@ def aggregate_chunk(n: int, chunk: int, s: AggregateSettings) -> dict:
     done = read_marker(marker_url(s.work_dir, n, chunk))
     if done is not None:
         return {**done, "skipped": True}
-    import duckdb
-
     t0 = time.perf_counter()
     parts = glob(join(explode_dir(s.work_dir), f"n={n}", f"id0_chunk={chunk}", "*.parquet"))
     outs = output_urls(s.work_dir, n, chunk)
     stats = {"n": n, "chunk": chunk, "inputs": len(parts), "rows": 0, "prefix_rows": 0,
-             "files": {}}
+             "files": {}, "path": None}
     if parts:
         limit, threads, scratch = _worker_resources()
         limit = s.memory_limit_bytes or limit
-        tmp_root = tempfile.mkdtemp(prefix=f"agg-n{n}-c{chunk}-", dir=scratch)
-        try:
-            con = duckdb.connect(config={
-                "threads": s.threads or threads or 1,
-                "temp_directory": os.path.join(tmp_root, "spill"),
-                "preserve_insertion_order": False,
-                **({"memory_limit": f"{max(64 << 20, int(limit * s.memory_fraction))}B"} if limit else {}),
-            })
-            if not is_local(s.work_dir):
-                con.register_filesystem(get_fs(s.work_dir)[0])
-            ids = ", ".join(id_columns(n))
-            con.execute(
-                f"CREATE TEMP TABLE g AS SELECT {ids}, CAST(SUM(count) AS UBIGINT) AS count "
-                f"FROM read_parquet(?, hive_partitioning = false) GROUP BY {ids}",
-                [parts],
-            )
-            stats["rows"] = con.execute("SELECT count(*) FROM g").fetchone()[0]
-            ngrams_sql, prefixes_sql = chunk_sql(n)
-            queries = {"ngrams": ngrams_sql}
-            if prefixes_sql:
-                queries["prefixes"] = prefixes_sql
-            for kind, sql in queries.items():
-                staged = _staging_path(outs[kind], tmp_root)
-                con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd)")
-                _publish(staged, outs[kind])
-                stats["files"][kind] = outs[kind]
-            if prefixes_sql:
-                head = ", ".join(id_columns(n)[:-1])
-                stats["prefix_rows"] = con.execute(
-                    f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM g)"
-                ).fetchone()[0]
-            con.close()
-        finally:
-            shutil.rmtree(tmp_root, ignore_errors=True)
+        path, estimate, budget = choose_path(n, parts, s, limit)
+        done_numpy = None
+        if path == "numpy":
+            done_numpy = _aggregate_numpy(n, parts, outs)
+            if done_numpy is None:  # ids too wide for one 64-bit key
+                path = "duckdb"
+        log.info("aggregate n=%d chunk=%d: %s path (estimated %d B, numpy budget %d B)",
+                 n, chunk, path, estimate, budget)
+        stats.update(path=path, estimated_bytes=estimate, budget_bytes=budget)
+        if done_numpy is not None:
+            stats.update(done_numpy)
+        else:
+            stats.update(_aggregate_duckdb(n, chunk, parts, outs, s, limit, threads, scratch))
     stats["seconds"] = round(time.perf_counter() - t0, 4)
     write_marker(marker_url(s.work_dir, n, chunk), stats)
     return {**stats, "skipped": False}
+
+
+def _aggregate_duckdb(n: int, chunk: int, parts: list[str], outs: dict[str, str], s: AggregateSettings,
+                      limit: int | None, threads: int | None, scratch: str | None) -> dict:
+    """Out of core: DuckDB's hash aggregate under a memory limit, spilling to local disk."""
+    import duckdb
+
+    res = {"rows": 0, "prefix_rows": 0, "files": {}}
+    tmp_root = tempfile.mkdtemp(prefix=f"agg-n{n}-c{chunk}-", dir=scratch)
+    try:
+        con = duckdb.connect(config={
+            "threads": s.threads or threads or 1,
+            "temp_directory": os.path.join(tmp_root, "spill"),
+            "preserve_insertion_order": False,
+            **({"memory_limit": f"{max(64 << 20, int(limit * s.memory_fraction))}B"} if limit else {}),
+        })
+        if not is_local(s.work_dir):
+            con.register_filesystem(get_fs(s.work_dir)[0])
+        ids = ", ".join(id_columns(n))
+        con.execute(
+            f"CREATE TEMP TABLE g AS SELECT {ids}, CAST(SUM(count) AS UBIGINT) AS count "
+            f"FROM read_parquet(?, hive_partitioning = false) GROUP BY {ids}",
+            [parts],
+        )
+        res["rows"] = con.execute("SELECT count(*) FROM g").fetchone()[0]
+        ngrams_sql, prefixes_sql = chunk_sql(n)
+        queries = {"ngrams": ngrams_sql}
+        if prefixes_sql:
+            queries["prefixes"] = prefixes_sql
+        for kind, sql in queries.items():
+            staged = _staging_path(outs[kind], tmp_root)
+            con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd)")
+            _publish(staged, outs[kind])
+            res["files"][kind] = outs[kind]
+        if prefixes_sql:
+            head = ", ".join(id_columns(n)[:-1])
+            res["prefix_rows"] = con.execute(
+                f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM g)"
+            ).fetchone()[0]
+        con.close()
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return res
+
+
+def choose_path(n: int, parts: list[str], s: AggregateSettings, worker_limit: int | None) -> tuple[str, int, int]:
+    """``(path, estimated_bytes, budget_bytes)`` for a chunk: the explicit choice of engine.
+
+    The estimate comes from the Parquet footers (row counts), not from reading data.
+    """
+    if s.method not in ("auto", "numpy", "duckdb"):
+        raise ValueError(f"AggregateSettings.method must be auto, numpy or duckdb, got {s.method!r}")
+    if s.numpy_budget_bytes is not None:
+        budget = s.numpy_budget_bytes
+    elif worker_limit:
+        budget = int(worker_limit * s.memory_fraction)
+    else:
+        budget = DEFAULT_NUMPY_BUDGET
+    if s.method == "duckdb":
+        return "duckdb", 0, budget
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for url in parts:
+        fs, p = get_fs(url)
+        with fs.open(p, "rb") as f:
+            rows += pq.read_metadata(f).num_rows
+    estimate = rows * (NUMPY_BYTES_PER_ROW + 2 * n)
+    if s.method == "numpy":
+        return "numpy", estimate, budget
+    return ("numpy" if estimate <= budget else "duckdb"), estimate, budget
+
+
+def _read_partials(n: int, parts: list[str]):
+    """The id columns and counts of every partial file, concatenated in file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for url in parts:
+        fs, p = get_fs(url)
+        with fs.open(p, "rb") as f:
+            tables.append(pq.read_table(f, columns=id_columns(n) + ["count"], use_threads=False))
+    table = pa.concat_tables(tables).combine_chunks()
+    return [table.column(c).to_numpy() for c in id_columns(n)], table.column("count").to_numpy()
+
+
+def merge_partials(n: int, ids: list, counts, bits: int):
+    """Sum partial counts: ``(keys, counts)`` with keys ascending and distinct.
+
+    Every partial file is sorted, so the concatenation is a few sorted runs and a
+    stable sort merges them in near-linear time.
+    """
+    import numpy as np
+
+    from .counting import KEY_DTYPE, _sum_runs
+
+    keys = np.zeros(len(counts), KEY_DTYPE)
+    for col in ids:
+        keys <<= KEY_DTYPE(bits)
+        keys |= col
+    order = np.argsort(keys, kind="stable")
+    merged = _sum_runs(keys[order], counts.astype(np.uint64)[order])
+    return merged.keys, merged.counts
+
+
+def prefix_rows(n: int, keys, counts, bits: int):
+    """The prefix table of sorted distinct n-gram keys: per (id0..id{n-2}), the sum of
+    counts, the most frequent last id (smallest id on ties), its count and share."""
+    import numpy as np
+
+    from .counting import KEY_DTYPE
+
+    prefixes = keys >> KEY_DTYPE(bits)
+    starts = np.flatnonzero(np.concatenate(([True], prefixes[1:] != prefixes[:-1])))
+    sizes = np.diff(np.append(starts, len(keys)))
+    sums = np.add.reduceat(counts, starts)
+    maxes = np.maximum.reduceat(counts, starts)
+    # Within a prefix the last ids ascend, so the first row reaching the maximum holds
+    # the smallest id among the ties.
+    hits = np.flatnonzero(counts == np.repeat(maxes, sizes))
+    group = np.searchsorted(starts, hits, side="right") - 1
+    first_hit = hits[np.concatenate(([True], group[1:] != group[:-1]))]
+    last_ids = keys[first_hit] & KEY_DTYPE((1 << bits) - 1)
+    frac = maxes.astype(np.float64) / sums.astype(np.float64)
+    return prefixes[starts], last_ids, sums.astype(np.uint64), maxes.astype(np.uint64), frac
+
+
+def _aggregate_numpy(n: int, parts: list[str], outs: dict[str, str]) -> dict | None:
+    """The in-memory path; None when the ids are too wide to pack n of them in 64 bits."""
+    import pyarrow as pa
+
+    from .counting import unpack_keys
+    from .storage import atomic_write_parquet
+
+    ids, counts = _read_partials(n, parts)
+    out_dtype = ids[0].dtype  # the explode wrote the final id type (uint16 / uint32)
+    # Key width from the largest id present: wide vocabularies still pack when they can.
+    bits = max(1, max(int(c.max()) if len(c) else 0 for c in ids).bit_length())
+    if n * bits > 64:
+        return None
+    keys, sums = merge_partials(n, ids, counts, bits)
+    del ids, counts
+    cols = dict(zip(id_columns(n), unpack_keys(keys, n, bits, out_dtype)))
+    cols["count"] = sums
+    atomic_write_parquet(outs["ngrams"], pa.table(cols), compression="zstd")
+    res = {"rows": len(keys), "prefix_rows": 0, "files": {"ngrams": outs["ngrams"]}}
+    if n >= 2:
+        heads, last, psum, pmax, frac = prefix_rows(n, keys, sums, bits)
+        pcols = dict(zip(id_columns(n)[:-1], unpack_keys(heads, n - 1, bits, out_dtype)))
+        pcols[id_columns(n)[-1]] = last.astype(out_dtype)
+        pcols.update(sum_count=psum, max_count=pmax, frac_max=frac)
+        atomic_write_parquet(outs["prefixes"], pa.table(pcols), compression="zstd")
+        res["prefix_rows"] = len(heads)
+        res["files"]["prefixes"] = outs["prefixes"]
+    return res
 
 
 def _staging_path(url: str, tmp_root: str) -> str:

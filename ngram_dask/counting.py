@@ -146,6 +146,161 @@ def split_by_chunk(counts: Counts, n: int, bits: int, n_chunks: int) -> Iterator
         yield int(chunk_sorted[lo]), Counts(counts.keys[idx], counts.counts[idx])
 
 
+# ----------------------------------------------------------------------------- one pass per shard
+#
+# The explode stage counts every n in one sort. Two ideas make that cheap:
+#
+# * The chunk number ``id0 % K`` is packed above the ids ("tagged" keys), so one sort
+#   orders the counts chunk by chunk, each chunk ascending: a chunk's rows are one
+#   contiguous slice found by binary search, with no second sort to split them.
+# * Only the largest n is sorted. The (n-1)-grams of a sample are the prefixes of its
+#   n-grams plus its last (n-1)-gram, so their sorted counts are the n-gram counts
+#   summed over runs of ``key >> bits`` (still sorted) plus one key per sample. This
+#   does not hold when n-grams containing an excluded id are dropped (an (n-1)-gram
+#   followed by the excluded id has no n-gram), so then every n is sorted on its own.
+
+
+class ChunkedCounts(NamedTuple):
+    """Sorted counts of one n, grouped by chunk: chunk ``c`` is ``[bounds[c], bounds[c+1])``.
+
+    ``keys`` are plain packed n-grams (no chunk tag), ascending inside each chunk.
+    """
+
+    keys: np.ndarray
+    counts: np.ndarray
+    bounds: np.ndarray
+
+    def chunk(self, c: int) -> Counts:
+        lo, hi = int(self.bounds[c]), int(self.bounds[c + 1])
+        return Counts(self.keys[lo:hi], self.counts[lo:hi])
+
+    def nonempty_chunks(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self.bounds))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def chunk_bits(n_chunks: int) -> int:
+    return int(max(n_chunks, 1) - 1).bit_length()
+
+
+def tag_fits(n: int, bits: int, n_chunks: int) -> bool:
+    """Whether a tagged key (chunk above n ids) leaves the all-ones value free as a sentinel."""
+    return n * bits + chunk_bits(n_chunks) < 64
+
+
+def _tagged_keys(tokens: np.ndarray, offsets: np.ndarray, n: int, bits: int, n_chunks: int) -> tuple[np.ndarray, int]:
+    """Tagged keys at every position; the ``invalid`` positions hold the sentinel (all ones).
+
+    Returns ``(keys, invalid)``: after an ascending sort the sentinels are the last
+    ``invalid`` entries, so dropping them costs no copy and no boolean mask pass.
+    """
+    total = len(tokens)
+    width = total - n + 1
+    keys = (tokens[:width] % n_chunks).astype(KEY_DTYPE) if n_chunks > 1 else np.zeros(width, KEY_DTYPE)
+    for j in range(n):
+        keys <<= KEY_DTYPE(bits)
+        keys |= tokens[j : j + width]
+    invalid = ~ngram_start_mask(offsets, total, n)[:width]
+    keys[invalid] = np.iinfo(KEY_DTYPE).max
+    return keys, int(invalid.sum())
+
+
+def _run_length(ordered: np.ndarray) -> Counts:
+    if len(ordered) == 0:
+        return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(starts, len(ordered))).astype(np.uint64)
+    return Counts(ordered[starts], counts)
+
+
+def _sum_runs(keys: np.ndarray, counts: np.ndarray) -> Counts:
+    """Sum the counts of equal adjacent keys (``keys`` sorted)."""
+    if len(keys) == 0:
+        return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return Counts(keys[starts], np.add.reduceat(counts, starts).astype(np.uint64, copy=False))
+
+
+def add_sorted(base: Counts, extra: Counts) -> Counts:
+    """``base + extra`` for sorted counts where ``extra`` is small: binary search, no re-sort."""
+    if len(extra) == 0:
+        return base
+    pos = np.searchsorted(base.keys, extra.keys)
+    inside = pos < len(base.keys)
+    found = np.zeros(len(extra), bool)
+    found[inside] = base.keys[pos[inside]] == extra.keys[inside]
+    counts = base.counts.copy()
+    np.add.at(counts, pos[found], extra.counts[found])
+    new = ~found
+    return Counts(np.insert(base.keys, pos[new], extra.keys[new]),
+                  np.insert(counts, pos[new], extra.counts[new]))
+
+
+def _sample_tail_keys(tokens: np.ndarray, offsets: np.ndarray, m: int, bits: int, n_chunks: int) -> np.ndarray:
+    """Tagged key of the last m-gram of every sample holding at least m tokens."""
+    starts = np.asarray(offsets[:-1], np.int64)
+    ends = np.asarray(offsets[1:], np.int64)
+    at = ends[ends - starts >= m] - m
+    first = tokens[at]
+    keys = (first % n_chunks).astype(KEY_DTYPE) if n_chunks > 1 else np.zeros(len(at), KEY_DTYPE)
+    for j in range(m):
+        keys <<= KEY_DTYPE(bits)
+        keys |= tokens[at + j]
+    return keys
+
+
+def _untag(c: Counts, n: int, bits: int, n_chunks: int) -> ChunkedCounts:
+    shift = KEY_DTYPE(n * bits)
+    tags = np.arange(n_chunks + 1, dtype=KEY_DTYPE) << shift
+    bounds = np.searchsorted(c.keys, tags).astype(np.int64)
+    keys = c.keys & KEY_DTYPE((1 << (n * bits)) - 1)
+    return ChunkedCounts(keys, c.counts, bounds)
+
+
+def _chunked_by_argsort(c: Counts, n: int, bits: int, n_chunks: int) -> ChunkedCounts:
+    """The fallback when a chunk tag does not fit beside the ids: a stable sort on the chunk."""
+    chunk = (first_ids(c.keys, n, bits) % KEY_DTYPE(n_chunks)).astype(np.int64)
+    order = np.argsort(chunk, kind="stable")
+    bounds = np.searchsorted(chunk[order], np.arange(n_chunks + 1)).astype(np.int64)
+    return ChunkedCounts(c.keys[order], c.counts[order], bounds)
+
+
+def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chunks: int,
+                   exclude_id: int | None = None) -> dict[int, ChunkedCounts]:
+    """Counts of every n in ``ns`` inside each sample, split into chunks ``id0 % n_chunks``."""
+    ns = sorted(set(ns))
+    for n in ns:
+        check_key_fits(n, bits)
+    out: dict[int, ChunkedCounts] = {}
+    derived: Counts | None = None  # tagged counts of derived_n, to derive n = derived_n - 1 from
+    derived_n = -1
+    for n in reversed(ns):
+        if len(tokens) < n:
+            empty = Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
+            out[n] = ChunkedCounts(empty.keys, empty.counts, np.zeros(n_chunks + 1, np.int64))
+            derived = None
+            continue
+        if not tag_fits(n, bits, n_chunks) or exclude_id is not None:
+            c = count_keys(ngram_keys(tokens, offsets, n, bits, exclude_id=exclude_id))
+            out[n] = _chunked_by_argsort(c, n, bits, n_chunks)
+            derived = None
+            continue
+        if derived is not None and derived_n == n + 1:
+            prefixes = _sum_runs(derived.keys >> KEY_DTYPE(bits), derived.counts)
+            tails = count_keys(_sample_tail_keys(tokens, offsets, n, bits, n_chunks))
+            tagged = add_sorted(prefixes, tails)
+        else:
+            keys, invalid = _tagged_keys(tokens, offsets, n, bits, n_chunks)
+            keys.sort()
+            tagged = _run_length(keys[: len(keys) - invalid])
+            del keys
+        out[n] = _untag(tagged, n, bits, n_chunks)
+        derived, derived_n = tagged, n
+    return out
+
+
 def ngram_totals(lengths: np.ndarray, n: int) -> int:
     """How many n-grams samples of these lengths hold: sum of ``max(L - n + 1, 0)``."""
     lengths = np.asarray(lengths, dtype=np.int64)

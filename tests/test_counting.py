@@ -117,3 +117,65 @@ def test_narrow_bits_pack_exactly():
     bits = counting.key_bits(5)
     c = counting.count_keys(counting.ngram_keys(tokens, offsets, 8, bits))
     assert as_counter(c, 8, bits) == oracle(samples, 8)
+
+
+# ----------------------------------------------------------------------------- one pass per shard
+
+
+def _chunked_as_counter(cc: counting.ChunkedCounts, n: int, k: int) -> Counter:
+    got = Counter()
+    for chunk in range(k):
+        part = cc.chunk(chunk)
+        if len(part) > 1:
+            assert np.all(part.keys[1:] > part.keys[:-1])  # ascending inside the chunk
+        assert np.all(counting.first_ids(part.keys, n, 16) % k == chunk)
+        got += as_counter(part, n, 16)
+    assert set(cc.nonempty_chunks().tolist()) == {c for c in range(k) if cc.bounds[c + 1] > cc.bounds[c]}
+    return got
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples=st.one_of(samples_st, small_vocab_samples_st),
+       ns=st.sampled_from([(2, 3), (1, 2, 3), (3,), (1, 3), (2, 4)]),
+       k=st.sampled_from([1, 3, 64]))
+def test_count_by_chunk_matches_counter(samples, ns, k):
+    """One sort for the largest n, the smaller n derived from it: same as counting each."""
+    tokens, offsets = concat(samples)
+    out = counting.count_by_chunk(tokens, offsets, ns, 16, k)
+    assert sorted(out) == sorted(ns)
+    for n in ns:
+        assert _chunked_as_counter(out[n], n, k) == oracle(samples, n)
+
+
+@settings(max_examples=100, deadline=None)
+@given(samples=small_vocab_samples_st, exclude=st.integers(0, 3), k=st.sampled_from([1, 4]))
+def test_count_by_chunk_with_excluded_id(samples, exclude, k):
+    """Dropping n-grams with the separator breaks the prefix derivation: each n is counted alone."""
+    tokens, offsets = concat(samples)
+    out = counting.count_by_chunk(tokens, offsets, (1, 2, 3), 16, k, exclude_id=exclude)
+    for n in (1, 2, 3):
+        assert _chunked_as_counter(out[n], n, k) == oracle(samples, n, exclude=exclude)
+
+
+@settings(max_examples=50, deadline=None)
+@given(samples=samples_st)
+def test_count_by_chunk_without_room_for_the_tag(samples):
+    """Four 16-bit ids fill the key: the chunk split falls back to a stable sort on the chunk."""
+    tokens, offsets = concat(samples)
+    assert not counting.tag_fits(4, 16, 64)
+    out = counting.count_by_chunk(tokens, offsets, (3, 4), 16, 64)
+    for n in (3, 4):
+        assert _chunked_as_counter(out[n], n, 64) == oracle(samples, n)
+
+
+@settings(max_examples=100, deadline=None)
+@given(base=st.dictionaries(st.integers(0, 50), st.integers(1, 9)),
+       extra=st.dictionaries(st.integers(0, 50), st.integers(1, 9)))
+def test_add_sorted_sums_and_inserts(base, extra):
+    def counts(d):
+        keys = sorted(d)
+        return counting.Counts(np.array(keys, dtype=np.uint64), np.array([d[k] for k in keys], dtype=np.uint64))
+
+    got = counting.add_sorted(counts(base), counts(extra))
+    assert got.keys.tolist() == sorted(set(base) | set(extra))
+    assert dict(zip(got.keys.tolist(), got.counts.tolist())) == dict(Counter(base) + Counter(extra))
