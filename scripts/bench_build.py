@@ -594,7 +594,10 @@ def print_report(r: dict, args) -> None:
         if not runs:
             continue
         secs = [x["seconds"] for x in runs]
-        workers = max(x["rss"].get("worker", 0) for x in runs)
+        # Pool / worker processes: every child but the resource tracker (the role guess
+        # from the command line can miss while a process is still starting).
+        workers = max(max([v for k, v in x["rss"].items() if k not in ("main", "helper")] or [0])
+                      for x in runs)
         main_rss = max(x["rss"].get("main", 0) for x in runs)
         rows.append((kind, secs, workers, main_rss, runs[0]))
     print(f"| build | wall s (median, min-max) | M tokens/s | peak RSS worker | peak RSS main | "
