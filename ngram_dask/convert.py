@@ -24,6 +24,7 @@ written by the client at the end, from the finished shards only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -42,7 +43,8 @@ import numpy as np
 from .config import Config, ConvertConfig
 from .errors import BadInputError, ConfigError, UserError
 from .mds import SIDECAR
-from .storage import atomic_write_bytes, get_fs, is_local, join, local_path, read_marker, write_marker
+from .storage import (apply_storage_options, atomic_write_bytes, get_fs, is_local, join, local_path,
+                      read_marker, redact_url, storage_options, write_marker)
 
 Announce = Callable[[str], None]
 
@@ -147,7 +149,7 @@ def _is_hub_id(source: str) -> bool:
         return True
     if "://" in source or any(c in source for c in "*?[") or os.path.exists(source):
         return False
-    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source)) and not posixpath.splitext(source)[1] in KINDS
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source)) and not _known(source)
 
 
 def _glob_files(source: str) -> list[tuple[str, int]]:
@@ -213,7 +215,7 @@ def _load_hf(dataset_id: str, config: str | None, split: str):
 
     try:
         return datasets.load_dataset(dataset_id, config, split=split, streaming=True)
-    except (OSError, ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as exc:
+    except (OSError, ValueError) as exc:  # DatasetNotFoundError and ConnectionError are OSErrors
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (offline mode: only local folders and the datasets cache are searched)" if offline else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -613,7 +615,8 @@ def _check_sidecar(s: ConvertSettings, source: str) -> dict:
     if existing is None and fs_exists(join(s.out, "index.json")):
         raise UserError(f"{s.out} holds an MDS dataset that `ngram-dask convert` did not write; "
                         "use a fresh --out")
-    if existing is not None:
+    fs, path = get_fs(s.out)
+    if existing is not None and fs.glob(posixpath.join(path, "*", MARKER)):  # else nothing to mix with
         for key, value in sidecar.items():
             if existing.get(key) != value:
                 raise UserError(
@@ -671,14 +674,16 @@ def write_root_index(s: ConvertSettings, shards: list[SourceShard]) -> list[Sour
 def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
     from distributed import as_completed
 
-    from .cluster import get_client
+    from .cluster import get_client, install_storage_options
     from .tokenizer import load_tokenizer
 
     c = cfg.convert
     check_required(c)
+    options = storage_options(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
+    apply_storage_options(options)
+    shards = discover_shards(c)
     tokenizer = load_tokenizer(cfg.tokenizer)  # fail here, before any work, when it cannot be had
     s = settings_from(cfg, tokenizer)
-    shards = discover_shards(c)
     begin, end = c.begin_shard, len(shards) if c.end_shard is None else c.end_shard
     if not 0 <= begin < max(begin + 1, end) or begin >= len(shards):
         raise ConfigError(f"--begin-shard {begin} / --end-shard {c.end_shard}: the source has "
@@ -688,28 +693,51 @@ def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
 
     fs, out_path = get_fs(s.out)
     fs.makedirs(out_path, exist_ok=True)
-    _check_sidecar(s, c.source)
+    _check_sidecar(s, redact_url(c.source))
     _remove_staging_leftovers(s.out)
     sep = f"BOS {s.bos_id}, EOS {s.eos_id}"
-    announce(f"convert: {len(todo)} of {len(shards)} source shard(s) -> {s.out} "
+    announce(f"convert: {len(todo)} of {len(shards)} source shard(s) -> {redact_url(s.out)} "
              f"({cfg.tokenizer}, {s.token_dtype}, seq_len {s.seq_len}{'' if s.wrap else ', no wrap'}, {sep})")
 
     t0 = time.perf_counter()
     with get_client(cfg.cluster, announce) as client:
         report.dashboard = client.dashboard_link
-        futures = client.map(convert_shard, todo, s=s, pure=False)
-        for i, fut in enumerate(as_completed(futures), 1):
-            st = fut.result()  # a task's UserError comes back as itself: one line
-            _tally(report, st)
-            what = "already done" if st["skipped"] else (
-                f"{st['documents']:,} docs, {st['tokens']:,} tokens, {st['samples']:,} samples, "
-                f"{st['bytes'] / 1e6:.2f} MB, {st['seconds']:.1f} s")
-            bad = f", {st['invalid_utf8']} invalid UTF-8 skipped" if st.get("invalid_utf8") else ""
-            announce(f"  [{i}/{len(todo)}] {st['name']}: {what}{bad}")
+        install_storage_options(client, options)
+        with _performance_report(cfg.cluster.performance_report):
+            futures = client.map(convert_shard, todo, s=s, pure=False)
+            for i, fut in enumerate(as_completed(futures), 1):
+                st = _result(fut, s.out)
+                _tally(report, st)
+                what = "already done" if st["skipped"] else (
+                    f"{st['documents']:,} docs, {st['tokens']:,} tokens, {st['samples']:,} samples, "
+                    f"{st['bytes'] / 1e6:.2f} MB, {st['seconds']:.1f} s")
+                bad = f", {st['invalid_utf8']} invalid UTF-8 skipped" if st.get("invalid_utf8") else ""
+                announce(f"  [{i}/{len(todo)}] {st['name']}: {what}{bad}")
     report.seconds = time.perf_counter() - t0
     _remove_staging_leftovers(s.out)
     report.indexed_shards = len(write_root_index(s, shards))
     return report
+
+
+def _performance_report(filename: str | None):
+    import contextlib
+
+    if not filename:
+        return contextlib.nullcontext()
+    from distributed import performance_report
+
+    return performance_report(filename=filename)
+
+
+def _result(future, out: str) -> dict:
+    """A task's statistics; its UserError comes back as itself (one line), a full disk as one."""
+    try:
+        return future.result()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"out of disk space writing {redact_url(out)}: free space and rerun "
+                            "(finished shards are kept)") from None
+        raise
 
 
 def _tally(report: ConvertReport, st: dict) -> None:

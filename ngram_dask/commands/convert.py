@@ -22,7 +22,7 @@ CONVERT_FLAGS = {
 
 
 def register(sub, common, add, config_from, announcer) -> None:
-    from ..cli import CLUSTER_FLAGS
+    from ..cli import CLUSTER_FLAGS, STORAGE_FLAGS
 
     p = sub.add_parser(
         "convert",
@@ -35,6 +35,7 @@ def register(sub, common, add, config_from, announcer) -> None:
     p.add_argument("--no-wrap", dest="convert.wrap", action="store_const", const=False, default=None,
                    help="cut each document on its own (no carry-over into the next sample)")
     add(p, CLUSTER_FLAGS)
+    add(p, STORAGE_FLAGS)
 
     def run(args) -> int:
         from ..convert import run_convert, summary_lines
