@@ -123,10 +123,13 @@ def get_client(cfg: ClusterConfig, announce=print) -> Iterator["distributed.Clie
 
     security = _security(cfg)
     if cfg.scheduler:
+        if cfg.scheduler.startswith("tls://") and security is None:
+            raise ConfigError(f"{cfg.scheduler} is a TLS scheduler: pass --tls-ca, --tls-cert and --tls-key")
         try:
             client = Client(cfg.scheduler, security=security, timeout="30s")
-        except (OSError, TimeoutError) as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {cfg.scheduler}: {exc}") from None
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot reach the Dask scheduler at {cfg.scheduler}: {first}") from None
         try:
             check_workers(client, package_versions())
             announce(f"attached to {cfg.scheduler}; dashboard: {client.dashboard_link}")
