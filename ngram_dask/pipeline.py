@@ -79,8 +79,9 @@ def build_identity(cfg: Config) -> dict[str, str]:
     }
 
 
-def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str) -> None:
-    """Refuse a work dir that holds intermediate results of another input or layout."""
+def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str, claim: bool = False) -> None:
+    """Refuse a work dir that holds intermediate results of another input or layout;
+    with ``claim``, record this build's manifest there (once the cluster is known good)."""
     manifest = {
         **build_identity(cfg),
         "token_dtype": token_dtype,
@@ -92,6 +93,8 @@ def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str) -> No
     except OSError as exc:
         raise WorkDirError(f"cannot read work dir {cfg.work_dir}: {exc}") from None
     if existing is None:
+        if not claim:
+            return
         try:
             write_marker(url, manifest)
         except OSError as exc:
@@ -142,6 +145,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         report.dashboard = client.dashboard_link
         install_storage_options(client, options)
         check_worker_access(client, cfg.input, cfg.work_dir)
+        _check_work_dir(cfg, shards, token_dtype, claim=True)
         workers_at_start = set(client.scheduler_info()["workers"])
         perf = _performance_report(cfg)
         with perf:

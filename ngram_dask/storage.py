@@ -42,7 +42,9 @@ def _tmp_name(path: str) -> str:
     return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write_bytes(url: str, data: bytes) -> None:
+def atomic_write_bytes(url: str, data: bytes, durable: bool = True) -> None:
+    """Write under a temp name, then rename. ``durable`` also fsyncs: markers need it, bulk
+    part files don't (a part whose marker is missing is rewritten anyway)."""
     fs, path = get_fs(url)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     if is_local(url):
@@ -50,8 +52,9 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             # A full disk must not keep the half-written temp file: it holds the space a rerun needs.
@@ -70,7 +73,7 @@ def atomic_write_parquet(url: str, table, **kwargs) -> int:
     buf = io.BytesIO()
     pq.write_table(table, buf, **kwargs)
     data = buf.getvalue()
-    atomic_write_bytes(url, data)
+    atomic_write_bytes(url, data, durable=False)
     return len(data)
 
 

@@ -209,7 +209,24 @@ def test_bad_shards_fail_with_one_line_naming_shard_and_sample(tmp_path, local_c
     shard = next(trunc.glob("shard.*.mds"))
     shard.write_bytes(shard.read_bytes()[:-10])
     empty = write_mds(tmp_path / "empty", [])
+    hashed = write_mds(tmp_path / "hashed", [[1, 2, 3]] * 10, hashes=["sha1"])
+    zshard = next(hashed.glob("shard.*.mds.zstd"))
+    data = bytearray(zshard.read_bytes())
+    data[-1] ^= 0x01
+    zshard.write_bytes(bytes(data))
+    badindex = write_mds(tmp_path / "badindex", [[1, 2, 3]])
+    (badindex / "index.json").write_text("{ not json")
+    noindex = write_mds(tmp_path / "noindex", [[1, 2, 3]])
+    (noindex / "index.json").unlink()
+    from streaming import MDSWriter as _W
+
+    with _W(out=str(tmp_path / "nocol"), columns={"ids": "bytes"}) as w:
+        w.write({"ids": b"\x01\x00"})
     cases = [
+        (hashed, "sha1 hash"),
+        (badindex, "index.json is not valid JSON"),
+        (noindex, "has no index.json"),
+        (tmp_path / "nocol", "has no 'tokens' column"),
         (odd, "sample 1: 'tokens' holds 3 bytes"),
         (big, "sample 1: token id 60000 at position 1 is >= vocab_size 50432"),
         (trunc, "truncated or corrupt"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from helpers import db_rows, run_cli, table_dump, write_mds
+from helpers import REPO, db_rows, run_cli, table_dump, write_mds
 
 TABLES = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
 
@@ -146,6 +146,30 @@ def test_worker_that_cannot_see_the_input_is_refused_up_front(tmp_path, corpus, 
     assert "cannot see the input data/mds" in line and "reachable by every worker" in line, line
     assert "\n" not in line
     assert not (tmp_path / "c.duckdb").exists()
+
+
+def test_worker_with_another_ngram_dask_version_is_refused(tmp_path, corpus, start_dask_processes):
+    import shutil
+
+    alt = tmp_path / "alt"
+    shutil.copytree(REPO / "ngram_dask", alt / "ngram_dask", ignore=shutil.ignore_patterns("__pycache__"))
+    init = alt / "ngram_dask" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.0-other+'))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(alt)  # the worker process imports the other copy first
+    try:
+        procs = start_dask_processes(workers=1)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+    r = run_cli(*_build_args(str(corpus), str(tmp_path / "work"), tmp_path / "c.duckdb",
+                             "--scheduler", procs.address))
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "runs ngram_dask 0.0.0-other+" in line and "install the same versions everywhere" in line, line
+    assert not (tmp_path / "work").exists() and not (tmp_path / "c.duckdb").exists()
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, corpus):
