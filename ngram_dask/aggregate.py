@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from .errors import WorkDirError
 from .schema import id_columns
 from .storage import (
     get_fs,
@@ -63,6 +64,8 @@ class AggregateSettings:
     # Memory budget of the numpy path; None = memory_fraction of the worker's limit
     # (the same share DuckDB would get), or DEFAULT_NUMPY_BUDGET without a worker.
     numpy_budget_bytes: int | None = None
+    # Where DuckDB spills; None = the worker's local directory (Dask's scratch space).
+    spill_dir: str | None = None
 
 
 def aggregate_dir(work_dir: str, n: int) -> str:
@@ -148,14 +151,30 @@ def _aggregate_duckdb(n: int, chunk: int, parts: list[str], outs: dict[str, str]
     """Out of core: DuckDB's hash aggregate under a memory limit, spilling to local disk."""
     import duckdb
 
+    try:
+        return _duckdb_chunk(n, chunk, parts, outs, s, limit, threads, scratch)
+    except duckdb.OutOfMemoryException as exc:
+        raise WorkDirError(
+            f"aggregating chunk {chunk} of n={n} ran out of memory under DuckDB's limit "
+            f"({str(exc).splitlines()[0].split('(')[-1].rstrip(')')}); raise --memory-limit or "
+            "build.duckdb_memory_fraction, or use more --chunks"
+        ) from None
+
+
+def _duckdb_chunk(n: int, chunk: int, parts: list[str], outs: dict[str, str], s: AggregateSettings,
+                  limit: int | None, threads: int | None, scratch: str | None) -> dict:
+    import duckdb
+
     res = {"rows": 0, "prefix_rows": 0, "files": {}}
-    tmp_root = tempfile.mkdtemp(prefix=f"agg-n{n}-c{chunk}-", dir=scratch)
+    if s.spill_dir:
+        os.makedirs(s.spill_dir, exist_ok=True)
+    tmp_root = tempfile.mkdtemp(prefix=f"agg-n{n}-c{chunk}-", dir=s.spill_dir or scratch)
     try:
         con = duckdb.connect(config={
             "threads": s.threads or threads or 1,
             "temp_directory": os.path.join(tmp_root, "spill"),
             "preserve_insertion_order": False,
-            **({"memory_limit": f"{max(64 << 20, int(limit * s.memory_fraction))}B"} if limit else {}),
+            **({"memory_limit": f"{max(32 << 20, int(limit * s.memory_fraction))}B"} if limit else {}),
         })
         if not is_local(s.work_dir):
             con.register_filesystem(get_fs(s.work_dir)[0])
@@ -166,6 +185,7 @@ def _aggregate_duckdb(n: int, chunk: int, parts: list[str], outs: dict[str, str]
             [parts],
         )
         res["rows"] = con.execute("SELECT count(*) FROM g").fetchone()[0]
+        spilled = _spilled_bytes(con)
         ngrams_sql, prefixes_sql = chunk_sql(n)
         queries = {"ngrams": ngrams_sql}
         if prefixes_sql:
@@ -173,8 +193,10 @@ def _aggregate_duckdb(n: int, chunk: int, parts: list[str], outs: dict[str, str]
         for kind, sql in queries.items():
             staged = _staging_path(outs[kind], tmp_root)
             con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd)")
+            spilled = max(spilled, _spilled_bytes(con))
             _publish(staged, outs[kind])
             res["files"][kind] = outs[kind]
+        res["spilled_bytes"] = spilled
         if prefixes_sql:
             head = ", ".join(id_columns(n)[:-1])
             res["prefix_rows"] = con.execute(
@@ -184,6 +206,11 @@ def _aggregate_duckdb(n: int, chunk: int, parts: list[str], outs: dict[str, str]
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return res
+
+
+def _spilled_bytes(con) -> int:
+    """Bytes DuckDB holds in its temp directory now (evicted blocks of the temp table)."""
+    return int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchone()[0])
 
 
 def choose_path(n: int, parts: list[str], s: AggregateSettings, worker_limit: int | None) -> tuple[str, int, int]:

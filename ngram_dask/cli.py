@@ -37,6 +37,8 @@ BUILD_FLAGS = {
     "--ngrams": "build.ngrams",
     "--steps": "build.steps",
     "--token-dtype": "build.token_dtype",
+    "--aggregate-method": "build.aggregate_method",
+    "--spill-dir": "build.spill_dir",
 }
 STORAGE_FLAGS = {
     "--s3-endpoint-url": "storage.s3_endpoint_url",

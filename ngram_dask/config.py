@@ -59,6 +59,8 @@ class BuildConfig:
     verify_hashes: bool = True  # check shard hashes listed in index.json
     duckdb_memory_fraction: float = 0.5  # of the worker's memory limit, for the aggregate
     duckdb_threads: Optional[int] = None  # None = the worker's threads
+    aggregate_method: str = "auto"  # auto: numpy merge when a chunk fits the budget, else DuckDB
+    spill_dir: Optional[str] = None  # DuckDB's temp directory; None = the worker's local directory
 
 
 @dataclass
@@ -155,6 +157,8 @@ class Config:
             raise ConfigError(f"vocab_size must be >= 2, got {self.vocab_size}")
         if b.token_dtype not in ("auto", "uint16", "uint32"):
             raise ConfigError(f"build.token_dtype must be auto, uint16 or uint32, got {b.token_dtype!r}")
+        if b.aggregate_method not in ("auto", "numpy", "duckdb"):
+            raise ConfigError(f"build.aggregate_method must be auto, numpy or duckdb, got {b.aggregate_method!r}")
         if not 0 < b.duckdb_memory_fraction <= 1:
             raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
         from .counting import check_key_fits, key_bits

@@ -139,7 +139,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         eos_id=b.eos_id, verify_hashes=b.verify_hashes,
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
-                            threads=b.duckdb_threads)
+                            threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir)
 
     with writer_lock(cfg.db), get_client(cfg.cluster, announce) as client:
         report.dashboard = client.dashboard_link

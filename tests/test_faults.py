@@ -185,3 +185,29 @@ def test_quiet_and_verbose(tmp_path, corpus, local_cluster):
     assert quiet.returncode == 0 and quiet.stdout == ""
     loud = run_cli(*_cli_args(tmp_path / "q", corpus, "--scheduler", local_cluster, "-v"))
     assert loud.returncode == 0 and "nothing to do" in loud.stdout
+
+
+def test_small_worker_memory_makes_duckdb_spill_with_the_same_result(tmp_path, local_cluster):
+    """A DuckDB limit far below the chunk's size: it spills to --spill-dir and the result is exact."""
+    import json
+
+    rng = np.random.default_rng(12)
+    samples = [rng.integers(0, 65536, 2048).tolist() for _ in range(3000)]  # ~6M distinct trigrams
+    mds = write_mds(tmp_path / "mds", samples, size_limit=1 << 20)
+    config = tmp_path / "small.yaml"
+    config.write_text("vocab_size: 65536\nbuild:\n  chunks: 1\n  ngrams: [2, 3]\n"
+                      "  duckdb_memory_fraction: 0.1\n  aggregate_method: duckdb\n")
+    spill = tmp_path / "spill here"
+    r = run_cli("build", "--config", str(config), "--input", str(mds), "--work-dir", str(tmp_path / "w1"),
+                "--db", str(tmp_path / "spilled.duckdb"), "--steps", "explode,aggregate,load",
+                "--n-workers", "1", "--memory-limit", "1GiB", "--spill-dir", str(spill))
+    assert r.returncode == 0, r.stderr
+    marker = json.loads((tmp_path / "w1" / "aggregate" / "n=3" / "_done" / "chunk=0.json").read_text())
+    assert marker["path"] == "duckdb" and marker["spilled_bytes"] > 0, marker
+    assert spill.is_dir() and not any(spill.iterdir())  # spill files are removed afterwards
+    r = run_cli("build", "--config", str(config), "--input", str(mds), "--work-dir", str(tmp_path / "w2"),
+                "--db", str(tmp_path / "inmemory.duckdb"), "--steps", "explode,aggregate,load",
+                "--aggregate-method", "numpy", "--scheduler", local_cluster)
+    assert r.returncode == 0, r.stderr
+    assert table_dump(tmp_path / "spilled.duckdb", TABLES) == table_dump(tmp_path / "inmemory.duckdb", TABLES)
+    verify(str(tmp_path / "spilled.duckdb"), announce=lambda m: None)
