@@ -543,15 +543,11 @@ def _publish(staging: str, out: str, name: str) -> None:
 # ---------------------------------------------------------------------------- the client
 
 
-def check_required(c: ConvertConfig) -> None:
+def validate(c: ConvertConfig) -> None:
+    """Checks that need neither the source nor the tokenizer: a run refuses to start otherwise."""
     for name in ("source", "out"):
         if not getattr(c, name):
             raise ConfigError(f"convert.{name} is required (flag --{name} or config key 'convert.{name}')")
-
-
-def settings_from(cfg: Config, tokenizer) -> ConvertSettings:
-    c = cfg.convert
-    check_required(c)
     if c.seq_len < 1:
         raise ConfigError(f"convert.seq_len must be >= 1, got {c.seq_len}")
     if c.txt_mode not in ("file", "line"):
@@ -560,10 +556,19 @@ def settings_from(cfg: Config, tokenizer) -> ConvertSettings:
         raise ConfigError(f"convert.invalid_utf8 must be 'skip' or 'error', got {c.invalid_utf8!r}")
     if c.max_samples_per_shard is not None and c.max_samples_per_shard < 1:
         raise ConfigError(f"convert.max_samples_per_shard must be >= 1, got {c.max_samples_per_shard}")
-    compression = c.compression or None
-    if compression and not _COMPRESSION.fullmatch(compression):
-        raise ConfigError(f"convert.compression {compression!r} is not one of zstd[:1-22], gz[:1-9], "
+    if c.begin_shard < 0 or (c.end_shard is not None and c.end_shard <= c.begin_shard):
+        raise ConfigError(f"--begin-shard {c.begin_shard} / --end-shard {c.end_shard}: "
+                          "need 0 <= begin < end")
+    if c.compression and not _COMPRESSION.fullmatch(c.compression):
+        raise ConfigError(f"convert.compression {c.compression!r} is not one of zstd[:1-22], gz[:1-9], "
                           "bz2[:1-9], br[:0-11], snappy (or empty for none)")
+    parse_size(c.size_limit)
+
+
+def settings_from(cfg: Config, tokenizer) -> ConvertSettings:
+    c = cfg.convert
+    validate(c)
+    compression = c.compression or None
     size_limit = parse_size(c.size_limit)
 
     bos_id = _special_id(tokenizer, c.bos_token, "bos")
@@ -678,17 +683,16 @@ def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
     from .tokenizer import load_tokenizer
 
     c = cfg.convert
-    check_required(c)
+    validate(c)
     options = storage_options(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
     apply_storage_options(options)
     shards = discover_shards(c)
+    if c.begin_shard >= len(shards):
+        raise ConfigError(f"--begin-shard {c.begin_shard}: the source has {len(shards)} shard(s) "
+                          f"(0..{len(shards) - 1})")
+    todo = shards[c.begin_shard:c.end_shard]
     tokenizer = load_tokenizer(cfg.tokenizer)  # fail here, before any work, when it cannot be had
     s = settings_from(cfg, tokenizer)
-    begin, end = c.begin_shard, len(shards) if c.end_shard is None else c.end_shard
-    if not 0 <= begin < max(begin + 1, end) or begin >= len(shards):
-        raise ConfigError(f"--begin-shard {begin} / --end-shard {c.end_shard}: the source has "
-                          f"{len(shards)} shard(s) (0..{len(shards) - 1})")
-    todo = shards[begin:end]
     report = ConvertReport(shards_total=len(shards), shards_run=len(todo), token_dtype=s.token_dtype)
 
     fs, out_path = get_fs(s.out)
