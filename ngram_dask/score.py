@@ -434,6 +434,21 @@ def _score_model(client, plan: ModelPlan, rows: dict[str, TableRows], cfg: Confi
     return out, run
 
 
+def _prune(con, scored: dict) -> dict:
+    """Drop records of columns that are gone (a rebuilt top table has none of its scores)."""
+    from .load import table_names
+
+    present = {t: set(_columns(con, t)) for t in table_names(con)}
+    out = {}
+    for column, entry in scored.items():
+        if not isinstance(entry, dict):
+            continue
+        tables = {t: r for t, r in dict(entry.get("tables", {})).items() if column in present.get(t, ())}
+        if tables:
+            out[column] = {**entry, "tables": tables}
+    return out
+
+
 def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[str, np.ndarray],
                 run: ModelRun) -> None:
     """Add and fill ``plan.column`` on every table of the plan, and record it: one transaction."""
@@ -464,8 +479,8 @@ def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[st
                 raise RuntimeError(f"{table} changed while it was scored: {updated} of {t.rows} rows updated")
             if k == 0:
                 _crash_hook(plan.column, "write")
-        scored = _scored(read_info(con))
-        entry = scored.get(plan.column) if isinstance(scored.get(plan.column), dict) else {}
+        scored = _prune(con, _scored(read_info(con)))
+        entry = scored.get(plan.column, {})
         tables = dict(entry.get("tables", {}))
         tables.update({table: rows[table].rows for table in plan.tables})
         scored[plan.column] = {

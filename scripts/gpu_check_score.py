@@ -260,7 +260,7 @@ def main() -> int:
             results["pipeline"][table] = d
             worst = max(worst, d["max_abs"])
             print(f"  {table}: {d['rows']:,} rows, max abs diff {d['max_abs']:.3e}, max rel diff {d['max_rel']:.3e}, "
-                  f"mean p {d['mean_p_ref']:.5f} (cpu fp32) vs {d['mean_p_dev']:.5f} ({args.device})")
+                  f"mean p {d['mean_p_ref']:.5f} (cpu fp32) vs {d['mean_p_dev']:.5f} ({args.device} {args.dtype})")
 
     results["max_abs_diff"] = worst
     ok = worst <= args.tol
