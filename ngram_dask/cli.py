@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.root.handlers:
         handler.setLevel(level)
     if getattr(args, "_verbose", 0) < 2:
-        for name in ("distributed", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        for name in ("huggingface_hub", "urllib3"):  # offline hub retries: the error line says it all
+        # Dask's own warnings (a worker slow to close, say) and offline hub retries would
+        # break the one-line promise; ngram-dask reports lost workers itself.
+        for name in ("distributed", "bokeh", "tornado", "huggingface_hub", "urllib3"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args._run(args)
