@@ -231,6 +231,7 @@ def _check_config(cfg: Config) -> None:
         raise ConfigError("'db' is required (flag --db or config key 'db')")
     if not [m for m in s.models if m.strip()]:
         raise ConfigError("no models to score: pass --models 70m,160m,... (or config key score.models)")
+    s.tables = list(dict.fromkeys(t.strip() for t in s.tables if t.strip()))
     if not s.tables:
         raise ConfigError("score.tables is empty: name top_bigrams and/or top_trigrams")
     for t in s.tables:
