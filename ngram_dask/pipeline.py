@@ -280,14 +280,17 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
         t0 = time.perf_counter()
         new_aggregates = 0
         if futures is not None:
-            results = (_gather_errors(f, cfg.work_dir) for f in as_completed(futures))
+            # Everything that finished since the last commit is loaded in one transaction.
+            batches = ([_gather_errors(f, cfg.work_dir) for f in batch]
+                       for batch in as_completed(futures).batches())
         else:
-            results = (_aggregated(cfg.work_dir, n, c) for n, c in todo)
-        for res in results:
-            new_aggregates += 0 if res.get("skipped") else 1
-            if writer and writer.append_chunk(res):
-                report.loaded_chunks += 1
-            progress.step()
+            batches = ([_aggregated(cfg.work_dir, n, c)] for n, c in todo)
+        for batch in batches:
+            new_aggregates += sum(0 if res.get("skipped") else 1 for res in batch)
+            if writer:
+                report.loaded_chunks += writer.append_chunks(batch)
+            for _ in batch:
+                progress.step()
         report.skipped["aggregate_new"] = new_aggregates
         report.seconds["aggregate+load"] = time.perf_counter() - t0
         if writer:
