@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .config import CatalogConfig
 from .errors import DatabaseError
-from .schema import SCHEMA_VERSION, TOOL, id_columns, id_sql_type, ngram_table, prefix_table
+from .schema import id_columns, id_sql_type, ngram_table, prefix_table
 
 # n -> (min frac_max, min sum_count) config fields; n without an entry gets no top table.
 _THRESHOLDS = {2: ("top_bigram_min_frac", "top_bigram_min_count"),
@@ -202,7 +202,7 @@ def open_catalog(path: str | None) -> Catalog:
     Refused: no such file, not a DuckDB file, a database of another tool (no
     ``catalog_info``), another schema version, a build whose chunks are not all loaded.
     """
-    from .load import _connect, read_info, table_names
+    from .load import _connect, check_owner, read_info, table_names
 
     if not path:
         raise DatabaseError("--db is required (the catalog database written by `ngram-dask build`)")
@@ -220,13 +220,7 @@ def open_catalog(path: str | None) -> Catalog:
                 f"{BUILD_FIRST}"
             )
         info = read_info(con)
-        if info.get("tool") != TOOL:
-            raise DatabaseError(f"database {path} was written by {info.get('tool')!r}, not {TOOL}")
-        if info.get("schema_version") != str(SCHEMA_VERSION):
-            raise DatabaseError(
-                f"database {path} has schema version {info.get('schema_version')}, this ngram-dask "
-                f"reads version {SCHEMA_VERSION}: rebuild it with `ngram-dask build` into a new --db"
-            )
+        check_owner(path, info)
         cat = Catalog(path=path, con=con, info=info, tables=tables)
         _check_complete(cat)
         return cat

@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .config import ClusterConfig
 from .errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ def package_versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def get_client(cfg: ClusterConfig, announce=print) -> Iterator["distributed.Client"]:
+def get_client(cfg: ClusterConfig, announce=print) -> Iterator[Client]:
     """Yield a connected ``Client``; a LocalCluster started here is closed on exit."""
     from distributed import Client, LocalCluster
 

@@ -59,6 +59,17 @@ def table_names(con) -> set[str]:
     ).fetchall()}
 
 
+def check_owner(path: str, info: dict[str, str]) -> None:
+    """Refuse a catalog_info written by another tool or another schema version."""
+    if info.get("tool") != TOOL:
+        raise DatabaseError(f"database {path} was written by {info.get('tool')!r}, not {TOOL}")
+    if info.get("schema_version") != str(SCHEMA_VERSION):
+        raise DatabaseError(
+            f"database {path} has schema version {info.get('schema_version')}, this ngram-dask "
+            f"uses version {SCHEMA_VERSION}: rebuild it with `ngram-dask build` into a new --db"
+        )
+
+
 def check_existing(path: str, identity: dict[str, str] | None = None) -> dict[str, str] | None:
     """Inspect an existing database read-only; refuse one this build must not touch.
 
@@ -82,13 +93,7 @@ def check_existing(path: str, identity: dict[str, str] | None = None) -> dict[st
         info = read_info(con)
     finally:
         con.close()
-    if info.get("tool") != TOOL:
-        raise DatabaseError(f"database {path} was written by {info.get('tool')!r}, not {TOOL}")
-    if info.get("schema_version") != str(SCHEMA_VERSION):
-        raise DatabaseError(
-            f"database {path} has schema version {info.get('schema_version')}, this ngram-dask "
-            f"writes version {SCHEMA_VERSION}; build into a new --db"
-        )
+    check_owner(path, info)
     if identity:
         for key in IDENTITY_KEYS:
             if key in info and key in identity and info[key] != identity[key]:

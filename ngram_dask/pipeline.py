@@ -18,7 +18,7 @@ from . import __version__
 from .aggregate import AggregateSettings, aggregate_chunk
 from .cluster import check_worker_access, get_client, install_storage_options, package_versions
 from .config import Config
-from .errors import BadInputError, UserError, WorkDirError
+from .errors import BadInputError, WorkDirError
 from .explode import ExplodeSettings, explode_shard
 from .load import CatalogWriter, check_existing, writer_lock
 from .mds import ShardRef, list_shards, resolve_token_dtype

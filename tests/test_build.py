@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -13,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ngram_dask.config import load_config
-from ngram_dask.errors import BadInputError, DatabaseError
+from ngram_dask.errors import DatabaseError
 from ngram_dask.pipeline import run_build
 from ngram_dask.schema import id_columns, ngram_table, prefix_table
 from ngram_dask.verify import verify

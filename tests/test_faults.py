@@ -18,7 +18,7 @@ from ngram_dask.config import load_config
 from ngram_dask.pipeline import run_build
 from ngram_dask.verify import verify
 from conftest import free_port
-from helpers import REPO, run_cli, table_dump, write_mds
+from helpers import run_cli, table_dump, write_mds
 
 TABLES = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
 

@@ -249,8 +249,6 @@ def test_tls_scheduler(tmp_path, corpus, local_result):
 
 
 def test_local_cluster_binds_loopback_and_warns_otherwise(tmp_path, corpus):
-    from distributed import Client
-
     from ngram_dask.cluster import get_client
     from ngram_dask.config import ClusterConfig
 
