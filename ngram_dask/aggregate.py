@@ -313,14 +313,14 @@ def _aggregate_numpy(n: int, parts: list[str], outs: dict[str, str]) -> dict | N
     del ids, counts
     cols = dict(zip(id_columns(n), unpack_keys(keys, n, bits, out_dtype)))
     cols["count"] = sums
-    atomic_write_parquet(outs["ngrams"], pa.table(cols), compression="zstd")
+    atomic_write_parquet(outs["ngrams"], pa.table(cols), compression="zstd", use_dictionary=False)
     res = {"rows": len(keys), "prefix_rows": 0, "files": {"ngrams": outs["ngrams"]}}
     if n >= 2:
         heads, last, psum, pmax, frac = prefix_rows(n, keys, sums, bits)
         pcols = dict(zip(id_columns(n)[:-1], unpack_keys(heads, n - 1, bits, out_dtype)))
         pcols[id_columns(n)[-1]] = last.astype(out_dtype)
         pcols.update(sum_count=psum, max_count=pmax, frac_max=frac)
-        atomic_write_parquet(outs["prefixes"], pa.table(pcols), compression="zstd")
+        atomic_write_parquet(outs["prefixes"], pa.table(pcols), compression="zstd", use_dictionary=False)
         res["prefix_rows"] = len(heads)
         res["files"]["prefixes"] = outs["prefixes"]
     return res

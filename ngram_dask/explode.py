@@ -67,9 +67,11 @@ def explode_tokens(tokens: np.ndarray, offsets: np.ndarray, n: int, s: ExplodeSe
 
 
 def _write_part(url: str, table: pa.Table) -> int:
-    # Sorted narrow columns compress well with zstd; one row group per file keeps the
-    # footer small (these files are read whole by the aggregate).
-    return atomic_write_parquet(url, table, compression="zstd", row_group_size=max(1, table.num_rows))
+    # Sorted narrow columns compress well with plain zstd; dictionary pages cost ~30% more
+    # write time and ~12% more bytes here. One row group per file keeps the footer small
+    # (these files are read whole by the aggregate).
+    return atomic_write_parquet(url, table, compression="zstd", use_dictionary=False,
+                                row_group_size=max(1, table.num_rows))
 
 
 def explode_shard(shard: ShardRef, s: ExplodeSettings) -> dict:
