@@ -23,7 +23,7 @@ from .explode import ExplodeSettings, explode_shard
 from .load import CatalogWriter, check_existing, writer_lock
 from .mds import ShardRef, list_shards, resolve_token_dtype
 from .schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
-from .storage import join, read_marker, redact_url, storage_options, write_marker
+from .storage import apply_storage_options, join, read_marker, redact_url, storage_options, write_marker
 
 Announce = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -115,13 +115,11 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     options = storage_options(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
-    from .storage import apply_storage_options
-
     apply_storage_options(options)
 
     shards = list_shards(cfg.input)
     if not shards or sum(s.samples for s in shards) == 0:
-        raise BadInputError(f"input dataset {cfg.input} is empty: no samples in {len(shards)} shard(s)")
+        raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: no samples in {len(shards)} shard(s)")
     report.shards = len(shards)
     token_dtype = resolve_token_dtype(b.token_dtype, cfg.input)
     tokenizer = None
@@ -251,7 +249,7 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
     b = cfg.build
     steps = set(b.steps)
     if report.tokens == 0:
-        raise BadInputError(f"input dataset {cfg.input} is empty: its samples hold no tokens")
+        raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: its samples hold no tokens")
     info = {
         **identity,
         "tool": TOOL,
