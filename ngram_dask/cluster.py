@@ -172,3 +172,12 @@ def get_client(cfg: ClusterConfig, announce=print) -> Iterator[Client]:
             yield client
     finally:
         cluster.close()
+
+
+def performance_report(filename: str | None):
+    """Dask's HTML performance report of what runs inside the block, or nothing without a file."""
+    if not filename:
+        return contextlib.nullcontext()
+    from distributed import performance_report as dask_performance_report
+
+    return dask_performance_report(filename=filename)

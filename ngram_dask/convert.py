@@ -679,7 +679,7 @@ def write_root_index(s: ConvertSettings, shards: list[SourceShard]) -> list[Sour
 def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
     from distributed import as_completed
 
-    from .cluster import get_client, install_storage_options
+    from .cluster import get_client, install_storage_options, performance_report
     from .tokenizer import load_tokenizer
 
     c = cfg.convert
@@ -707,7 +707,7 @@ def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
     with get_client(cfg.cluster, announce) as client:
         report.dashboard = client.dashboard_link
         install_storage_options(client, options)
-        with _performance_report(cfg.cluster.performance_report):
+        with performance_report(cfg.cluster.performance_report):
             futures = client.map(convert_shard, todo, s=s, pure=False)
             for i, fut in enumerate(as_completed(futures), 1):
                 st = _result(fut, s.out)
@@ -721,16 +721,6 @@ def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
     _remove_staging_leftovers(s.out)
     report.indexed_shards = len(write_root_index(s, shards))
     return report
-
-
-def _performance_report(filename: str | None):
-    import contextlib
-
-    if not filename:
-        return contextlib.nullcontext()
-    from distributed import performance_report
-
-    return performance_report(filename=filename)
 
 
 def _result(future, out: str) -> dict:

@@ -16,7 +16,13 @@ from typing import Callable
 
 from . import __version__
 from .aggregate import AggregateSettings, aggregate_chunk
-from .cluster import check_worker_access, get_client, install_storage_options, package_versions
+from .cluster import (
+    check_worker_access,
+    get_client,
+    install_storage_options,
+    package_versions,
+    performance_report,
+)
 from .config import Config
 from .errors import BadInputError, WorkDirError
 from .explode import ExplodeSettings, explode_shard
@@ -145,8 +151,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         check_worker_access(client, cfg.input, cfg.work_dir)
         _check_work_dir(cfg, shards, token_dtype, claim=True)
         workers_at_start = set(client.scheduler_info()["workers"])
-        perf = _performance_report(cfg)
-        with perf:
+        with performance_report(cfg.cluster.performance_report):
             _run_explode(client, shards, xs, b.steps, announce, report)
             if not {"aggregate", "load"} & set(b.steps):
                 return report
@@ -161,16 +166,6 @@ def _warn_lost_workers(client, at_start: set, announce: Announce) -> None:
         log.warning("%d worker(s) left during the build (%s); Dask re-ran their tasks elsewhere",
                     len(lost), ", ".join(sorted(lost)))
         announce(f"warning: {len(lost)} worker(s) were lost during the build; their tasks were re-run")
-
-
-def _performance_report(cfg: Config):
-    import contextlib
-
-    if not cfg.cluster.performance_report:
-        return contextlib.nullcontext()
-    from distributed import performance_report
-
-    return performance_report(filename=cfg.cluster.performance_report)
 
 
 def _gather_errors(future, work_dir: str):

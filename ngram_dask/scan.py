@@ -522,9 +522,9 @@ def task_resources(client) -> dict | None:
 
 
 def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
-    from .cluster import get_client
+    from .cluster import get_client, performance_report
     from .models import expand_model_name
-    from .pipeline import Progress, _performance_report
+    from .pipeline import Progress
     from .tokenizer import load_tokenizer
 
     validate(cfg)
@@ -577,7 +577,8 @@ def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
                 from dataclasses import replace
 
                 cluster_cfg = replace(cluster_cfg, n_workers=1)
-        with get_client(cluster_cfg, announce) as client, _performance_report(cfg):
+        with get_client(cluster_cfg, announce) as client, \
+                performance_report(cfg.cluster.performance_report):
             resources = task_resources(client)
             if resources:
                 announce("  tasks ask for a GPU resource")

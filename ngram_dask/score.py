@@ -508,19 +508,9 @@ def _means(con, report: ScoreReport) -> None:
         report.means[plan.column] = per
 
 
-def _performance_report(cfg: Config):
-    import contextlib
-
-    if not cfg.cluster.performance_report:
-        return contextlib.nullcontext()
-    from distributed import performance_report
-
-    return performance_report(filename=cfg.cluster.performance_report)
-
-
 def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
     """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``."""
-    from .cluster import get_client
+    from .cluster import get_client, performance_report
     from .load import _connect, check_existing, writer_lock
 
     _check_config(cfg)
@@ -550,7 +540,8 @@ def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
         announce(f"score {db}: {len(todo)} model(s) x " + ", ".join(f"{t} {r:,} rows" for t, r in total.items()))
         con = _connect(db, read_only=False)  # held from here: a reader cannot block the writes later
         try:
-            with get_client(_local_cluster_config(cfg), announce) as client, _performance_report(cfg):
+            with get_client(_local_cluster_config(cfg), announce) as client, \
+                    performance_report(cfg.cluster.performance_report):
                 resources = _task_resources(client)
                 placement = _placement_of(client)
                 announce("  workers advertise GPU: each task asks for GPU=1" if resources
