@@ -1,24 +1,28 @@
 """``ngram-dask demo``: the whole pipeline on a corpus made on the spot, no network.
 
 The corpus is the docstrings of this Python's standard library (read with ``ast``,
-nothing imported). It is tokenized with the real GPT-NeoX-20B tokenizer when one can
-be loaded offline (the hub cache, ``$NGRAM_DASK_TOKENIZER``, or the copy in
-``../shared/tokenizers`` beside a checkout), else with a byte-level BPE trained here.
+nothing imported). It is tokenized with the real GPT-NeoX-20B tokenizer: the copy
+shipped in the package (``ngram_dask/tokenizers/gpt-neox-20b``), unless
+``$NGRAM_DASK_TOKENIZER`` names another. A byte-level BPE trained here is the last
+resort, for a package whose bundled copy was removed.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import shlex
+import shutil
+import sys
 import sysconfig
 from pathlib import Path
 
 import numpy as np
 
 from .config import load_config
+from .tokenizer import BUNDLED_GPT_NEOX
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-NEOX = "EleutherAI/gpt-neox-20b"
 SEQ_LEN = 2048
 
 
@@ -47,11 +51,7 @@ def stdlib_docstrings(max_chars: int = 6_000_000) -> list[str]:
 
 def _candidates() -> list[str]:
     found = [os.environ["NGRAM_DASK_TOKENIZER"]] if os.environ.get("NGRAM_DASK_TOKENIZER") else []
-    found.append(NEOX)
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        copy = base.parent / "shared" / "tokenizers" / "gpt-neox-20b"
-        if (copy / "tokenizer.json").is_file():
-            found.append(str(copy))
+    found.append(str(BUNDLED_GPT_NEOX))
     return found
 
 
@@ -61,7 +61,8 @@ def pick_tokenizer(docs: list[str], out: Path):
 
     for cand in _candidates():
         try:
-            return AutoTokenizer.from_pretrained(cand), cand, f"GPT-NeoX-20B tokenizer ({cand})"
+            name = "GPT-NeoX-20B tokenizer" if cand == str(BUNDLED_GPT_NEOX) else "tokenizer"
+            return AutoTokenizer.from_pretrained(cand), cand, f"{name} ({cand})"
         except (OSError, ValueError):
             continue
     path = out / "bpe-tokenizer"
@@ -124,12 +125,33 @@ def run_demo(out_dir: str = "demo-output", announce=print, n_workers: int | None
     report = run_build(cfg, announce)
     for line in summary_lines(report):
         announce(line)
-    show_top(cfg.db, announce)
-    announce(f"\nexplore it: duckdb {cfg.db}   (or: ngram-dask verify --db {cfg.db})")
+    first_prompt = show_top(cfg.db, announce)
+    exe, db = _command_path(), _relative(Path(cfg.db))
+    announce("\nexplore it:")
+    if first_prompt:
+        announce(f"  {exe} query --db {db} {shlex.quote(first_prompt)}")
+    announce(f"  {exe} verify --db {db}")
     return 0
 
 
-def show_top(db: str, announce=print, limit: int = 15) -> None:
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _command_path() -> str:
+    """How to call ``ngram-dask`` from here: the venv's script unless it is on PATH already."""
+    beside = Path(sys.executable).parent / "ngram-dask"
+    on_path = shutil.which("ngram-dask")
+    if on_path and Path(on_path).resolve() == beside.resolve():
+        return "ngram-dask"
+    return _relative(beside) if beside.exists() else "ngram-dask"
+
+
+def show_top(db: str, announce=print, limit: int = 15) -> str | None:
+    """Print the most predictive two-token prompts; return the first prompt (or None)."""
     from .load import _connect
 
     con = _connect(db, read_only=True)
@@ -144,3 +166,5 @@ def show_top(db: str, announce=print, limit: int = 15) -> None:
     announce("\nmost predictive two-token prompts (prompt -> next token, how often, prompt count):")
     for prompt, nxt, frac, total in rows:
         announce(f"  {prompt!r:>28} -> {nxt!r:<14} {frac:6.1%}  of {total:,}")
+    # A prompt to suggest on one shell line: the first without newlines or tabs.
+    return next((p for p, *_ in rows if p.isprintable()), None)

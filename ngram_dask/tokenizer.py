@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .errors import UserError
+
+#: The GPT-NeoX-20B tokenizer (Pythia's) shipped inside the package (Apache-2.0; see its
+#: SOURCE.md), so the demo, the tests and the benchmarks need no network. Real builds
+#: default to the hub id ``EleutherAI/gpt-neox-20b``; this folder loads the same ids.
+BUNDLED_GPT_NEOX = Path(__file__).resolve().parent / "tokenizers" / "gpt-neox-20b"
 
 
 def load_tokenizer(name_or_path: str):

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = REPO.parent / "shared" / "tokenizers" / "gpt-neox-20b"
+TOKENIZER = REPO / "ngram_dask" / "tokenizers" / "gpt-neox-20b"  # the bundled copy
 SEQ_LEN = 2048
 VOCAB = 50432  # Pythia's padded GPT-NeoX vocabulary: 16-bit ids
 EOS = 0

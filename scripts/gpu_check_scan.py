@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--head-scale", type=float, default=30.0)
     ap.add_argument("--micro-batch", type=int, default=1024)
-    ap.add_argument("--tokenizer", default=None, help="default: ../shared/tokenizers/gpt-neox-20b if present")
+    ap.add_argument("--tokenizer", default=None, help="default: the bundled GPT-NeoX copy (ngram_dask/tokenizers/gpt-neox-20b)")
     ap.add_argument("--skip-scan", action="store_true", help="only the position statistics (no Dask)")
     ap.add_argument("--keep", default=None, help="folder to keep the model, MDS and outputs in")
     args = ap.parse_args()
@@ -150,8 +150,9 @@ def main() -> int:
 
         from ngram_dask.config import load_config
         from ngram_dask.scan import run_scan
+        from ngram_dask.tokenizer import BUNDLED_GPT_NEOX
 
-        tokenizer = args.tokenizer or str(Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt-neox-20b")
+        tokenizer = args.tokenizer or str(BUNDLED_GPT_NEOX)
         mds = write_mds(tmp / "mds", samples)
         tables = {}
         for tag, device, dtype in (("test", args.device, args.dtype), ("cpu", "cpu", "float32")):

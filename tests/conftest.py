@@ -20,8 +20,7 @@ import pytest
 
 from helpers import REPO
 
-SHARED = REPO.parent / "shared"
-NEOX_TOKENIZER = SHARED / "tokenizers" / "gpt-neox-20b"
+from ngram_dask.tokenizer import BUNDLED_GPT_NEOX as NEOX_TOKENIZER
 
 BPE_TEXT = (
     "the quick brown fox jumps over the lazy dog. " * 20
@@ -32,7 +31,7 @@ BPE_TEXT = (
 
 @pytest.fixture(scope="session")
 def neox_tokenizer_path() -> str:
-    """The offline copy of the real GPT-NeoX-20B tokenizer (Pythia's)."""
+    """The real GPT-NeoX-20B tokenizer (Pythia's), as shipped inside the package."""
     if not (NEOX_TOKENIZER / "tokenizer.json").is_file():
         pytest.fail(f"the GPT-NeoX tokenizer copy is missing at {NEOX_TOKENIZER}")
     return str(NEOX_TOKENIZER)

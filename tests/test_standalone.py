@@ -1,0 +1,84 @@
+"""A clone must stand alone: nothing the project tracks may read beside the repository.
+
+The developers keep a reference shelf next to the repository; a user's clone has nothing
+there. These tests fail when a tracked file points at such a place, and prove that what
+the project needs instead (the GPT-NeoX tokenizer, the table contract) is inside.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from helpers import REPO
+from ngram_dask.tokenizer import BUNDLED_GPT_NEOX
+
+SHELF = "sha" + "red"  # spelled in two parts so this file does not match its own patterns
+# Ways code or docs reach outside the repository: "../<shelf>", "<path>.parent / '<shelf>'",
+# "parents[2] / '<shelf>'", and "/work/<shelf>"-style absolute paths.
+OUTSIDE = [
+    re.compile(r"\.\./" + SHELF + r"\b"),
+    re.compile(r"parents?(\[\d+\])?\s*/\s*[\"']" + SHELF + r"[\"']"),
+    re.compile(r"[\"']" + SHELF + r"[\"']\s*/\s*[\"']tokenizers"),
+    re.compile(r"/work/" + SHELF + r"\b"),
+]
+
+
+def tracked_text_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p]
+
+
+def test_no_tracked_file_reads_beside_the_repository():
+    files = tracked_text_files()
+    assert files, "git ls-files listed nothing"
+    offenders = []
+    for rel in files:
+        path = REPO / rel
+        if path.suffix in {".png", ".parquet", ".duckdb"} or path.name == "tokenizer.json" or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if any(p.search(line) for p in OUTSIDE):
+                offenders.append(f"{rel}:{lineno}: {line.strip()[:120]}")
+    assert not offenders, "tracked files read outside the repository:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("line", [
+    'TOKENIZER = REPO.parent / "' + SHELF + '" / "tokenizers"',
+    "see ../" + SHELF + "/SPEC.md",
+    'Path(__file__).parents[2] / "' + SHELF + '"',
+])
+def test_the_check_catches_each_way_out(line):
+    assert any(p.search(line) for p in OUTSIDE)
+
+
+def test_the_gpt_neox_tokenizer_ships_with_its_license():
+    for name in ("tokenizer.json", "tokenizer_config.json", "LICENSE", "SOURCE.md"):
+        assert (BUNDLED_GPT_NEOX / name).is_file(), name
+        assert str(BUNDLED_GPT_NEOX / name).startswith(str(REPO)), "the copy must live inside the repository"
+    assert "Apache License" in (BUNDLED_GPT_NEOX / "LICENSE").read_text()
+    tracked = set(tracked_text_files())
+    assert "ngram_dask/tokenizers/gpt-neox-20b/tokenizer.json" in tracked
+
+
+def test_the_bundled_tokenizer_is_pythias():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(BUNDLED_GPT_NEOX))
+    assert type(tok).__name__ == "GPTNeoXTokenizerFast"
+    assert len(tok) == 50277
+    assert tok("Hello, my dog is cute")["input_ids"] == [12092, 13, 619, 4370, 310, 20295]
+    assert tok(" telomeres")["input_ids"] == [38103, 373]
+    assert tok.decode([0]) == "<|endoftext|>"
+
+
+def test_readme_points_to_the_table_contract_inside_the_repository():
+    readme = (REPO / "README.md").read_text()
+    assert "docs/tables.md" in readme
+    assert (REPO / "docs" / "tables.md").is_file()
