@@ -108,13 +108,19 @@ class Catalog:
                 self._cursors.append(cur)
         try:
             yield cur
-        finally:
-            self._pool.put(cur)
+        except BaseException:
+            # A failed statement may leave a result half-read, which blocks the cursor's
+            # next statement: a fresh cursor replaces it.
+            with self._pool_lock:
+                self._cursors.remove(cur)
+            cur.close()
+            raise
+        self._pool.put(cur)
 
     def sql(self, statement: str, params: Sequence[Any] = (), output: str = "arrow"):
         """Run one read-only statement with parameters (for notebooks); Arrow or pandas."""
         with self._cursor() as cur:
-            return _output(cur.execute(statement, list(params)).to_arrow_table(), output)
+            return _output(cur.sql(statement, params=list(params)).to_arrow_table(), output)
 
     def close(self) -> None:
         self._closed = True
@@ -156,7 +162,7 @@ class Catalog:
         if table not in self._rows:
             self.columns(table)  # validates the name before it is quoted into SQL
             with self._cursor() as cur:
-                self._rows[table] = int(cur.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+                self._rows[table] = int(cur.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0])
         return self._rows[table]
 
     # --- tokens ---------------------------------------------------------------------------
@@ -296,7 +302,7 @@ class Catalog:
         typ = self._id_type(n)
         where = " AND ".join(f"{c} = CAST(? AS {typ})" for c in id_columns(n))
         with self._cursor() as cur:
-            row = cur.execute(f"SELECT sum(count) FROM {ngram_table(n)} WHERE {where}", ids).fetchone()
+            row = cur.execute(f"SELECT sum(count) FROM {ngram_table(n)} WHERE {where}", ids).fetchall()[0]
         return int(row[0]) if row and row[0] is not None else 0
 
     def prob(self, prompt: str | Sequence[int], next_token: str | int, output: str = "arrow"):
@@ -464,7 +470,7 @@ class Catalog:
         """
         sql, params = self._select(table, filters, order, limit, offset)
         with self._cursor() as cur:
-            return _output(cur.execute(sql, params).to_arrow_table(), output)
+            return _output(cur.sql(sql, params=params).to_arrow_table(), output)
 
     def count_tasks(self, table: str = "top_trigrams", filters: Mapping[str, Any] | None = None) -> int:
         """How many rows ``tasks`` would page through."""
@@ -472,14 +478,14 @@ class Catalog:
         if not where:
             return self.rows(table)
         with self._cursor() as cur:
-            return int(cur.execute(f'SELECT count(*) FROM "{table}"{where}', params).fetchone()[0])
+            return int(cur.execute(f'SELECT count(*) FROM "{table}"{where}', params).fetchall()[0][0])
 
     def tasks_reader(self, table: str, filters=None, order=None, batch_rows: int = 65536):
         """Every matching row as a ``pyarrow.RecordBatchReader`` (for downloads of any size).
         The reader holds a cursor of its own until it is exhausted or closed."""
         sql, params = self._select(table, filters, order, None, 0)
         cur = self._cat.con.cursor()
-        reader = cur.execute(sql, params).to_arrow_reader(batch_rows)
+        reader = cur.sql(sql, params=params).to_arrow_reader(batch_rows)
         return reader, cur
 
     def task(self, table: str, context: Sequence[int], top: int = 20) -> dict:
@@ -496,7 +502,7 @@ class Catalog:
             typ = dict(self.columns(table))[keys[0]]
             where = " AND ".join(f'"{c}" = CAST(? AS {typ})' for c in keys)
             with self._cursor() as cur:
-                rows = cur.execute(f'SELECT * FROM "{table}" WHERE {where}', context).to_arrow_table().to_pylist()
+                rows = cur.sql(f'SELECT * FROM "{table}" WHERE {where}', params=context).to_arrow_table().to_pylist()
             row = rows[0] if rows else None
         if row is None:
             raise UserError(f"no task with context {context} in {table}")

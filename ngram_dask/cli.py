@@ -153,7 +153,7 @@ def _extra_commands():
     import importlib
 
     found = []
-    for name in ("convert", "query", "export", "report", "score", "scan"):
+    for name in ("convert", "query", "export", "report", "score", "scan", "serve"):
         try:
             module = importlib.import_module(f".commands.{name}", __package__)
         except ModuleNotFoundError as exc:
