@@ -342,3 +342,66 @@ def _publish(staged: str, url: str) -> None:
     else:
         fs, path = get_fs(url)
         fs.put_file(staged, path)
+
+
+# ----------------------------------------------------------------------------- as a Dask DataFrame
+#
+# The aggregate step is a Dask DataFrame of id0 chunks: ``dd.from_map`` makes exactly one
+# partition per (n, chunk) (``read_parquet`` could fuse or split files into other
+# partitions), each partition one row describing the chunk's partial files, and
+# ``map_partitions`` aggregates each chunk where its partition lives. DuckDB (or the
+# numpy merge) reads the partial files itself, so a chunk larger than memory still
+# streams from disk; what comes back per partition is one row of statistics.
+
+CHUNK_COLUMNS = {"n": "int64", "id0_chunk": "int64", "partial_dir": "object"}
+RESULT_COLUMNS = {"n": "int64", "id0_chunk": "int64", "path": "object", "reason": "object",
+                  "rows": "int64", "prefix_rows": "int64", "seconds": "float64",
+                  "skipped": "bool", "result": "object"}
+
+
+def _empty_frame(columns: dict):
+    import pandas as pd
+
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
+
+
+def chunk_row(ref: tuple[int, int], work_dir: str):
+    """The partition of one (n, chunk): a one-row frame naming its partial files' folder."""
+    import pandas as pd
+
+    n, chunk = ref
+    return pd.DataFrame({"n": [n], "id0_chunk": [chunk],
+                         "partial_dir": [join(explode_dir(work_dir), f"n={n}", f"id0_chunk={chunk}")]})
+
+
+def aggregate_partition(part, s: AggregateSettings):
+    """``map_partitions`` body: aggregate the chunk(s) of this partition; one stats row each."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for n, chunk in zip(part["n"].tolist(), part["id0_chunk"].tolist()):
+        res = aggregate_chunk(int(n), int(chunk), s)
+        rows.append({"n": int(n), "id0_chunk": int(chunk), "path": res.get("path"),
+                     "reason": res.get("reason"), "rows": int(res.get("rows", 0)),
+                     "prefix_rows": int(res.get("prefix_rows", 0)), "seconds": float(res.get("seconds", 0.0)),
+                     "skipped": bool(res.get("skipped")), "result": json.dumps(res)})
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
+        {k: v for k, v in RESULT_COLUMNS.items() if v != "object"})
+
+
+def aggregate_frame(todo: list[tuple[int, int]], s: AggregateSettings):
+    """The aggregate step as a Dask DataFrame: one partition per (n, chunk) in ``todo``.
+
+    Partition ``i`` is ``todo[i]``. Computing a partition aggregates that chunk
+    (idempotently: a chunk with a marker returns its recorded statistics).
+    """
+    import dask
+    import dask.dataframe as dd
+
+    # Object columns stay objects: a conversion to Arrow strings would add a step per partition.
+    with dask.config.set({"dataframe.convert-string": False}):
+        chunks = dd.from_map(chunk_row, todo, args=[s.work_dir], meta=_empty_frame(CHUNK_COLUMNS),
+                             label="id0_chunks", enforce_metadata=False)
+        return chunks.map_partitions(aggregate_partition, s, meta=_empty_frame(RESULT_COLUMNS))

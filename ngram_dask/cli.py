@@ -39,6 +39,7 @@ BUILD_FLAGS = {
     "--token-dtype": "build.token_dtype",
     "--aggregate-method": "build.aggregate_method",
     "--spill-dir": "build.spill_dir",
+    "--explode-task-tokens": "build.explode_task_tokens",
 }
 STORAGE_FLAGS = {
     "--s3-endpoint-url": "storage.s3_endpoint_url",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import __version__
-from .aggregate import AggregateSettings, aggregate_chunk
+from .aggregate import AggregateSettings
 from .cluster import (
     check_worker_access,
     get_client,
@@ -25,7 +25,7 @@ from .cluster import (
 )
 from .config import Config
 from .errors import BadInputError, WorkDirError
-from .explode import ExplodeSettings, explode_shard
+from .explode import ExplodeSettings, explode_group, group_shards, marker_url as explode_marker_url
 from .load import CatalogWriter, check_existing, writer_lock
 from .mds import ShardRef, list_shards, resolve_token_dtype
 from .schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
@@ -92,6 +92,8 @@ def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str, claim
         **build_identity(cfg),
         "token_dtype": token_dtype,
         "shards": [[s.basename, s.samples, s.raw_bytes] for s in shards],
+        # Part files are named after their shard group: another grouping must not mix in.
+        "explode_task_tokens": cfg.build.explode_task_tokens,
     }
     url = join(cfg.work_dir, "manifest.json")
     try:
@@ -108,7 +110,9 @@ def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str, claim
         return
     for key, value in manifest.items():
         if existing.get(key) != value:
-            what = "the input shards" if key == "shards" else key
+            what = {"shards": "the input shards",
+                    "explode_task_tokens": f"shard groups (build.explode_task_tokens {existing.get(key)}, "
+                                           f"not {value})"}.get(key, key)
             raise WorkDirError(
                 f"work dir {cfg.work_dir} holds results for different {what}; "
                 "use a fresh --work-dir (or delete this one)"
@@ -140,7 +144,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     xs = ExplodeSettings(
         work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
-        eos_id=b.eos_id, verify_hashes=b.verify_hashes,
+        eos_id=b.eos_id, verify_hashes=b.verify_hashes, task_tokens=b.explode_task_tokens,
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
                             threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir)
@@ -191,7 +195,8 @@ def _space_hint(work_dir: str) -> str:
     path = local_path(work_dir)
     written = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     free = shutil.disk_usage(path).free
-    done = len(list(Path(path, "explode", "_done").glob("*.json")))
+    done = sum(len(json.loads(m.read_text()).get("shards", [None]))
+               for m in Path(path, "explode", "_done").glob("*.json"))
     total = len(json.loads(Path(path, "manifest.json").read_text())["shards"])
     needed = written / max(done, 1) * total * 1.5 - written  # aggregate output ~ half of explode's
     return (f" (free {free / 2**20:.1f} MiB, written so far {written / 2**20:.1f} MiB, "
@@ -202,26 +207,30 @@ def _run_explode(client, shards, xs: ExplodeSettings, steps, announce, report: B
     import dask.bag as db
     from distributed import as_completed
 
+    token_bytes = 4 if xs.token_dtype == "uint32" else 2
+    groups = group_shards(shards, xs.task_tokens, token_bytes)
     if "explode" not in steps:
-        stats = [read_marker(join(xs.work_dir, "explode", "_done", f"{s.name}.json")) for s in shards]
-        missing = [s.name for s, st in zip(shards, stats) if st is None]
+        stats = [read_marker(explode_marker_url(xs.work_dir, g.name)) for g in groups]
+        missing = [g.name for g, st in zip(groups, stats) if st is None]
         if missing:
-            raise WorkDirError(f"shard {missing[0]} has not been exploded yet: run the explode step first")
+            raise WorkDirError(f"shard group {missing[0]} has not been exploded yet: run the explode step first")
         report.skipped["explode"] = len(shards)
         _tally(report, stats)
         return stats
 
-    announce(f"explode: {len(shards)} shard(s) -> {xs.chunks} chunk(s), n = {', '.join(map(str, xs.ngrams))}")
-    bag = db.from_sequence(shards, partition_size=1).map(explode_shard, xs)
+    announce(f"explode: {len(shards)} shard(s) in {len(groups)} task(s) -> {xs.chunks} chunk(s), "
+             f"n = {', '.join(map(str, xs.ngrams))}")
+    # A bag of shard groups (descriptors, never data): one partition, one task, per group.
+    bag = db.from_sequence(groups, partition_size=1).map(explode_group, xs)
     futures = client.compute(bag.to_delayed(), optimize_graph=False)
-    progress = Progress("explode", len(futures), "shards", announce)
+    progress = Progress("explode", len(futures), "tasks", announce)
     stats: list[dict] = []
     for fut in as_completed(futures):
         part = _gather_errors(fut, xs.work_dir)
         stats.extend(part)
         progress.step(sum(p["tokens"] for p in part))
     report.seconds["explode"] = progress.seconds
-    report.skipped["explode"] = sum(1 for s in stats if s.get("skipped"))
+    report.skipped["explode"] = sum(len(s["shards"]) for s in stats if s.get("skipped"))
     _tally(report, stats)
     return stats
 
@@ -239,8 +248,6 @@ def _tally(report: BuildReport, stats: list[dict]) -> None:
 def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: AggregateSettings,
                             identity: dict, started: str, announce: Announce,
                             report: BuildReport, tokenizer=None) -> None:
-    from distributed import as_completed
-
     b = cfg.build
     steps = set(b.steps)
     if report.tokens == 0:
@@ -264,26 +271,27 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
         loaded = writer.loaded() if writer else set()
         todo = [(n, c) for n in sorted(b.ngrams) for c in range(b.chunks) if (n, c) not in loaded]
         announce(f"aggregate: {len(todo)} chunk(s) to do, {len(loaded)} already loaded")
-        if "aggregate" in steps:
-            futures = client.map(aggregate_chunk, [n for n, _ in todo], [c for _, c in todo],
-                                 s=ags, pure=False)
-        else:
-            futures = None
         progress = Progress("aggregate+load" if writer else "aggregate", len(todo), "chunks", announce)
         t0 = time.perf_counter()
-        new_aggregates = 0
-        if futures is not None:
-            # Everything that finished since the last commit is loaded in one transaction.
-            batches = ([_gather_errors(f, cfg.work_dir) for f in batch]
-                       for batch in as_completed(futures).batches())
+        if "aggregate" in steps:
+            results = _aggregate_results(client, todo, ags, cfg.work_dir)
         else:
-            batches = ([_aggregated(cfg.work_dir, n, c)] for n, c in todo)
-        for batch in batches:
-            new_aggregates += sum(0 if res.get("skipped") else 1 for res in batch)
-            if writer:
-                report.loaded_chunks += writer.append_chunks(batch)
-            for _ in batch:
-                progress.step()
+            results = (_aggregated(cfg.work_dir, n, c) for n, c in todo)
+        # Each n is loaded in one transaction (its rows and its ledger rows together) as
+        # soon as its last chunk is aggregated: a few large INSERTs per table are as fast
+        # as loading the finished files at once, and the smaller n (scheduled first) loads
+        # while the larger one is still aggregating.
+        waiting = {n: sum(1 for m, _ in todo if m == n) for n in sorted(b.ngrams)}
+        ready: dict[int, list[dict]] = {n: [] for n in waiting}
+        new_aggregates = 0
+        for res in results:
+            n = int(res["n"])
+            new_aggregates += 0 if res.get("skipped") else 1
+            ready[n].append(res)
+            progress.step()
+            if len(ready[n]) == waiting[n] and writer:
+                report.loaded_chunks += writer.append_chunks(ready[n])
+                ready[n] = []
         report.skipped["aggregate_new"] = new_aggregates
         report.seconds["aggregate+load"] = time.perf_counter() - t0
         if writer:
@@ -315,6 +323,23 @@ def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announ
     writer.write_info({"tokenizer": cfg.tokenizer})
     report.seconds["catalog"] = time.perf_counter() - t0
     announce(f"catalog: {', '.join(f'{t} {r:,} rows' for t, r in rows.items())}")
+
+
+def _aggregate_results(client, todo: list[tuple[int, int]], ags: AggregateSettings, work_dir: str):
+    """Compute the aggregate DataFrame (one partition per chunk); yield each chunk's
+    statistics as its partition finishes."""
+    import json
+
+    from distributed import as_completed
+
+    from .aggregate import aggregate_frame
+
+    if not todo:
+        return
+    futures = client.compute(aggregate_frame(todo, ags).to_delayed())
+    for fut in as_completed(futures):
+        for res in _gather_errors(fut, work_dir)["result"]:
+            yield json.loads(res)
 
 
 def _aggregated(work_dir: str, n: int, c: int) -> dict:

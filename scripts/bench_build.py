@@ -117,12 +117,73 @@ def _zipf_token_stream(target: int, seed: int = 0):
         yield ids
 
 
-def make_corpus(cache: Path, tokens: int, shard_bytes: int, synthetic: bool, log) -> tuple[Path, dict]:
-    """The MDS corpus (cached): ``ceil(tokens / 2048)`` samples of 2048 tokens."""
+def _real_tokens(cache: Path, target: int, log):
+    """The first ``target`` tokens of real text as one uint16 array, cached (tokenizing is slow)."""
+    import numpy as np
+
+    path = cache / f"text-tokens-{target}.u16"
+    for have in sorted(cache.glob("text-tokens-*.u16")):  # a longer cached prefix serves as well
+        if have.stat().st_size >= 2 * target:
+            return np.fromfile(have, dtype=np.uint16, count=target)
+    log(f"corpus: tokenizing {target:,} tokens of real text (once; cached in {path})")
+    t0 = time.perf_counter()
+    parts, have = [], 0
+    for ids in _real_token_stream(target):
+        parts.append(ids)
+        have += len(ids)
+        if have >= target:
+            break
+    arr = np.concatenate(parts)[:target]
+    tmp = path.with_suffix(".tmp")
+    arr.tofile(tmp)
+    tmp.rename(path)
+    log(f"corpus: tokenized in {time.perf_counter() - t0:.0f} s")
+    return arr
+
+
+# Copies of the real text past the first have their less frequent tokens renamed: ids from
+# RENAME_FROM up are permuted, with a permutation per copy. Frequent tokens (punctuation,
+# keywords, common words) stay, so the copies share much of their n-gram mass the way
+# more text of one kind does, while every n-gram touching a renamed id is new: distinct
+# n-grams keep growing with size, as they do in a real corpus (a plain repeat would not).
+RENAME_FROM = 4096
+REAL_VOCAB = 50277
+
+
+def _expanded_token_stream(real, target: int):
+    import numpy as np
+
+    copy = 0
+    made = 0
+    while made < target:
+        if copy == 0:
+            ids = real
+        else:
+            rng = np.random.default_rng(1000 + copy)
+            table = np.arange(1 << 16, dtype=np.uint16)
+            table[RENAME_FROM:REAL_VOCAB] = RENAME_FROM + rng.permutation(REAL_VOCAB - RENAME_FROM).astype(np.uint16)
+            ids = table[real]
+        take = min(len(ids), target - made)
+        for lo in range(0, take, 1 << 24):
+            yield ids[lo:min(lo + (1 << 24), take)]
+        made += take
+        copy += 1
+
+
+def make_corpus(cache: Path, tokens: int, shard_bytes: int, synthetic: bool, log,
+                real_tokens: int | None = None) -> tuple[Path, dict]:
+    """The MDS corpus (cached): ``ceil(tokens / 2048)`` samples of 2048 tokens.
+
+    Real text by default: up to ``real_tokens`` tokens are tokenized text; a larger
+    corpus repeats that text with the rare tokens renamed per copy (see RENAME_FROM).
+    """
     import numpy as np
 
     kind = "zipf" if synthetic else "text"
-    root = cache / f"corpus-{kind}-{tokens}-{shard_bytes >> 20}MiB"
+    n_samples = math.ceil(tokens / SEQ_LEN)
+    real_cap = n_samples * SEQ_LEN if real_tokens is None else min(int(real_tokens), n_samples * SEQ_LEN)
+    tag = "" if synthetic or real_cap >= n_samples * SEQ_LEN else f"-real{real_cap}"
+    root = cache / f"corpus-{kind}-{tokens}-{shard_bytes >> 20}MiB{tag}"
     info_path = root / "bench-corpus.json"
     if info_path.exists():
         return root, json.loads(info_path.read_text())
@@ -130,10 +191,12 @@ def make_corpus(cache: Path, tokens: int, shard_bytes: int, synthetic: bool, log
 
     if root.exists():
         shutil.rmtree(root)
-    n_samples = math.ceil(tokens / SEQ_LEN)
-    log(f"corpus: writing {n_samples:,} samples of {SEQ_LEN} tokens ({kind}) to {root}")
+    if synthetic:
+        stream = _zipf_token_stream(n_samples * SEQ_LEN)
+    else:
+        stream = _expanded_token_stream(_real_tokens(cache, real_cap, log), n_samples * SEQ_LEN)
+    log(f"corpus: writing {n_samples:,} samples of {SEQ_LEN} tokens ({kind}{tag}) to {root}")
     t0 = time.perf_counter()
-    stream = _zipf_token_stream(n_samples * SEQ_LEN) if synthetic else _real_token_stream(n_samples * SEQ_LEN)
     pending, have, written = [], 0, 0
     with MDSWriter(out=str(root), columns={"tokens": "bytes"}, compression="zstd",
                    size_limit=shard_bytes) as w:
@@ -152,6 +215,8 @@ def make_corpus(cache: Path, tokens: int, shard_bytes: int, synthetic: bool, log
             if written == n_samples:
                 break
     info = {"kind": kind, "samples": written, "tokens": written * SEQ_LEN,
+            "real_text_tokens": None if synthetic else real_cap,
+            "renamed_from_id": RENAME_FROM if tag else None,
             "shard_bytes": shard_bytes, "seconds_to_make": round(time.perf_counter() - t0, 1)}
     info.update(corpus_statistics(root))
     info_path.write_text(json.dumps(info, indent=1))
@@ -159,27 +224,40 @@ def make_corpus(cache: Path, tokens: int, shard_bytes: int, synthetic: bool, log
 
 
 def corpus_statistics(root: Path) -> dict:
-    """Distinct tokens, bigrams and trigrams, and how distinct trigrams grow with the corpus."""
+    """Distinct tokens, bigrams and trigrams, at a quarter, half and all of the corpus.
+
+    Computed independently of both builds: ``np.unique`` of every shard's packed keys,
+    merged with ``np.unique`` again at each checkpoint.
+    """
     import numpy as np
 
     from ngram_dask import counting
     from ngram_dask.mds import list_shards, read_shard
 
     shards = list_shards(str(root))
-    keys3, distinct = [], {}
-    toks = set()
-    growth = []
+    checkpoints = sorted({max(1, round(len(shards) * f)) for f in (0.25, 0.5, 1.0)})
+    merged = {2: np.empty(0, np.uint64), 3: np.empty(0, np.uint64)}
+    pending: dict[int, list] = {2: [], 3: []}
+    toks = np.zeros(1 << 16, bool)
+    growth, tokens_so_far = [], 0
     for i, ref in enumerate(shards):
         d = read_shard(ref, "uint16", VOCAB, verify_hashes=False)
-        toks.update(np.unique(d.tokens).tolist())
-        keys3.append(counting.count_keys(counting.ngram_keys(d.tokens, d.offsets, 3, 16)).keys)
-        merged = np.unique(np.concatenate(keys3))
-        keys3 = [merged]
-        growth.append([sum(r.samples for r in shards[: i + 1]) * SEQ_LEN, len(merged)])
-    distinct["distinct_tokens"] = len(toks)
-    distinct["distinct_trigrams"] = int(len(keys3[0])) if keys3 else 0
-    distinct["distinct_trigram_growth"] = growth  # [tokens so far, distinct trigrams so far]
-    return distinct
+        toks[d.tokens] = True
+        tokens_so_far += int(d.offsets[-1])
+        for n in (2, 3):
+            pending[n].append(np.unique(counting.ngram_keys(d.tokens, d.offsets, n, 16)))
+        if i + 1 in checkpoints:
+            for n in (2, 3):
+                merged[n] = np.unique(np.concatenate([merged[n], *pending[n]]))
+                pending[n] = []
+            growth.append([tokens_so_far, int(len(merged[2])), int(len(merged[3]))])
+    return {
+        "distinct_tokens": int(toks.sum()),
+        "distinct_bigrams": int(len(merged[2])),
+        "distinct_trigrams": int(len(merged[3])),
+        # [tokens so far, distinct bigrams, distinct trigrams] at 1/4, 1/2 and all shards
+        "distinct_growth": growth,
+    }
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -489,6 +567,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=float, default=50e6, help="corpus size (rounded up to whole samples)")
     ap.add_argument("--scale", type=int, default=1, help="multiply the corpus (run once, ours only)")
     ap.add_argument("--synthetic", action="store_true", help="Zipf tokens instead of real text")
+    ap.add_argument("--real-tokens", type=float, default=1.28e8,
+                    help="tokenize at most this much real text; a larger corpus repeats it with its "
+                         "rare tokens renamed per copy (distinct n-grams keep growing)")
     ap.add_argument("--shard-mib", type=int, default=16, help="MDS size_limit per shard (MiB)")
     ap.add_argument("--runs", type=int, default=3, help="alternating runs of each build")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="workers / pool processes")
@@ -507,14 +588,14 @@ def main() -> None:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     tokens = int(args.tokens) * args.scale
-    mds, info = make_corpus(cache, tokens, args.shard_mib << 20, args.synthetic, log)
+    mds, info = make_corpus(cache, tokens, args.shard_mib << 20, args.synthetic, log, args.real_tokens)
     from ngram_dask.mds import list_shards
 
     shards = list_shards(str(mds))
     log(f"corpus {mds}: {info['tokens']:,} tokens in {len(shards)} shards, "
         f"{info['distinct_tokens']:,} distinct tokens, {info['distinct_trigrams']:,} distinct trigrams")
-    log("  distinct trigram growth: " + ", ".join(f"{t/1e6:.1f}M tok -> {d/1e6:.2f}M"
-                                               for t, d in info["distinct_trigram_growth"]))
+    log("  distinct bigrams, trigrams as the corpus grows: " + "; ".join(
+        f"{t / 1e6:,.0f}M tokens -> {b / 1e6:.2f}M, {d / 1e6:.2f}M" for t, b, d in info["distinct_growth"]))
     if args.corpus_only:
         return
     runs_dir = cache / "runs"
