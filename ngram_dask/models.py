@@ -88,6 +88,61 @@ def _dtype_kwarg(torch_dtype) -> dict:
     return {"dtype": torch_dtype} if (major, minor) >= (4, 56) else {"torch_dtype": torch_dtype}
 
 
+def _from_pretrained(cls, name: str, **kw):
+    """``cls.from_pretrained`` with PyTorch's fused SDPA attention where the architecture has it
+    (GPT-NeoX's eager attention materialises the softmax and runs it in float32)."""
+    try:
+        return cls.from_pretrained(name, attn_implementation="sdpa", **kw)
+    except (ValueError, ImportError) as exc:
+        if "sdpa" not in str(exc).lower() and "attn_implementation" not in str(exc):
+            raise
+        return cls.from_pretrained(name, **kw)
+
+
+# Elements of one rows x vocab float32 temporary when probabilities are computed from logits.
+_CHUNK_ELEMENTS_CPU = 1 << 18  # 1 MiB: about 5 rows of a 50k vocabulary
+_CHUNK_ELEMENTS_GPU = 1 << 25  # 128 MiB: about 670 rows; the scan's ~10 temporaries take ~1.3 GiB
+
+
+def vocab_chunk_rows(vocab: int, device) -> int:
+    """Rows of logits to turn into probabilities at once on ``device``.
+
+    On a CPU the ``rows x vocab`` float32 temporaries must stay in cache: the scan's
+    statistics over a whole 1024-row micro-batch made ~10 temporaries of 200 MB each,
+    which the allocator mapped and page-faulted in afresh every time (the statistics were
+    ~90% of the CPU scan's time, half of it in the kernel). A GPU wants few, large kernels.
+    """
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    budget = _CHUNK_ELEMENTS_GPU if kind == "cuda" else _CHUNK_ELEMENTS_CPU
+    return max(1, budget // max(1, int(vocab)))
+
+
+def batch_limit(model, device, tokens: int, logit_rows: int, fraction: float = 0.7,
+                cap: int = 1 << 16) -> int:
+    """The most rows (sequences of ``tokens`` ids, ``logit_rows`` vocabulary rows of output
+    each) that ``fraction`` of the device's free memory holds in one forward pass; ``cap``
+    off CUDA. A power of two, so that the sweeps and the defaults meet the same shapes.
+
+    Per row: the widest activation of a layer (about 16 hidden-sized vectors per token:
+    QKV, attention output, the 4x MLP and its GELU, residuals) in the model's dtype, and
+    the output rows in the model's dtype plus two float32 copies (upcast and ``exp``).
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cap
+    cfg = model.config
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    inter = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    elem = next(model.parameters()).element_size()
+    per_row = tokens * (8 * hidden + 2 * inter) * elem + logit_rows * vocab * (elem + 8)
+    free, _total = torch.cuda.mem_get_info(device)
+    rows = int(free * fraction) // max(1, per_row)
+    return max(1, min(cap, 1 << max(0, rows.bit_length() - 1)))
+
+
 def load_model(name: str, device: str = "auto", dtype: str = "auto"):
     """The model on its device, in eval mode; cached so each worker process loads it once."""
     device = resolve_device(device)
@@ -103,7 +158,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto"):
 
                 torch.cuda.empty_cache()
             try:
-                model = AutoModelForCausalLM.from_pretrained(key[0], **_dtype_kwarg(torch_dtype))
+                model = _from_pretrained(AutoModelForCausalLM, key[0], **_dtype_kwarg(torch_dtype))
             except (OSError, ValueError) as exc:
                 raise _load_error(key[0], exc) from None
             _CACHE[key] = model.to(device).eval()

@@ -64,28 +64,58 @@ class TaskSettings:
     placement: tuple[tuple[str, int, int], ...] = ()
 
 
+def _last_logits(model, prompts):
+    """Logits of the last prompt position only: ``(rows, vocab)``. The output layer is the
+    largest matrix of a small model; running it on every prompt position wasted half of a
+    trigram batch's output-layer work."""
+    try:
+        out = model(input_ids=prompts, use_cache=False, logits_to_keep=1)
+    except TypeError:  # a model class without logits_to_keep
+        out = model(input_ids=prompts, use_cache=False)
+    return out.logits[:, -1, :]
+
+
 def probabilities(model, ids: np.ndarray, batch_size: int, device: str) -> tuple[np.ndarray, int]:
     """``P(ids[:, -1] | ids[:, :-1])`` for every row, in batches; returns (p, batch size used).
 
-    A CUDA out-of-memory error halves the batch and retries the same rows.
+    On CUDA the batch is first lowered to what free memory holds, and a CUDA
+    out-of-memory error halves it and retries the same rows.
     """
     import torch
+
+    from .models import batch_limit, vocab_chunk_rows
 
     rows, width = ids.shape
     if width < 2:
         raise ValueError(f"a scoring row needs a prompt and an expected token, got {width} id(s)")
+    dev = torch.device(device)
+    on_cuda = dev.type == "cuda"
     ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
-    out = np.empty(rows, dtype=np.float64)
-    start, bs = 0, max(1, int(batch_size))
+    if on_cuda:
+        # pinned: the copies below are asynchronous, so the host queues the next batch
+        # while the GPU still computes this one
+        ids = ids.pin_memory()
+    bs = max(1, int(batch_size))
+    if on_cuda:
+        bs = min(bs, batch_limit(model, dev, tokens=width - 1, logit_rows=1))
+    # p stays on the device until the end: a copy back per batch would stall the queue
+    out = torch.empty(rows, dtype=torch.float32, device=dev)
+    start = 0
     with torch.inference_mode():
         while start < rows:
             stop = min(start + bs, rows)
-            batch = ids[start:stop].to(device)
+            batch = ids[start:stop].to(dev, non_blocking=True)
             try:
-                # float32 from here even for an fp16 model: softmax = exp(logit - logsumexp),
-                # read at the expected id only (no second batch x vocab tensor).
-                logits = model(input_ids=batch[:, :-1], use_cache=False).logits[:, -1, :].float()
-                p = torch.exp(logits.gather(1, batch[:, -1:]) - torch.logsumexp(logits, dim=-1, keepdim=True))
+                logits = _last_logits(model, batch[:, :-1])
+                expected = batch[:, -1:]
+                # float32 even for an fp16 model: p = exp(logit - logsumexp), read at the
+                # expected id only. Row chunks keep the logsumexp temporaries in cache on a CPU.
+                step = vocab_chunk_rows(logits.shape[-1], dev)
+                for a in range(0, stop - start, step):
+                    b = min(a + step, stop - start)
+                    chunk = logits[a:b].float()
+                    lse = torch.logsumexp(chunk, dim=-1, keepdim=True)
+                    out[start + a:start + b] = torch.exp(chunk.gather(1, expected[a:b]) - lse).squeeze(1)
             except torch.cuda.OutOfMemoryError:
                 if bs == 1:
                     raise
@@ -93,9 +123,8 @@ def probabilities(model, ids: np.ndarray, batch_size: int, device: str) -> tuple
                 logits = None
                 torch.cuda.empty_cache()
                 continue
-            out[start:stop] = p.squeeze(1).double().cpu().numpy()
             start = stop
-    return out, bs
+    return out.cpu().numpy().astype(np.float64), bs
 
 
 def _worker_address() -> str | None:
