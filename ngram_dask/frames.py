@@ -78,10 +78,11 @@ def _open_source(source: str) -> _Source:
 
 
 # (Not named "columns": from_map passes a projection under that name to functions that take it.)
-def _read_chunk_file(chunk: int, urls: dict[int, str], schema: list[tuple[str, str]]):
+def _read_chunk_file(chunk: int, urls: dict[int, str], schema: list[tuple[str, str]], options: dict):
     """One partition from the work dir: the chunk's final Parquet file (or no rows)."""
     import pyarrow.parquet as pq
 
+    _ensure_options(options)
     url = urls.get(chunk)
     if url is None:
         return _meta(schema)
@@ -107,16 +108,33 @@ def _read_chunk_catalog(chunk: int, db: str, table: str, chunks: int, schema: li
     return frame.astype(dict(schema), copy=False)
 
 
-def counts(source: str, n: int = 3, table: str = "ngrams"):
+def _ensure_options(options: dict) -> None:
+    """Storage options on a worker: applied once per process (they travel with the graph)."""
+    import fsspec.config
+
+    from .storage import apply_storage_options
+
+    if any(fsspec.config.conf.get(p) != {**fsspec.config.conf.get(p, {}), **c} for p, c in options.items()):
+        apply_storage_options(options)
+
+
+def counts(source: str, n: int = 3, table: str = "ngrams", s3_endpoint_url: str | None = None,
+           s3_region: str | None = None):
     """The final ``table`` ("ngrams" or "prefixes") of ``n`` as a Dask DataFrame.
 
     ``source`` is a build's work dir (local or fsspec URL) or its catalog ``.duckdb``
     file. One partition per id0 chunk: partition ``c`` holds the rows with
-    ``id0 % K == c``, sorted by the ids (see the module docstring).
+    ``id0 % K == c``, sorted by the ids (see the module docstring). The S3 settings
+    are the build's ``--s3-endpoint-url``/``--s3-region``; credentials come from the
+    usual AWS settings of each worker.
     """
     import dask
     import dask.dataframe as dd
 
+    from .storage import apply_storage_options, storage_options
+
+    options = storage_options(s3_endpoint_url, s3_region)
+    apply_storage_options(options)
     if table not in TABLES:
         raise UserError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
     if table == "prefixes" and n < 2:
@@ -139,7 +157,7 @@ def counts(source: str, n: int = 3, table: str = "ngrams"):
             return dd.from_map(_read_chunk_catalog, chunk_ids, args=[src.location, name, src.chunks, columns],
                                meta=_meta(columns), label=f"{name}-chunks", enforce_metadata=False)
         urls = _finished_chunk_files(src.location, n, table, src.chunks)
-        return dd.from_map(_read_chunk_file, chunk_ids, args=[urls, columns], meta=_meta(columns),
+        return dd.from_map(_read_chunk_file, chunk_ids, args=[urls, columns, options], meta=_meta(columns),
                            label=f"{ngram_table(n) if table == 'ngrams' else prefix_table(n)}-chunks",
                            enforce_metadata=False)
 

@@ -118,6 +118,18 @@ def test_s3_input_and_work_dir_give_the_identical_database(tmp_path, corpus, loc
     for where, text in [("stdout", r.stdout), ("stderr", r.stderr), ("catalog_info", repr(info)),
                         ("performance report", perf.read_text(errors="replace"))]:
         assert secret not in text, f"the secret key leaked into the {where}"
+    # The counts as Dask DataFrames, read by the workers straight from the S3 work dir.
+    script = ("import sys, ngram_dask; from distributed import Client, LocalCluster\n"
+              "with LocalCluster(n_workers=2, threads_per_worker=1, host='127.0.0.1', dashboard_address=':0') as c, "
+              "Client(c):\n"
+              "    f = ngram_dask.counts('s3://ngram/work', 3, s3_endpoint_url=sys.argv[1])\n"
+              "    print(f.npartitions, int(f['count'].sum().compute()), len(f.nlargest(100, 'count').compute()))\n")
+    out = subprocess.run([sys.executable, "-c", script, endpoint], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    total = db_rows(db, "SELECT sum(count) FROM trigrams")[0][0]
+    chunks = int(info["chunks"])
+    assert out.stdout.split() == [str(chunks), str(total), str(min(100, db_rows(db, "SELECT count(*) FROM trigrams")[0][0]))]
     # A rerun against S3 finds every marker and loads nothing.
     r = run_cli(*_build_args("s3://ngram/mds", "s3://ngram/work", db, "--s3-endpoint-url", endpoint,
                              "--n-workers", "2"), env=env)
