@@ -92,6 +92,7 @@ class Catalog:
         self._strings: list[str] | None = None
         self._schema: dict[str, list[tuple[str, str]]] = {}
         self._rows: dict[str, int] = {}
+        self._totals: dict[tuple, int] = {}
         self._closed = False
 
     # --- plumbing -------------------------------------------------------------------------
@@ -444,18 +445,22 @@ class Catalog:
 
     def _select(self, table: str, filters, order, limit: int | None, offset: int) -> tuple[str, list]:
         where, params = self._where(table, filters)
-        sql = f'SELECT * FROM "{table}"{where}{self._order(table, order)}'
-        if limit is not None:
-            if not isinstance(limit, int) or limit < 0:
-                raise UserError(f"limit must be an integer >= 0, got {limit!r}")
-            sql += " LIMIT ?"
-            params.append(limit)
+        order_by = self._order(table, order)
         if not isinstance(offset, int) or offset < 0:
             raise UserError(f"offset must be an integer >= 0, got {offset!r}")
-        if offset:
-            sql += " OFFSET ?"
-            params.append(offset)
-        return sql, params
+        if limit is None:
+            sql = f'SELECT * FROM "{table}"{where}{order_by}'
+            if offset:
+                sql += " OFFSET ?"
+                params.append(offset)
+            return sql, params
+        if not isinstance(limit, int) or limit < 0:
+            raise UserError(f"limit must be an integer >= 0, got {limit!r}")
+        # A page sorts only (sort keys, rowid) and reads whole rows for the page alone:
+        # deep pages of a 1.6M-row table keep offset + limit narrow rows, not wide ones.
+        sql = (f'WITH _page AS (SELECT rowid AS _r FROM "{table}"{where}{order_by} LIMIT ? OFFSET ?) '
+               f'SELECT * FROM "{table}" SEMI JOIN _page ON "{table}".rowid = _page._r{order_by}')
+        return sql, params + [limit, offset]
 
     def tasks(self, table: str = "top_trigrams", filters: Mapping[str, Any] | None = None,
               order: str | Sequence[str] | None = None, limit: int | None = 50, offset: int = 0,
@@ -477,8 +482,19 @@ class Catalog:
         where, params = self._where(table, filters)
         if not where:
             return self.rows(table)
+        # Paging through one selection asks for the same total on every page; the file
+        # is opened read-only, so no writer can change the answer while it is open.
+        key = (table, where, tuple(params))
+        with self._pool_lock:
+            if key in self._totals:
+                return self._totals[key]
         with self._cursor() as cur:
-            return int(cur.execute(f'SELECT count(*) FROM "{table}"{where}', params).fetchall()[0][0])
+            total = int(cur.execute(f'SELECT count(*) FROM "{table}"{where}', params).fetchall()[0][0])
+        with self._pool_lock:
+            if len(self._totals) >= 4096:
+                self._totals.pop(next(iter(self._totals)))
+            self._totals[key] = total
+        return total
 
     def tasks_reader(self, table: str, filters=None, order=None, batch_rows: int = 65536):
         """Every matching row as a ``pyarrow.RecordBatchReader`` (for downloads of any size).

@@ -28,8 +28,9 @@ function fmtNum(x, type) {
   return Math.abs(x) >= 1000 ? x.toFixed(1) : Number(x.toPrecision(4)).toString();
 }
 function tok(text, id) {
-  const t = el("span", { class: "tok", title: id === undefined ? "" : "id " + id }, text === "" ? "∅" : text);
-  return t;
+  // newlines and tabs drawn as marks, so a token stays one box on one line
+  const shown = text === "" ? "∅" : text.replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/\r/g, "␍");
+  return el("span", { class: "tok", title: id === undefined ? "" : "id " + id }, shown);
 }
 
 async function api(path, params) {
@@ -135,17 +136,21 @@ function selectionParams() {
   return p;
 }
 
+let pageSeq = 0;
+
 async function loadPage() {
   const p = selectionParams();
   p.set("limit", String(state.limit));
   p.set("offset", String(state.offset));
+  const seq = ++pageSeq;
   let res;
   try {
     res = await api("/api/rows", p);
   } catch (e) {
-    $("#error").textContent = e.message;
+    if (seq === pageSeq) $("#error").textContent = e.message;
     return;
   }
+  if (seq !== pageSeq) return; // answers can arrive out of order: only the latest request counts
   $("#error").textContent = "";
   state.total = res.total;
   state.sort = res.sort;
@@ -199,6 +204,8 @@ function renderGrid(res) {
 
 // --- one task -----------------------------------------------------------------------------
 
+let taskSeq = 0;
+
 async function openTask(table, row) {
   const t = tableInfo(table);
   const box = $("#task");
@@ -209,13 +216,15 @@ async function openTask(table, row) {
     $("#task-section").scrollIntoView();
     return;
   }
+  const seq = ++taskSeq;
   let res;
   try {
     res = await api("/api/task", new URLSearchParams({ table, ids: t.key.map((k) => row[k]).join(",") }));
   } catch (e) {
-    box.replaceChildren(el("div", { class: "error" }, e.message));
+    if (seq === taskSeq) box.replaceChildren(el("div", { class: "error" }, e.message));
     return;
   }
+  if (seq !== taskSeq) return; // another row was clicked meanwhile
   const r = res.row;
   const expected = r["id" + (res.n - 1)];
   const followers = el("table", { id: "followers" },
