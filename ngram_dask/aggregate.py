@@ -134,9 +134,9 @@ def aggregate_chunk(n: int, chunk: int, s: AggregateSettings) -> dict:
             done_numpy = _aggregate_numpy(n, parts, outs)
             if done_numpy is None:  # ids too wide for one 64-bit key
                 path = "duckdb"
-        log.info("aggregate n=%d chunk=%d: %s path (estimated %d B, numpy budget %d B)",
-                 n, chunk, path, estimate, budget)
-        stats.update(path=path, estimated_bytes=estimate, budget_bytes=budget)
+        reason = _reason(s.method, path, estimate, budget)
+        log.info("aggregate n=%d chunk=%d: %s path (%s)", n, chunk, path, reason)
+        stats.update(path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget)
         if done_numpy is not None:
             stats.update(done_numpy)
         else:
@@ -211,6 +211,14 @@ def _duckdb_chunk(n: int, chunk: int, parts: list[str], outs: dict[str, str], s:
 def _spilled_bytes(con) -> int:
     """Bytes DuckDB holds in its temp directory now (evicted blocks of the temp table)."""
     return int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchone()[0])
+
+
+def _reason(method: str, path: str, estimate: int, budget: int) -> str:
+    if method != "auto":
+        return f"build.aggregate_method = {method}"
+    if path == "numpy":
+        return f"fits the numpy budget ({estimate:,} <= {budget:,} B): the sorted merge is faster"
+    return f"over the numpy budget ({estimate:,} > {budget:,} B): DuckDB streams and spills"
 
 
 def choose_path(n: int, parts: list[str], s: AggregateSettings, worker_limit: int | None) -> tuple[str, int, int]:

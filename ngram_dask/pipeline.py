@@ -43,6 +43,7 @@ class BuildReport:
     ngrams: dict[int, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     loaded_chunks: int = 0
+    load_seconds: float = 0.0  # time inside the load transactions (part of aggregate+load)
     skipped: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     dashboard: str | None = None
@@ -290,7 +291,9 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
             ready[n].append(res)
             progress.step()
             if len(ready[n]) == waiting[n] and writer:
+                t_load = time.perf_counter()
                 report.loaded_chunks += writer.append_chunks(ready[n])
+                report.load_seconds += time.perf_counter() - t_load
                 ready[n] = []
         report.skipped["aggregate_new"] = new_aggregates
         report.seconds["aggregate+load"] = time.perf_counter() - t0

@@ -381,13 +381,14 @@ def run_baseline(mds_root: str, work: str, db_path: str, procs: int, batch_sampl
 
 
 def run_ours(mds_root: str, work: str, db_path: str, workers: int, chunks: int,
-             steps_split: bool, memory_limit: str) -> dict:
+             steps_split: bool, memory_limit: str, method: str = "auto") -> dict:
     from ngram_dask.config import load_config
     from ngram_dask.pipeline import run_build
 
     base = {"input": mds_root, "work_dir": work, "db": db_path, "vocab_size": VOCAB,
             "build.chunks": chunks, "cluster.n_workers": workers, "cluster.threads_per_worker": 1,
-            "cluster.memory_limit": memory_limit, "cluster.dashboard_address": ":0"}
+            "cluster.memory_limit": memory_limit, "cluster.dashboard_address": ":0",
+            "build.aggregate_method": method}
     stages = {}
     t0 = time.perf_counter()
     if steps_split:  # one build in three invocations, to time load apart from aggregate
@@ -399,6 +400,7 @@ def run_ours(mds_root: str, work: str, db_path: str, workers: int, chunks: int,
         report = run_build(load_config(None, {**base, "build.steps": ["explode", "aggregate", "load"]}),
                            announce=lambda m: None)
         stages = dict(report.seconds)
+    stages["load (inside aggregate+load)" if not steps_split else "load (transactions)"] = report.load_seconds
     seconds = time.perf_counter() - t0
     agg = _aggregate_markers(work)
     return {"tokens": report.tokens, "stages": stages, "seconds": seconds,
@@ -420,8 +422,9 @@ def _aggregate_markers(work: str) -> dict:
 # ----------------------------------------------------------------------------- floor
 
 
-def run_floor(mds_root: str) -> dict:
-    """One core: read every shard and pack its 2- and 3-gram keys, no counting."""
+def run_floor(mds_root: str, chunks: int) -> dict:
+    """Explode's floor, one core: read every shard, pack its keys and sort them (the
+    counting core on each shard, no files written, no Dask)."""
     from ngram_dask import counting
     from ngram_dask.mds import list_shards, read_shard
 
@@ -429,13 +432,88 @@ def run_floor(mds_root: str) -> dict:
     tokens = 0
     for ref in list_shards(mds_root):
         d = read_shard(ref, "uint16", VOCAB)
-        for n in (2, 3):
-            counting.ngram_keys(d.tokens, d.offsets, n, 16)
+        counting.count_by_chunk(d.tokens, d.offsets, (2, 3), 16, chunks)
         tokens += int(d.offsets[-1])
     return {"tokens": tokens, "seconds": time.perf_counter() - t0, "stages": {}, "scratch": {}}
 
 
-# ----------------------------------------------------------------------------- harness
+def run_aggregate_floor(work: str) -> dict:
+    """Aggregate's floor, one core: every chunk's partial rows already in memory, merged
+    (sum per key) and turned into the prefix table; reading and writing files excluded."""
+    import pyarrow.parquet as pq
+
+    from ngram_dask import aggregate
+
+    merge_s, rows_in, rows_out = 0.0, 0, 0
+    for chunk_dir in sorted(Path(work, "explode").glob("n=*/id0_chunk=*")):
+        n = int(chunk_dir.parent.name.split("=")[1])
+        table = pq.read_table([str(p) for p in sorted(chunk_dir.glob("*.parquet"))]).combine_chunks() \
+            if len(list(chunk_dir.glob("*.parquet"))) else None
+        if table is None or table.num_rows == 0:
+            continue
+        ids = [table.column(f"id{j}").to_numpy() for j in range(n)]
+        counts = table.column("count").to_numpy()
+        t0 = time.perf_counter()
+        keys, sums = aggregate.merge_partials(n, ids, counts, 16)
+        if n >= 2:
+            aggregate.prefix_rows(n, keys, sums, 16)
+        merge_s += time.perf_counter() - t0
+        rows_in += table.num_rows
+        rows_out += len(keys)
+    return {"seconds": merge_s, "rows_in": rows_in, "rows_out": rows_out, "tokens": 0, "stages": {}, "scratch": {}}
+
+
+def run_load_floor(work: str, db_path: str, threads: int) -> dict:
+    """Load's floor: one ``INSERT ... SELECT`` per table of the same final rows (the
+    aggregate's chunk files) into an empty DuckDB file."""
+    import duckdb
+
+    from ngram_dask.schema import create_sql, ngram_columns, ngram_table, prefix_columns, prefix_table
+
+    t0 = time.perf_counter()
+    con = duckdb.connect(db_path)
+    con.execute(f"SET threads = {threads}")
+    con.execute("SET preserve_insertion_order = false")
+    rows = 0
+    for n in (2, 3):
+        for table, cols, kind in ((ngram_table(n), ngram_columns(n, VOCAB), "ngrams"),
+                                  (prefix_table(n), prefix_columns(n, VOCAB), "prefixes")):
+            files = sorted(str(p) for p in Path(work, "aggregate", f"n={n}", kind).glob("*.parquet"))
+            con.execute(create_sql(table, cols))
+            con.execute(f"INSERT INTO {table} SELECT * FROM read_parquet(?, hive_partitioning = false)", [files])
+            rows += con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    con.execute("CHECKPOINT")
+    con.close()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rows": rows, "db_bytes": os.path.getsize(db_path), "tokens": 0,
+            "stages": {}, "scratch": {}}
+
+
+def compare_aggregate_engines(work: str, sample: int = 16) -> list[dict]:
+    """The same chunks aggregated by the numpy merge and by DuckDB (1 thread each), timed."""
+    from ngram_dask import aggregate
+
+    out = []
+    dirs = sorted(Path(work, "explode").glob("n=*/id0_chunk=*"))
+    step = max(1, len(dirs) // sample)
+    for chunk_dir in dirs[::step][:sample]:
+        n = int(chunk_dir.parent.name.split("=")[1])
+        chunk = int(chunk_dir.name.split("=")[1])
+        row = {"n": n, "chunk": chunk}
+        for method in ("numpy", "duckdb"):
+            scratch = Path(work).parent / f"engine-{method}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            (scratch / "explode").mkdir(parents=True)
+            os.symlink(Path(work, "explode").resolve() / f"n={n}", scratch / "explode" / f"n={n}")
+            s = aggregate.AggregateSettings(work_dir=str(scratch), method=method, threads=1,
+                                            memory_limit_bytes=4 << 30)
+            t0 = time.perf_counter()
+            res = aggregate.aggregate_chunk(n, chunk, s)
+            row[method] = time.perf_counter() - t0
+            row["rows"] = res["rows"]
+            shutil.rmtree(scratch, ignore_errors=True)
+        out.append(row)
+    return out
 
 
 def _du(path: Path) -> int:
@@ -518,9 +596,13 @@ def child_main(spec: dict) -> None:
                            spec["chunks"])
     elif kind == "ours":
         res = run_ours(spec["mds"], spec["work"], spec["db"], spec["workers"], spec["chunks"],
-                       spec.get("steps_split", False), spec["memory_limit"])
+                       spec.get("steps_split", False), spec["memory_limit"], spec.get("method", "auto"))
     elif kind == "floor":
-        res = run_floor(spec["mds"])
+        res = run_floor(spec["mds"], spec["chunks"])
+    elif kind == "aggregate_floor":
+        res = run_aggregate_floor(spec["work"])
+    elif kind == "load_floor":
+        res = run_load_floor(spec["work"], spec["db"], spec["threads"])
     else:
         raise SystemExit(f"unknown child kind {kind}")
     print(json.dumps(res))
@@ -582,6 +664,7 @@ def main() -> None:
     ap.add_argument("--no-extras", action="store_true", help="skip floor, stage split and 1-worker run")
     ap.add_argument("--json", help="also write all results here")
     ap.add_argument("--corpus-only", action="store_true", help="make (or check) the corpus and stop")
+    ap.add_argument("--no-engine-compare", action="store_true", help="skip timing numpy vs DuckDB per chunk")
     args = ap.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
 
@@ -647,14 +730,35 @@ def main() -> None:
                     raise SystemExit("the two databases differ")
         results["runs"] = {"baseline": base_runs, "ours": our_runs}
         if not args.no_extras:
-            log("extras")
-            results["floor"] = run_child("floor", args, {**common})
-            log(f"  floor    {results['floor']['seconds']:7.2f} s")
-            results["split"] = one("ours", steps_split=True)
-            results["one_worker"] = one("ours", workers=1)
+            run_extras(results, args, common, runs_dir, one, log)
     print_report(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
+
+def run_extras(results: dict, args, common: dict, runs_dir: Path, one, log) -> None:
+    """Floors measured in the same run, on the last build's own work dir where they need it."""
+    log("extras")
+    work = runs_dir / "ours" / "work"
+    results["floor"] = run_child("floor", args, {**common})
+    log(f"  floor explode (1 core) {results['floor']['seconds']:7.2f} s")
+    results["aggregate_floor"] = run_child("aggregate_floor", args, {**common, "work": str(work)})
+    log(f"  floor aggregate (1 core) {results['aggregate_floor']['seconds']:7.2f} s")
+    results["load_floor"] = {}
+    for threads in (1, 2):
+        db = runs_dir / f"load-floor-{threads}.duckdb"
+        db.unlink(missing_ok=True)
+        results["load_floor"][threads] = run_child("load_floor", args, {**common, "work": str(work), "db": str(db),
+                                                                        "threads": threads})
+        db.unlink(missing_ok=True)
+        log(f"  floor load, {threads} DuckDB thread(s) {results['load_floor'][threads]['seconds']:7.2f} s")
+    if not args.no_engine_compare:
+        results["engines"] = compare_aggregate_engines(str(work))
+        log("  aggregate engines (s): " + ", ".join(f"n={e['n']} c={e['chunk']} {e['rows']:,} rows numpy "
+                                                     f"{e['numpy']:.2f} duckdb {e['duckdb']:.2f}"
+                                                     for e in results["engines"][:6]))
+    results["split"] = one("ours", steps_split=True)
+    results["one_worker"] = one("ours", workers=1)
 
 
 def print_report(r: dict, args) -> None:
@@ -705,24 +809,47 @@ def print_report(r: dict, args) -> None:
             st = r["runs"][kind][0]
             if "aggregate_paths" in st:
                 print(f"aggregate paths ({kind}): {st['aggregate_paths']}")
-    if "floor" in r:
-        f = r["floor"]
-        rate = f["tokens"] / f["seconds"]
-        print(f"\nfloor (1 core: read shards + pack 2- and 3-gram keys): {f['seconds']:.1f} s, "
-              f"{rate / 1e6:.1f}M tokens/s")
-        if r["runs"].get("ours"):
-            oexp = med([x["stages"]["explode"] for x in r["runs"]["ours"]])
-            per_core = tokens / oexp / r["cores"]
-            print(f"ours explode per core: {per_core / 1e6:.1f}M tokens/s = floor / {rate / per_core:.2f}")
-    if "split" in r:
-        s = r["split"]["stages"]
-        print("stage split (ours, one build in three invocations, each incl. cluster start): "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in s.items()))
+    cores = r["cores"]
+    if "floor" in r and "split" in r and r["runs"].get("ours"):
+        split = r["split"]["stages"]
+        ours_explode = med([x["stages"]["explode"] for x in r["runs"]["ours"]])
+        f_exp = r["floor"]["seconds"] / cores
+        f_agg = r["aggregate_floor"]["seconds"] / cores
+        lf = r["load_floor"]
+        best_threads = min(lf, key=lambda t: lf[t]["seconds"])
+        f_load = lf[best_threads]["seconds"]
+        load = split.get("load (transactions)", 0.0)
+        print("\neach stage against its floor (same run, same corpus; floors of 1-core work are divided "
+              f"by the {cores} cores):")
+        print("| stage | ours s | floor s | ours / floor | the floor |")
+        print("|---|---|---|---|---|")
+        print(f"| explode | {ours_explode:.1f} | {f_exp:.1f} | {ours_explode / f_exp:.2f} | read, pack and sort "
+              f"every shard in one process ({r['floor']['seconds']:.1f} s on 1 core) |")
+        print(f"| aggregate | {split['aggregate']:.1f} | {f_agg:.1f} | {split['aggregate'] / f_agg:.2f} | merge "
+              f"the same {r['aggregate_floor']['rows_in']:,} partial rows in memory "
+              f"({r['aggregate_floor']['seconds']:.1f} s on 1 core; our stage includes cluster start) |")
+        print(f"| load | {load:.1f} | {f_load:.1f} | {load / f_load:.2f} | one INSERT ... SELECT per table of the "
+              f"same {lf[best_threads]['rows']:,} final rows into an empty file ({best_threads} DuckDB threads) |")
+        ours_db = r["runs"]["ours"][0]["db_bytes"]
+        print(f"| catalog file | {fmt_bytes(ours_db)} | {fmt_bytes(lf[best_threads]['db_bytes'])} | "
+              f"{ours_db / lf[best_threads]['db_bytes']:.2f} | the floor's file |")
+        print("load floor by DuckDB threads: " + ", ".join(f"{t}: {v['seconds']:.1f} s" for t, v in lf.items()))
+        print("stage split (one build in three invocations, each incl. cluster start): "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in split.items()))
+    if r.get("engines"):
+        e = r["engines"]
+        print("aggregate engines on the same chunks (1 thread, incl. reading and writing): numpy "
+              f"{sum(x['numpy'] for x in e):.2f} s, DuckDB {sum(x['duckdb'] for x in e):.2f} s over {len(e)} chunks "
+              f"({sum(x['rows'] for x in e):,} final rows)")
     if "one_worker" in r and r["runs"].get("ours"):
         one_s = r["one_worker"]["seconds"]
         two_s = med([x["seconds"] for x in r["runs"]["ours"]])
-        print(f"scaling: 1 worker {one_s:.1f} s, {r['cores']} workers {two_s:.1f} s (median) -> "
+        print(f"scaling: 1 worker {one_s:.1f} s, {cores} workers {two_s:.1f} s (median) -> "
               f"{one_s / two_s:.2f}x speed-up")
+    growth = info.get("distinct_growth")
+    if growth:
+        print("distinct n-grams as the corpus grows: " + "; ".join(
+            f"{t:,} tokens: {b:,} bigrams, {d:,} trigrams" for t, b, d in growth))
 
 
 def _mem_gib() -> float:

@@ -177,7 +177,10 @@ def test_performance_report_is_written(tmp_path, corpus, local_cluster):
     r = run_cli(*_cli_args(tmp_path, corpus, "--scheduler", local_cluster, "--performance-report", str(report)))
     assert r.returncode == 0, r.stderr
     assert report.stat().st_size > 10_000
-    assert "explode_shard" in report.read_text(errors="replace")
+    html = report.read_text(errors="replace")
+    # the task stream names both stages: the bag's explode tasks and the DataFrame's
+    # map_partitions over id0 chunks
+    assert "explode_group" in html and "id0_chunks-aggregate_partition" in html
 
 
 def test_quiet_and_verbose(tmp_path, corpus, local_cluster):
