@@ -235,8 +235,11 @@ def build_model(s: Shape, dev, dtype: str, seed: int = 0):
 
     torch.manual_seed(seed)
     with torch.device(dev):
-        model = AutoModelForCausalLM.from_config(neox_config(s), attn_implementation="sdpa",
-                                                 **_dtype_kwarg(dtype_of(dtype)))
+        try:
+            model = AutoModelForCausalLM.from_config(neox_config(s), attn_implementation="sdpa",
+                                                     **_dtype_kwarg(dtype_of(dtype)))
+        except TypeError:  # a transformers whose from_config takes no dtype: float32, converted below
+            model = AutoModelForCausalLM.from_config(neox_config(s), attn_implementation="sdpa")
     first = next(model.parameters())
     if first.device.type != dev.type or first.dtype != dtype_of(dtype):  # a transformers that ignored the context
         print(f"  note: {s.name} was built on {first.device} in {first.dtype}; moving it", flush=True)
@@ -267,7 +270,7 @@ def ceiling(dev, dtypes: list[str], n: int) -> dict:
     return out
 
 
-def rate(fn, units_per_call: int, target_s: float, max_calls: int = 64) -> tuple[float, float]:
+def rate(fn, units_per_call: int, target_s: float, max_calls: int = 200) -> tuple[float, float]:
     """(units/s, seconds of one call): warm-up call, then enough calls for ``target_s``, three
     times; the median of the three. A call slower than ``target_s`` is timed once more only."""
     t0 = time.perf_counter()
@@ -413,11 +416,11 @@ def correctness(dev, dtypes: list[str], tiny: bool, seq_len: int, log) -> dict:
 # --------------------------------------------------------------------------- sweeps
 
 def scan_sweep(dev, shape: Shape, dtypes: list[str], micro_batches: list[int], seq_len: int, sample_len: int,
-               target_s: float, budget: Budget, reserve_s: float, log) -> list[dict]:
+               target_s: float, budget: Budget, reserve_s: float, log, rows: list[dict]) -> None:
+    """Appends to ``rows`` as it goes, so that an error or a kill keeps what was measured."""
     from ngram_dask.models import batch_limit
     from ngram_dask.scan import position_statistics
 
-    rows: list[dict] = []
     model = build_model(shape, dev, dtypes[0])
     limit = batch_limit(model, dev, tokens=seq_len + 1, logit_rows=2)
     rng = np.random.default_rng(1)
@@ -450,15 +453,14 @@ def scan_sweep(dev, shape: Shape, dtypes: list[str], micro_batches: list[int], s
                 best = row
     del model
     free_memory(dev)
-    return rows
 
 
 def score_sweep(dev, shape: Shape, dtypes: list[str], batch_sizes: list[int], target_s: float,
-                budget: Budget, reserve_s: float, log) -> list[dict]:
+                budget: Budget, reserve_s: float, log, rows: list[dict]) -> None:
+    """Appends to ``rows`` as it goes, so that an error or a kill keeps what was measured."""
     from ngram_dask.models import batch_limit
     from ngram_dask.score import probabilities
 
-    rows: list[dict] = []
     model = build_model(shape, dev, dtypes[0])
     rng = np.random.default_rng(2)
     best: dict[int, dict] = {}
@@ -489,7 +491,6 @@ def score_sweep(dev, shape: Shape, dtypes: list[str], batch_sizes: list[int], ta
                     best[width] = row
     del model
     free_memory(dev)
-    return rows
 
 
 # --------------------------------------------------------------------------- projections
@@ -632,41 +633,68 @@ def main(argv: list[str] | None = None) -> int:
         print("no usable dtype on this device")
         return 2
 
-    if "ceiling" not in skip:
+    path = Path(args.json or os.path.join(os.environ.get("OUT") or ".", "bench_gpu.json"))
+    res["errors"] = {}
+
+    def section(key: str, fn) -> None:
+        """Run one section; a failure is recorded and the next section still runs (a GPU run
+        is one shot), and the JSON is rewritten after each, so a kill keeps the finished ones."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - reported in the output and the JSON
+            import traceback
+
+            res["errors"][key] = f"{type(exc).__name__}: {exc}"
+            log(f"{key}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            traceback.print_exc(limit=4)
+            free_memory(dev)
+        res["seconds"] = round(budget.elapsed(), 1)
+        path.write_text(json.dumps(res, indent=1, default=str))
+
+    def run_ceiling() -> None:
         res["ceiling"] = ceiling(dev, usable, 512 if tiny else 8192)
         log(f"ceiling: dense matmul TFLOP/s {res['ceiling']}")
-    if "correctness" not in skip:
+
+    def run_correctness() -> None:
         log("correctness: tiny GPT-NeoX, device vs cpu float32")
         res["correctness"] = correctness(dev, usable, tiny, args.seq_len, log)
-    # What each later section keeps back for the ones after it.
-    if "scan" not in skip:
+
+    def run_scan() -> None:
         log(f"scan sweep: {scan_size}, L={args.seq_len}")
-        res["scan"] = scan_sweep(dev, shapes[scan_size], usable, micro_batches, args.seq_len,
-                                 256 if tiny else ORIGINAL_SAMPLE_LEN, target_s, budget,
-                                 reserve_s=0.55 * budget.left(), log=log)
+        # the scan may use up to ~45% of what is left; the score sweeps get the rest
+        scan_sweep(dev, shapes[scan_size], usable, micro_batches, args.seq_len, 256 if tiny else ORIGINAL_SAMPLE_LEN,
+                   target_s, budget, reserve_s=0.55 * budget.left(), log=log, rows=res["scan"])
+
+    def run_score(size: str) -> None:
+        try:
+            score_sweep(dev, shapes[size], usable, batch_sizes, target_s, budget, reserve_s=2 * target_s + 2,
+                        log=log, rows=res["score"])
+        except torch.cuda.OutOfMemoryError as exc:
+            log(f"score {size}: out of memory ({str(exc).splitlines()[0]})")
+            res["score"].append({"model": size, "skipped": "out of memory"})
+            free_memory(dev)
+
+    for key, fn in (("ceiling", run_ceiling), ("correctness", run_correctness), ("scan", run_scan)):
+        if key not in skip:
+            section(key, fn)
     if "score" not in skip:
-        for i, size in enumerate(sizes):
+        for size in sizes:
             if budget.left() < 3 * target_s + 5:
                 log(f"score {size}: skipped (budget)")
                 res["score"].append({"model": size, "skipped": "budget"})
                 continue
             log(f"score sweep: {size}")
-            try:
-                res["score"] += score_sweep(dev, shapes[size], usable, batch_sizes, target_s, budget,
-                                            reserve_s=2 * target_s + 2, log=log)
-            except torch.cuda.OutOfMemoryError as exc:
-                log(f"score {size}: out of memory ({str(exc).splitlines()[0]})")
-                res["score"].append({"model": size, "skipped": "out of memory"})
-                free_memory(dev)
+            section(f"score {size}", lambda size=size: run_score(size))
     res["projections"] = projections(shapes, res["scan"], res["score"], scan_size, args.seq_len)
     res["seconds"] = round(budget.elapsed(), 1)
-    path = Path(args.json or os.path.join(os.environ.get("OUT") or ".", "bench_gpu.json"))
     path.write_text(json.dumps(res, indent=1, default=str))
     for line in table_lines(res):
         print(line)
     print(f"\n{res['seconds']:.0f} s in all; numbers in {path}")
+    for key, err in res["errors"].items():
+        print(f"FAILED {key}: {err}")
     ok = all(c["ok"] for c in (res.get("correctness") or {}).get("dtypes", {}).values())
-    return 0 if ok else 1
+    return 0 if ok and not res["errors"] else 1
 
 
 if __name__ == "__main__":
