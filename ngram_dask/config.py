@@ -57,7 +57,7 @@ class BuildConfig:
     drop_eos: bool = False  # extension: skip n-grams that contain eos_id (document-aware counts)
     eos_id: int = 0
     verify_hashes: bool = True  # check shard hashes listed in index.json
-    explode_task_tokens: int = 48_000_000  # shards per explode task: as many as hold this many tokens
+    explode_task_tokens: int = 34_000_000  # shards per explode task: as many as hold this many tokens (~8 B each while sorting)
     duckdb_memory_fraction: float = 0.5  # of the worker's memory limit, for the aggregate
     duckdb_threads: Optional[int] = None  # None = the worker's threads
     aggregate_method: str = "auto"  # auto: numpy merge when a chunk fits the budget, else DuckDB

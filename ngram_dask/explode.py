@@ -40,7 +40,7 @@ class ExplodeSettings:
     drop_eos: bool = False
     eos_id: int = 0
     verify_hashes: bool = True
-    task_tokens: int = 48_000_000  # shards per task: as many as hold this many tokens
+    task_tokens: int = 34_000_000  # shards per task: as many as hold this many tokens
 
     @property
     def bits(self) -> int:
