@@ -89,35 +89,42 @@ def positions(lengths: Sequence[int], seq_len: int) -> tuple[np.ndarray, np.ndar
     return sample, start
 
 
-def pair_statistics(logits_short, logits_long) -> dict:
+def pair_statistics(logits_short, logits_long, work=None) -> dict:
     """Every statistic of a batch of (short, long) last-position logits, in float32 (torch tensors).
 
     Each pass over a ``rows x vocab`` tensor costs memory traffic, so the vocabulary is read as
-    few times as the statistics allow: the max probability is read at the argmax instead of a
-    max over the exponentials, ``|P_s - P_l|`` and ``-d`` are never materialised (max |x| is
-    max(max x, -min x)), and temporaries are reused in place once spent. Callers pass a few
-    rows at a time on a CPU (``models.vocab_chunk_rows``) so that the temporaries stay in cache.
+    few times as the statistics allow: one ``exp`` per distribution gives both P and log P,
+    the max probability is read at the argmax, ``|P_s - P_l|`` and ``-d`` are never
+    materialised (max |x| is max(max x, -min x)), and temporaries are reused once spent.
+    ``work`` (``stat_workspace``) holds the six ``rows x vocab`` temporaries, so that a
+    caller going through many chunks allocates them once: in a Dask worker, whose
+    ``MALLOC_TRIM_THRESHOLD_`` makes glibc map and unmap every such block, fresh ones per
+    chunk cost as much as the arithmetic.
     """
     import torch
 
     ls = logits_short.float()  # never written to: on float32 input this is the caller's tensor
     ll = logits_long.float()
-    logp_s = torch.log_softmax(ls, dim=-1)
-    logp_l = torch.log_softmax(ll, dim=-1)
+    n, vocab = ls.shape
+    if work is None or work.shape[1] < n or work.shape[2] != vocab:
+        work = stat_workspace(n, vocab, ls.device)
+    logp_s, logp_l, p_s, p_l, dp, d = (w[:n] for w in work)
     # argmax of the logits, not of P: exp underflow could make ties that the logits do not have
     short_max = ls.argmax(dim=-1)
     long_max = ll.argmax(dim=-1)
-    p_short = logp_s.gather(1, short_max[:, None]).squeeze(1).exp()
-    p_long = logp_l.gather(1, long_max[:, None]).squeeze(1).exp()
-    p_s = logp_s.exp()
-    p_l = logp_l.exp()
-    dp = p_s - p_l
+    for x, top, logp, p in ((ls, short_max, logp_s, p_s), (ll, long_max, logp_l, p_l)):
+        torch.sub(x, x.gather(1, top[:, None]), out=logp)  # x - max x
+        total = torch.exp(logp, out=p).sum(dim=-1, keepdim=True)
+        p.div_(total)
+        logp.sub_(total.log_())
+    p_short = p_s.gather(1, short_max[:, None]).squeeze(1)
+    p_long = p_l.gather(1, long_max[:, None]).squeeze(1)
+    torch.sub(p_s, p_l, out=dp)
     # amax and amin, not aminmax: on the CPU aminmax over the last dim is ~20x slower than both
     p_delta_max = torch.maximum(dp.amax(dim=-1), dp.amin(dim=-1).neg_())
-    diff = logp_s - logp_l
     # (KL(Ps||Pl) + KL(Pl||Ps)) / 2 = sum((Ps - Pl) * (log Ps - log Pl)) / 2: each term >= 0.
-    sym_kl = 0.5 * dp.mul_(diff).sum(dim=-1)
-    d = torch.sub(ll, ls, out=diff)
+    sym_kl = 0.5 * dp.mul_(torch.sub(logp_s, logp_l, out=d)).sum(dim=-1)
+    torch.sub(ll, ls, out=d)
     excite = d.amax(dim=-1)
     inhibit = d.amin(dim=-1).neg_()
     log_m = torch.logaddexp(logp_s, logp_l, out=dp).sub_(_LN2)
@@ -133,6 +140,13 @@ def pair_statistics(logits_short, logits_long) -> dict:
         "sym_kl": sym_kl.clamp_min(0.0),
         "js_divergence": js.clamp_min(0.0),
     }
+
+
+def stat_workspace(rows: int, vocab: int, device):
+    """The six float32 ``rows x vocab`` temporaries of ``pair_statistics``, allocated once."""
+    import torch
+
+    return torch.empty((6, rows, vocab), dtype=torch.float32, device=device)
 
 
 def _last_two_logits(model, windows):
@@ -196,6 +210,7 @@ def position_statistics(model, samples: Sequence[np.ndarray], seq_len: int, micr
     out = {name: torch.empty(total, dtype=torch.int64 if name.endswith("_id") else torch.float32, device=device)
            for name in STAT_COLUMNS}
     a = 0
+    work = picked = None
     with torch.inference_mode():
         while a < total:
             b = min(a + micro_batch, total)
@@ -207,19 +222,25 @@ def position_statistics(model, samples: Sequence[np.ndarray], seq_len: int, micr
                 windows = _to_device(flat[starts[:, None] + span], device)
                 index = _to_device(inverse.reshape(2, n), device)  # [long rows; short rows]
                 logits = _last_two_logits(model, windows)
-                rows = vocab_chunk_rows(logits.shape[-1], device)
+                vocab = logits.shape[-1]
+                rows = min(vocab_chunk_rows(vocab, device), n)
+                if work is None or work.shape[1] < rows or work.shape[2] != vocab:
+                    work = stat_workspace(rows, vocab, device)
+                    picked = torch.empty((2, rows, vocab), dtype=logits.dtype, device=device)
                 for c in range(0, n, rows):
                     e = min(c + rows, n)
+                    short, long = picked[0, :e - c], picked[1, :e - c]
                     # index_select on a view, not advanced indexing: 5x less time for the same copy
-                    stats = pair_statistics(logits[:, 0, :].index_select(0, index[1, c:e]),
-                                            logits[:, 1, :].index_select(0, index[0, c:e]))
+                    torch.index_select(logits[:, 0, :], 0, index[1, c:e], out=short)
+                    torch.index_select(logits[:, 1, :], 0, index[0, c:e], out=long)
+                    stats = pair_statistics(short, long, work)
                     for name in STAT_COLUMNS:
                         out[name][a + c:a + e] = stats[name]
             except torch.cuda.OutOfMemoryError:
                 if micro_batch == 1:
                     raise
                 micro_batch = max(1, micro_batch // 2)
-                logits = stats = None
+                logits = stats = work = picked = None
                 torch.cuda.empty_cache()
                 continue
             del logits, stats

@@ -101,6 +101,7 @@ def probabilities(model, ids: np.ndarray, batch_size: int, device: str) -> tuple
     # p stays on the device until the end: a copy back per batch would stall the queue
     out = torch.empty(rows, dtype=torch.float32, device=dev)
     start = 0
+    work = None
     with torch.inference_mode():
         while start < rows:
             stop = min(start + bs, rows)
@@ -108,19 +109,25 @@ def probabilities(model, ids: np.ndarray, batch_size: int, device: str) -> tuple
             try:
                 logits = _last_logits(model, batch[:, :-1])
                 expected = batch[:, -1:]
-                # float32 even for an fp16 model: p = exp(logit - logsumexp), read at the
-                # expected id only. Row chunks keep the logsumexp temporaries in cache on a CPU.
-                step = vocab_chunk_rows(logits.shape[-1], dev)
+                vocab = logits.shape[-1]
+                step = min(vocab_chunk_rows(vocab, dev), stop - start)
+                if work is None or work.shape[0] < step or work.shape[1] != vocab:
+                    work = torch.empty((step, vocab), dtype=torch.float32, device=dev)
+                # float32 even for an fp16 model: p = exp(x_e - m) / sum(exp(x - m)) with m the
+                # row's max, read at the expected id only. Row chunks keep the one temporary in
+                # cache on a CPU, and it is allocated once (see scan.pair_statistics).
                 for a in range(0, stop - start, step):
                     b = min(a + step, stop - start)
-                    chunk = logits[a:b].float()
-                    lse = torch.logsumexp(chunk, dim=-1, keepdim=True)
-                    out[start + a:start + b] = torch.exp(chunk.gather(1, expected[a:b]) - lse).squeeze(1)
+                    chunk = logits[a:b].float()  # before the subtraction: x - m in fp16 would round
+                    top = chunk.amax(dim=-1, keepdim=True)
+                    e = torch.sub(chunk, top, out=work[:b - a]).exp_()
+                    picked = (chunk.gather(1, expected[a:b]) - top).exp_()
+                    out[start + a:start + b] = (picked / e.sum(dim=-1, keepdim=True)).squeeze(1)
             except torch.cuda.OutOfMemoryError:
                 if bs == 1:
                     raise
                 bs = max(1, bs // 2)
-                logits = None
+                logits = work = None
                 torch.cuda.empty_cache()
                 continue
             start = stop
