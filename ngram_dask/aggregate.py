@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 # sort order, the sorted copies and the output columns (measured with tracemalloc
 # on a trigram chunk: ~60 B/row; rounded up).
 NUMPY_BYTES_PER_ROW = 80
+# The final per-chunk files are written once and read once, whole (by the load, or by
+# `counts`): LZ4 writes ~35% faster and decodes ~4x faster than zstd for ~1.5x the bytes,
+# and column statistics would cost a third of the write for no reader.
+FINAL_PARQUET = {"compression": "lz4", "use_dictionary": False, "write_statistics": False}
 # The numpy path's budget when no Dask worker memory limit is known.
 DEFAULT_NUMPY_BUDGET = 1 << 30
 
@@ -192,7 +196,7 @@ def _duckdb_chunk(n: int, chunk: int, parts: list[str], outs: dict[str, str], s:
             queries["prefixes"] = prefixes_sql
         for kind, sql in queries.items():
             staged = _staging_path(outs[kind], tmp_root)
-            con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION lz4_raw)")
             spilled = max(spilled, _spilled_bytes(con))
             _publish(staged, outs[kind])
             res["files"][kind] = outs[kind]
@@ -321,14 +325,14 @@ def _aggregate_numpy(n: int, parts: list[str], outs: dict[str, str]) -> dict | N
     del ids, counts
     cols = dict(zip(id_columns(n), unpack_keys(keys, n, bits, out_dtype)))
     cols["count"] = sums
-    atomic_write_parquet(outs["ngrams"], pa.table(cols), compression="zstd", use_dictionary=False)
+    atomic_write_parquet(outs["ngrams"], pa.table(cols), **FINAL_PARQUET)
     res = {"rows": len(keys), "prefix_rows": 0, "files": {"ngrams": outs["ngrams"]}}
     if n >= 2:
         heads, last, psum, pmax, frac = prefix_rows(n, keys, sums, bits)
         pcols = dict(zip(id_columns(n)[:-1], unpack_keys(heads, n - 1, bits, out_dtype)))
         pcols[id_columns(n)[-1]] = last.astype(out_dtype)
         pcols.update(sum_count=psum, max_count=pmax, frac_max=frac)
-        atomic_write_parquet(outs["prefixes"], pa.table(pcols), compression="zstd", use_dictionary=False)
+        atomic_write_parquet(outs["prefixes"], pa.table(pcols), **FINAL_PARQUET)
         res["prefix_rows"] = len(heads)
         res["files"]["prefixes"] = outs["prefixes"]
     return res

@@ -9,6 +9,7 @@ n-grams lexicographically, and ``t0`` (which decides the chunk) is one shift awa
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -116,6 +117,11 @@ def merge_counts(parts: list[Counts]) -> Counts:
 
 def unpack_keys(keys: np.ndarray, n: int, bits: int, dtype=np.uint32) -> list[np.ndarray]:
     """The id columns ``[id0, ..., id{n-1}]`` of packed keys."""
+    if bits == 16 and np.dtype(dtype) == np.uint16 and sys.byteorder == "little" and keys.dtype == KEY_DTYPE:
+        # 16-bit ids are the key's 16-bit lanes: one strided copy per column instead of a
+        # shift, a mask and a cast over 64-bit values (~3x less time in the explode).
+        lanes = keys.view(np.uint16).reshape(-1, 4)
+        return [np.ascontiguousarray(lanes[:, n - 1 - j]) for j in range(n)]
     mask = KEY_DTYPE((1 << bits) - 1)
     return [
         ((keys >> KEY_DTYPE(bits * (n - 1 - j))) & mask).astype(dtype) for j in range(n)
@@ -190,15 +196,34 @@ def tag_fits(n: int, bits: int, n_chunks: int) -> bool:
     return n * bits + chunk_bits(n_chunks) < 64
 
 
-def _tagged_keys(tokens: np.ndarray, offsets: np.ndarray, n: int, bits: int, n_chunks: int) -> tuple[np.ndarray, int]:
+def _chunk_tags(ids: np.ndarray, n_chunks: int, out: np.ndarray) -> np.ndarray:
+    """``id % n_chunks`` as uint64, into ``out``. For 16-bit ids a 65,536-entry table
+    lookup: cheaper than integer division per element."""
+    if n_chunks == 1:
+        out[:] = 0
+    elif ids.dtype == np.uint16:
+        np.take(np.arange(1 << 16, dtype=KEY_DTYPE) % KEY_DTYPE(n_chunks), ids, out=out)
+    else:
+        np.remainder(ids, n_chunks, out=out, casting="unsafe")
+    return out
+
+
+def _tagged_keys(tokens: np.ndarray, offsets: np.ndarray, n: int, bits: int, n_chunks: int,
+                 workspace: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Tagged keys at every position; the ``invalid`` positions hold the sentinel (all ones).
 
     Returns ``(keys, invalid)``: after an ascending sort the sentinels are the last
     ``invalid`` entries, so dropping them costs no copy and no boolean mask pass.
+    ``keys`` lives in ``workspace`` when that is large enough: a fresh array of this
+    size costs as much in page faults as building the keys (see ``Workspace``).
     """
     total = len(tokens)
     width = total - n + 1
-    keys = (tokens[:width] % n_chunks).astype(KEY_DTYPE) if n_chunks > 1 else np.zeros(width, KEY_DTYPE)
+    if workspace is not None and len(workspace) >= width:
+        keys = workspace[:width]
+    else:
+        keys = np.empty(width, KEY_DTYPE)
+    _chunk_tags(tokens[:width], n_chunks, keys)
     for j in range(n):
         keys <<= KEY_DTYPE(bits)
         keys |= tokens[j : j + width]
@@ -268,8 +293,12 @@ def _chunked_by_argsort(c: Counts, n: int, bits: int, n_chunks: int) -> ChunkedC
 
 
 def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chunks: int,
-                   exclude_id: int | None = None) -> dict[int, ChunkedCounts]:
-    """Counts of every n in ``ns`` inside each sample, split into chunks ``id0 % n_chunks``."""
+                   exclude_id: int | None = None, workspace: np.ndarray | None = None) -> dict[int, ChunkedCounts]:
+    """Counts of every n in ``ns`` inside each sample, split into chunks ``id0 % n_chunks``.
+
+    ``workspace``: an optional uint64 array to build and sort the keys in (reused across
+    calls by the caller); the results never point into it.
+    """
     ns = sorted(set(ns))
     for n in ns:
         check_key_fits(n, bits)
@@ -292,7 +321,7 @@ def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chu
             tails = count_keys(_sample_tail_keys(tokens, offsets, n, bits, n_chunks))
             tagged = add_sorted(prefixes, tails)
         else:
-            keys, invalid = _tagged_keys(tokens, offsets, n, bits, n_chunks)
+            keys, invalid = _tagged_keys(tokens, offsets, n, bits, n_chunks, workspace)
             keys.sort()
             tagged = _run_length(keys[: len(keys) - invalid])
             del keys

@@ -182,3 +182,15 @@ def test_add_sorted_sums_and_inserts(base, extra):
     got = counting.add_sorted(counts(base), counts(extra))
     assert got.keys.tolist() == sorted(set(base) | set(extra))
     assert dict(zip(got.keys.tolist(), got.counts.tolist())) == dict(Counter(base) + Counter(extra))
+
+
+@settings(max_examples=100, deadline=None)
+@given(keys=st.lists(st.integers(0, 2**64 - 1), max_size=50), n=st.integers(1, 4))
+def test_unpack_keys_lane_view_equals_the_shift_and_mask(keys, n):
+    """16-bit ids read as the key's lanes (the fast path) equal the generic unpacking,
+    whatever sits in the bits above the n ids."""
+    arr = np.array(keys, dtype=np.uint64)
+    fast = counting.unpack_keys(arr, n, 16, np.uint16)
+    slow = counting.unpack_keys(arr, n, 16, np.uint32)
+    assert [f.dtype for f in fast] == [np.uint16] * n
+    assert all(np.array_equal(f, s) for f, s in zip(fast, slow))
