@@ -22,8 +22,8 @@ Targets from issue 13: page p95 <= 200 ms, completion p95 <= 50 ms.
 
     python scripts/bench_serve.py --out /tmp/bench-serve                  # ~20M trigrams, a few minutes
     python scripts/bench_serve.py --out /tmp/bench-serve-1e9 --trigrams 70000000
-    python scripts/bench_serve.py --out /tmp/bench-real --db bench-data/runs/ours/ngrams.duckdb  # a real build:
-        completions only (its top tables carry no p_ columns to filter pages on)
+    python scripts/bench_serve.py --out /tmp/bench-real --db bench-data/runs/ours/ngrams.duckdb  # an existing
+        catalog (a real build: completions only when its top tables carry no p_ columns to filter pages on)
 """
 
 from __future__ import annotations
@@ -248,6 +248,8 @@ def main(argv=None) -> int:
     contexts = con.execute(f"SELECT id0, id1 FROM trigram_prefixes USING SAMPLE reservoir({args.requests} ROWS) "
                            f"REPEATABLE ({args.seed})").fetchall()
     frequent = con.execute("SELECT id0, id1 FROM trigram_prefixes ORDER BY sum_count DESC LIMIT 50").fetchall()
+    scored = bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'top_trigrams' "
+                              "AND column_name = 'p_pythia_12b_deduped'").fetchall()[0][0])
     con.close()
     contexts = contexts[: args.requests - len(frequent) // 2] + frequent[: len(frequent) // 2]
     rng.shuffle(contexts)
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
 
         results = {"sizes": sizes, "trigram_runs": args.chunks}
         comp = [("/api/next", {"ids": f"{a},{b}", "top": 10}) for a, b in contexts]
-        pages = [] if args.db else [("/api/rows", p) for p in page_requests(rng, args.requests, args.top_rows)]
+        # pages filter and sort on p_ columns: only on a catalog that has them (a scored one)
+        pages = [("/api/rows", p) for p in page_requests(rng, args.requests, sizes["top_trigrams"])] if scored else []
         log(f"completions: {len(comp)} requests, one at a time")
         results["completion"] = run("completion", comp)
         if pages:
