@@ -507,14 +507,19 @@ def _export_original(cat: Catalog, chosen: list[str], out: str, split_rows: int,
                          for (name, typ), col in zip(types, plan)]
             with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
                 f.write(original_card(te, described, cat.info, cat.chunks, counts))
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        if rows:
-            os.replace(tmp, final)
+        _publish(tmp, final, rows)
         announce(f"  {table}: {rows:,} rows -> {table}/ (split {te.split}, {len(te.files)} file(s))" if rows
                  else f"  {table}: no rows, no folder")
         done.append(te)
     return done
+
+
+def _publish(tmp: str, final: str, rows: int) -> None:
+    """Replace a table's folder with the one just written (none when it has no rows)."""
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    if rows:
+        os.replace(tmp, final)
 
 
 # --- export --------------------------------------------------------------------------------
@@ -541,12 +546,11 @@ def export_catalog(db: str, out: str, tables: list[str] | None = None, split_row
             chosen = [t for t in _order(available) if t in set(tables)]
         else:
             chosen = _order(available)
+        os.makedirs(out, exist_ok=True)
         if layout == "original":
-            os.makedirs(out, exist_ok=True)
             done = _export_original(cat, chosen, out, split_rows, counts, announce)
             card = original_index(done, counts)
         else:
-            os.makedirs(out, exist_ok=True)
             done = _export_default(cat, chosen, out, split_rows, announce)
             card = dataset_card(cat.info, done, db)
     card_path = os.path.join(out, "README.md")
@@ -569,10 +573,7 @@ def _export_default(cat: Catalog, chosen: list[str], out: str, split_rows: int, 
             split = rows > split_rows and cat.chunks > 1 and any(c == "id0" for c, _ in cols)
             files = _write_parquet(cat, f'SELECT * FROM "{table}"', tmp, "train", cat.chunks if split else None)
             te.files = [f"{table}/{f}" for f in files]
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        if rows:
-            os.replace(tmp, final)
+        _publish(tmp, final, rows)
         announce(f"  {table}: {rows:,} rows -> {len(te.files)} file(s)" if rows
                  else f"  {table}: no rows, no files")
         done.append(te)
