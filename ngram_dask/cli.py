@@ -40,6 +40,7 @@ BUILD_FLAGS = {
     "--aggregate-method": "build.aggregate_method",
     "--spill-dir": "build.spill_dir",
     "--explode-task-tokens": "build.explode_task_tokens",
+    "--count-engine": "build.count_engine",
 }
 STORAGE_FLAGS = {
     "--s3-endpoint-url": "storage.s3_endpoint_url",

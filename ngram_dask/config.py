@@ -57,6 +57,7 @@ class BuildConfig:
     drop_eos: bool = False  # extension: skip n-grams that contain eos_id (document-aware counts)
     eos_id: int = 0
     verify_hashes: bool = True  # check shard hashes listed in index.json
+    count_engine: str = "duckdb"  # explode's counting: duckdb (hash aggregate) or numpy (sort); equal results
     explode_task_tokens: int = 34_000_000  # shards per explode task: as many as hold this many tokens (~8 B each while sorting)
     duckdb_memory_fraction: float = 0.5  # of the worker's memory limit, for the aggregate
     duckdb_threads: Optional[int] = None  # None = the worker's threads
@@ -162,6 +163,8 @@ class Config:
             raise ConfigError(f"build.aggregate_method must be auto, numpy or duckdb, got {b.aggregate_method!r}")
         if not 0 < b.duckdb_memory_fraction <= 1:
             raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
+        if b.count_engine not in ("duckdb", "numpy"):
+            raise ConfigError(f"build.count_engine must be duckdb or numpy, got {b.count_engine!r}")
         if not 1 <= b.explode_task_tokens < 1 << 32:  # partial counts are stored as uint32
             raise ConfigError(f"build.explode_task_tokens must be in [1, 2**32), got {b.explode_task_tokens}")
         from .counting import check_key_fits, key_bits

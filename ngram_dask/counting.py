@@ -292,13 +292,55 @@ def _chunked_by_argsort(c: Counts, n: int, bits: int, n_chunks: int) -> ChunkedC
     return ChunkedCounts(c.keys[order], c.counts[order], bounds)
 
 
+def _tagged_counts_duckdb(tokens: np.ndarray, offsets: np.ndarray, n: int, bits: int, n_chunks: int) -> Counts:
+    """The same result as sorting the tagged keys and run-length counting them, computed by
+    DuckDB's hash aggregate over the n shifted id columns (zero-copy views of ``tokens``)
+    and a sort of the distinct n-grams only.
+
+    Why: numpy sorts 64-bit keys at ~65 ns each on the reference machine (its vectorised
+    sort does not run on that CPU); hashing every position and sorting only the distinct
+    n-grams took 1.5-2.9 s where the sort path took 2.9-4.4 s for 33.5M tokens. One
+    thread: the explode already runs one task per worker thread. Arrays in, arrays out.
+    """
+    import duckdb
+    import pyarrow as pa
+
+    total = len(tokens)
+    width = total - n + 1
+    ids = [f"id{j}" for j in range(n)]
+    columns = {c: tokens[j: j + width] for j, c in enumerate(ids)}
+    columns["valid"] = ngram_start_mask(offsets, total, n)[:width]
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.register("grams", pa.table(columns))
+        res = con.sql(
+            f"SELECT {', '.join(ids)}, count(*) AS c FROM grams WHERE valid GROUP BY {', '.join(ids)} "
+            f"ORDER BY id0 % {int(n_chunks)}, {', '.join(ids)}").to_arrow_table().combine_chunks()
+    finally:
+        con.close()
+    first = res.column("id0").to_numpy()
+    keys = _chunk_tags(first, n_chunks, np.empty(len(first), KEY_DTYPE))
+    for c in ids:
+        keys <<= KEY_DTYPE(bits)
+        keys |= res.column(c).to_numpy()
+    return Counts(keys, res.column("c").to_numpy().astype(np.uint64))
+
+
+COUNT_ENGINES = ("numpy", "duckdb")
+
+
 def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chunks: int,
-                   exclude_id: int | None = None, workspace: np.ndarray | None = None) -> dict[int, ChunkedCounts]:
+                   exclude_id: int | None = None, workspace: np.ndarray | None = None,
+                   engine: str = "numpy") -> dict[int, ChunkedCounts]:
     """Counts of every n in ``ns`` inside each sample, split into chunks ``id0 % n_chunks``.
 
+    ``engine`` counts the largest n: "numpy" (sort the packed keys, run length: the
+    reference) or "duckdb" (hash aggregate, then sort the distinct n-grams); equal results.
     ``workspace``: an optional uint64 array to build and sort the keys in (reused across
     calls by the caller); the results never point into it.
     """
+    if engine not in COUNT_ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(COUNT_ENGINES)}, got {engine!r}")
     ns = sorted(set(ns))
     for n in ns:
         check_key_fits(n, bits)
@@ -320,6 +362,8 @@ def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chu
             prefixes = _sum_runs(derived.keys >> KEY_DTYPE(bits), derived.counts)
             tails = count_keys(_sample_tail_keys(tokens, offsets, n, bits, n_chunks))
             tagged = add_sorted(prefixes, tails)
+        elif engine == "duckdb":
+            tagged = _tagged_counts_duckdb(tokens, offsets, n, bits, n_chunks)
         else:
             keys, invalid = _tagged_keys(tokens, offsets, n, bits, n_chunks, workspace)
             keys.sort()

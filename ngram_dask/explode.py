@@ -42,6 +42,7 @@ class ExplodeSettings:
     eos_id: int = 0
     verify_hashes: bool = True
     task_tokens: int = 34_000_000  # shards per task: as many as hold this many tokens
+    count_engine: str = "duckdb"  # counting.count_by_chunk's engine for the largest n
 
     @property
     def bits(self) -> int:
@@ -165,8 +166,9 @@ def explode_group(group: ShardGroup, s: ExplodeSettings) -> dict:
         "bytes": 0,
     }
     exclude = s.eos_id if s.drop_eos else None
-    by_n = counting.count_by_chunk(data.tokens, data.offsets, s.ngrams, s.bits, s.chunks, exclude_id=exclude,
-                                   workspace=_workspace(len(data.tokens)))
+    by_n = counting.count_by_chunk(
+        data.tokens, data.offsets, s.ngrams, s.bits, s.chunks, exclude_id=exclude, engine=s.count_engine,
+        workspace=_workspace(len(data.tokens)) if s.count_engine == "numpy" else None)
     del data
     t_count = time.perf_counter()
     for n in s.ngrams:

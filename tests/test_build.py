@@ -64,14 +64,15 @@ tie_lists = st.lists(st.lists(st.integers(0, 2), max_size=50), min_size=1, max_s
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(samples=st.one_of(token_lists, tie_lists), chunks=st.sampled_from([1, 7, 64]),
-       task_tokens=st.sampled_from([1, 300, 10**9]))
-def test_random_streams_match_oracle(tmp_path_factory, local_cluster, samples, chunks, task_tokens):
+       task_tokens=st.sampled_from([1, 300, 10**9]), engine=st.sampled_from(["duckdb", "numpy"]))
+def test_random_streams_match_oracle(tmp_path_factory, local_cluster, samples, chunks, task_tokens, engine):
     if sum(len(s) for s in samples) == 0:
         samples = samples + [[1]]
     tmp = tmp_path_factory.mktemp("hyp")
     # task_tokens 1: a task per shard; 300: a few shards per task; 1e9: one task for all.
     cfg, report = build(tmp, samples, local_cluster, size_limit=1 << 9,
-                        **{"build.chunks": chunks, "build.explode_task_tokens": task_tokens})
+                        **{"build.chunks": chunks, "build.explode_task_tokens": task_tokens,
+                           "build.count_engine": engine})
     assert_matches_oracle(cfg.db, samples)
     assert report.tokens == sum(len(s) for s in samples)
     verify(cfg.db, announce=lambda m: None)

@@ -140,14 +140,19 @@ def _chunked_as_counter(cc: counting.ChunkedCounts, n: int, k: int) -> Counter:
 @settings(max_examples=200, deadline=None)
 @given(samples=st.one_of(samples_st, small_vocab_samples_st),
        ns=st.sampled_from([(2, 3), (1, 2, 3), (3,), (1, 3), (2, 4)]),
-       k=st.sampled_from([1, 3, 64]))
-def test_count_by_chunk_matches_counter(samples, ns, k):
-    """One sort for the largest n, the smaller n derived from it: same as counting each."""
+       k=st.sampled_from([1, 3, 64]), engine=st.sampled_from(counting.COUNT_ENGINES))
+def test_count_by_chunk_matches_counter(samples, ns, k, engine):
+    """One count for the largest n, the smaller n derived from it: same as counting each,
+    with either engine; and both engines give identical arrays (order included)."""
     tokens, offsets = concat(samples)
-    out = counting.count_by_chunk(tokens, offsets, ns, 16, k)
+    out = counting.count_by_chunk(tokens, offsets, ns, 16, k, engine=engine)
     assert sorted(out) == sorted(ns)
     for n in ns:
         assert _chunked_as_counter(out[n], n, k) == oracle(samples, n)
+    reference = counting.count_by_chunk(tokens, offsets, ns, 16, k, engine="numpy")
+    for n in ns:
+        for got, want in zip(out[n], reference[n]):
+            assert np.array_equal(got, want)
 
 
 @settings(max_examples=100, deadline=None)
