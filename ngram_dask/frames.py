@@ -44,6 +44,7 @@ class _Source:
     location: str
     chunks: int
     vocab_size: int
+    tables: frozenset[str] = frozenset()  # a catalog's tables (read with its info, one open)
 
 
 def _columns(n: int, table: str, vocab_size: int) -> list[tuple[str, str]]:
@@ -59,18 +60,19 @@ def _meta(columns: list[tuple[str, str]]):
 
 def _open_source(source: str) -> _Source:
     if source.endswith(".duckdb") and "://" not in source:
-        from .load import _connect, read_info
+        from .load import _connect, read_info, table_names
 
         con = _connect(source, read_only=True)
         try:
             info = read_info(con)
+            tables = frozenset(table_names(con))
         except Exception:
             raise UserError(f"{source} is not an ngram-dask catalog (no catalog_info table)") from None
         finally:
             con.close()
         if "chunks" not in info:
             raise UserError(f"{source} is not an ngram-dask catalog (catalog_info has no chunks)")
-        return _Source("catalog", source, int(info["chunks"]), int(info["vocab_size"]))
+        return _Source("catalog", source, int(info["chunks"]), int(info["vocab_size"]), tables)
     manifest = read_marker(join(source, "manifest.json"))
     if manifest is None:
         raise UserError(f"{source} is neither a catalog (.duckdb) nor a work dir of ngram-dask (no manifest.json)")
@@ -145,14 +147,7 @@ def counts(source: str, n: int = 3, table: str = "ngrams", s3_endpoint_url: str 
     with dask.config.set({"dataframe.convert-string": False}):
         if src.kind == "catalog":
             name = ngram_table(n) if table == "ngrams" else prefix_table(n)
-            from .load import _connect, table_names
-
-            con = _connect(src.location, read_only=True)
-            try:
-                present = name in table_names(con)
-            finally:
-                con.close()
-            if not present:
+            if name not in src.tables:
                 raise UserError(f"catalog {source} has no table {name}")
             return dd.from_map(_read_chunk_catalog, chunk_ids, args=[src.location, name, src.chunks, columns],
                                meta=_meta(columns), label=f"{name}-chunks", enforce_metadata=False)
@@ -180,9 +175,4 @@ def _finished_chunk_files(work_dir: str, n: int, table: str, chunks: int) -> dic
         raise UserError(f"work dir {work_dir}: {len(missing)} chunk(s) of n={n} are not aggregated yet "
                         f"(first: {missing[0]}); run the build's aggregate step first")
     return urls
-
-
-def chunk_of(id0: int, chunks: int) -> int:
-    """Which partition holds the rows of ``id0``."""
-    return id0 % chunks
 
