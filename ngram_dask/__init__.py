@@ -1,22 +1,35 @@
 """ngram-dask: exact n-gram catalogs of tokenized corpora, built with Dask, Parquet and DuckDB.
 
-The pipeline, one module per stage:
+The pipeline, one package per stage family:
 
-    convert -> explode -> aggregate -> load -> catalog -> score / scan -> export
+    convert/   raw text -> tokenized MDS
+    build/     MDS -> explode -> aggregate -> load -> catalog (the n-gram tables)
+    lm/        score / scan with causal language models
+    catalog/   reading the finished catalog: query, serve, frames, verify, report, export
+    cli/       the thin command line
 
-``counting`` is the pure core (arrays in, arrays out); ``cluster`` decides where the
-work runs; ``config`` holds every setting; ``cli`` is a thin command line.
+and what they stand on: ``runtime`` (resumable tasks and the one driver loop),
+``db`` (the only module that opens DuckDB), ``cluster`` (where the work runs),
+``config`` (every setting, checked once), ``storage`` (fsspec edges), ``mds`` (the
+input format), ``schema`` (table layouts), ``faults`` (the test hooks).
+
+Public API: ``ngram_dask.Catalog`` (read a catalog) and ``ngram_dask.counts`` (its
+tables as Dask DataFrames).
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["counts", "__version__"]
+__all__ = ["Catalog", "counts", "__version__"]
 
 
 def __getattr__(name):
     # Imported on first use: `import ngram_dask` stays cheap for workers and the CLI.
     if name == "counts":
-        from .frames import counts
+        from ngram_dask.catalog.frames import counts
 
         return counts
+    if name == "Catalog":
+        from ngram_dask.catalog.api import Catalog
+
+        return Catalog
     raise AttributeError(f"module 'ngram_dask' has no attribute {name!r}")

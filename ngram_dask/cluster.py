@@ -11,8 +11,8 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Iterator
 
-from .config import ClusterConfig
-from .errors import ConfigError, UserError
+from ngram_dask.config import ClusterConfig
+from ngram_dask.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -57,7 +57,7 @@ def install_storage_options(client, options: dict) -> None:
     """Apply storage options (S3 endpoint, region) here and on every worker, present and future."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
-    from .storage import apply_storage_options
+    from ngram_dask.storage import apply_storage_options
 
     apply_storage_options(options)
     if not options:
@@ -74,7 +74,7 @@ def install_storage_options(client, options: dict) -> None:
 
 def check_worker_access(client, input_url: str, work_dir: str) -> None:
     """Every worker must read the input and write the work dir (shared storage), checked up front."""
-    from .storage import check_access
+    from ngram_dask.storage import check_access
 
     for worker, problem in client.run(check_access, input_url, work_dir).items():
         if problem:
@@ -107,7 +107,7 @@ def package_versions() -> dict[str, str]:
     import numpy
     import pyarrow
 
-    from . import __version__
+    from ngram_dask import __version__
 
     return {
         "ngram_dask": __version__,

@@ -1,13 +1,22 @@
 """One config object for every command: defaults < YAML file < command-line flags.
 
 A YAML file mirrors the dataclasses below: shared keys at the top level, and one
-section per stage (``cluster``, ``build``, ``catalog``, ``convert``, ``score``, ``scan``).
-Unknown keys and values of the wrong type are a ``ConfigError`` naming the key.
+section per stage (``cluster``, ``storage``, ``build``, ``catalog``, ``convert``,
+``score``, ``scan``).
+
+Every setting is declared once, with ``setting(default, help)``: its type, its
+default and its help text, which the command line shows for its flag. Every value
+is checked here, once: each section checks its own values in ``__post_init__``
+(so a bad YAML file or flag fails while loading, before any command starts), and
+``Config.check(command)`` adds what a command needs (its required keys, the
+cross-section rules) right before the command runs. Unknown keys and values of the
+wrong type are a ``ConfigError`` naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,25 +25,75 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .errors import ConfigError
+from ngram_dask.errors import ConfigError
+from ngram_dask.schema import check_key_fits, key_bits
 
 STEPS = ("explode", "aggregate", "load", "catalog")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+TORCH_DTYPES = ("float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32", "float")
+# MDSWriter's compressions, with their levels.
+MDS_COMPRESSION = re.compile(r"(zstd(:([1-9]|1\d|2[0-2]))?|gz(:[1-9])?|bz2(:[1-9])?|br(:([0-9]|1[01]))?|snappy)")
+_MISSING = dataclasses.MISSING
+
+
+def setting(default: Any = _MISSING, help: str = "") -> Any:  # noqa: A002  (the argparse word)
+    """A config field with its help text (lists get a fresh copy per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        shown = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
+        raise ConfigError(f"{key} must be {shown}, got {value!r}")
+
+
+def _at_least(key: str, value: int | None, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def _device_and_dtype(section: str, device: str, dtype: str) -> None:
+    if not DEVICE.fullmatch(device):
+        raise ConfigError(f"unknown device {device!r} ({section}.device): use auto, cpu, cuda or cuda:N")
+    if dtype != "auto" and dtype not in TORCH_DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r} ({section}.dtype): use auto, float16, bfloat16 or float32")
+
+
+def parse_size(value: str | int, key: str = "convert.size_limit") -> int:
+    """``64MiB``, ``64MB``, ``67108864`` -> bytes (MDS offsets are uint32: below 4 GiB)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", str(value).lower())
+    if not m:
+        raise ConfigError(f"{key} must be a size like 64MiB, got {value!r}")
+    unit = (m.group(2) or "b").rstrip("b").rstrip("i")
+    n = int(float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
+    if not 0 < n < 1 << 32:
+        raise ConfigError(f"{key} must be between 1 byte and 4 GiB, got {value!r}")
+    return n
 
 
 @dataclass
 class ClusterConfig:
     """Where the work runs: a LocalCluster on this machine, or a running scheduler."""
 
-    scheduler: Optional[str] = None  # e.g. tcp://10.0.0.5:8786; None starts a LocalCluster
-    n_workers: Optional[int] = None  # LocalCluster only; None = cores / threads_per_worker
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"  # per worker, e.g. "4GiB"; "auto" splits the machine's RAM
-    dashboard_address: str = "127.0.0.1:8787"
-    host: str = "127.0.0.1"  # the LocalCluster's scheduler and workers bind here
-    tls_ca: Optional[str] = None
-    tls_cert: Optional[str] = None
-    tls_key: Optional[str] = None
-    performance_report: Optional[str] = None
+    scheduler: Optional[str] = setting(None, "address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; "
+                                             "none starts a LocalCluster here")
+    n_workers: Optional[int] = setting(None, "LocalCluster workers (default: cores / threads per worker)")
+    threads_per_worker: int = setting(1, "threads per LocalCluster worker")
+    memory_limit: str = setting("auto", "memory per LocalCluster worker, e.g. 4GiB; auto splits the machine's RAM")
+    dashboard_address: str = setting("127.0.0.1:8787", "where the LocalCluster serves its dashboard")
+    host: str = setting("127.0.0.1", "address the LocalCluster's scheduler and workers bind")
+    tls_ca: Optional[str] = setting(None, "TLS: CA certificate (with tls_cert and tls_key)")
+    tls_cert: Optional[str] = setting(None, "TLS: certificate of this client and of LocalCluster processes")
+    tls_key: Optional[str] = setting(None, "TLS: private key of tls_cert")
+    performance_report: Optional[str] = setting(None, "write Dask's HTML performance report of the run here")
+
+    def __post_init__(self) -> None:
+        _at_least("cluster.n_workers", self.n_workers, 1, optional=True)
+        _at_least("cluster.threads_per_worker", self.threads_per_worker, 1)
 
 
 @dataclass
@@ -42,98 +101,176 @@ class StorageConfig:
     """Remote storage. Credentials come from the usual AWS settings (environment,
     ~/.aws), never from here, so they cannot end up in logs or catalog_info."""
 
-    s3_endpoint_url: Optional[str] = None  # e.g. http://127.0.0.1:8333 for SeaweedFS / MinIO
-    s3_region: Optional[str] = None
+    s3_endpoint_url: Optional[str] = setting(None, "S3 endpoint, e.g. http://127.0.0.1:8333 for SeaweedFS / MinIO")
+    s3_region: Optional[str] = setting(None, "S3 region")
 
 
 @dataclass
 class BuildConfig:
     """The n-gram build: explode -> aggregate -> load (-> catalog)."""
 
-    chunks: int = 64  # K: id0 % K decides the chunk
-    ngrams: list[int] = field(default_factory=lambda: [2, 3])
-    steps: list[str] = field(default_factory=lambda: list(STEPS))
-    token_dtype: str = "auto"  # uint16 / uint32; auto reads the dataset's ngram_dask.json, else uint16
-    drop_eos: bool = False  # extension: skip n-grams that contain eos_id (document-aware counts)
-    eos_id: int = 0
-    verify_hashes: bool = True  # check shard hashes listed in index.json
-    count_engine: str = "duckdb"  # explode's counting: duckdb (hash aggregate) or numpy (sort); equal results
-    explode_task_tokens: int = 34_000_000  # shards per explode task: as many as hold this many tokens (~8 B each while sorting)
-    duckdb_memory_fraction: float = 0.5  # of the worker's memory limit, for the aggregate
-    duckdb_threads: Optional[int] = None  # None = the worker's threads
-    aggregate_method: str = "auto"  # auto: numpy merge when a chunk fits the budget, else DuckDB
-    spill_dir: Optional[str] = None  # DuckDB's temp directory; None = the worker's local directory
+    chunks: int = setting(64, "K: n-grams go to chunk id0 % K (aggregated, loaded and exported per chunk)")
+    ngrams: list[int] = setting([2, 3], "which n to count, e.g. 2,3")
+    steps: list[str] = setting(list(STEPS), "steps to run, of " + ", ".join(STEPS))
+    token_dtype: str = setting("auto", "uint16 or uint32; auto reads the dataset's ngram_dask.json, else uint16")
+    drop_eos: bool = setting(False, "skip n-grams that contain eos_id (document-aware counts)")
+    eos_id: int = setting(0, "the token id drop_eos skips")
+    verify_hashes: bool = setting(True, "check shard hashes listed in index.json")
+    count_engine: str = setting("duckdb", "explode's counting: duckdb (hash aggregate) or numpy (sort); "
+                                          "equal results")
+    explode_task_tokens: int = setting(34_000_000, "shards per explode task: as many as hold this many tokens "
+                                                   "(~8 B each while counting)")
+    duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
+    duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
+    aggregate_method: str = setting("auto", "auto (numpy merge when a chunk fits the budget, else DuckDB), "
+                                            "numpy or duckdb")
+    spill_dir: Optional[str] = setting(None, "DuckDB's temp directory in the aggregate "
+                                             "(default: the worker's local directory)")
+
+    def __post_init__(self) -> None:
+        _at_least("build.chunks", self.chunks, 1)
+        if not self.ngrams or any(n < 1 for n in self.ngrams):
+            raise ConfigError(f"build.ngrams must be positive integers, got {self.ngrams}")
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise ConfigError(f"unknown step {unknown[0]!r}; steps are {', '.join(STEPS)}")
+        _one_of("build.token_dtype", self.token_dtype, ("auto", "uint16", "uint32"))
+        _one_of("build.aggregate_method", self.aggregate_method, ("auto", "numpy", "duckdb"))
+        _one_of("build.count_engine", self.count_engine, ("duckdb", "numpy"))
+        if not 0 < self.duckdb_memory_fraction <= 1:
+            raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
+        _at_least("build.duckdb_threads", self.duckdb_threads, 1, optional=True)
+        if not 1 <= self.explode_task_tokens < 1 << 32:  # partial counts are stored as uint32
+            raise ConfigError(f"build.explode_task_tokens must be in [1, 2**32), got {self.explode_task_tokens}")
 
 
 @dataclass
 class CatalogConfig:
     """Human-readable tables: tokens and the top (most predictive) prefixes."""
 
-    top_bigram_min_frac: float = 0.5
-    top_bigram_min_count: int = 0
-    top_trigram_min_frac: float = 0.5
-    top_trigram_min_count: int = 1000
+    top_bigram_min_frac: float = setting(0.5, "top_bigrams keeps prefixes with frac_max above this")
+    top_bigram_min_count: int = setting(0, "... and sum_count above this")
+    top_trigram_min_frac: float = setting(0.5, "top_trigrams keeps prefixes with frac_max above this")
+    top_trigram_min_count: int = setting(1000, "... and sum_count above this")
 
 
 @dataclass
 class ConvertConfig:
     """Raw text -> tokenized MDS (`ngram-dask convert`); the tokenizer is the top-level key."""
 
-    source: Optional[str] = None  # hub dataset id (or hf:<id or folder>), or a path / fsspec glob
-    out: Optional[str] = None  # MDS root: one sub-dataset per source shard + a merged index.json
-    text_field: str = "text"
-    txt_mode: str = "file"  # "file": one document per .txt file; "line": one per line
-    seq_len: int = 2048
-    wrap: bool = True  # False: each document is cut on its own, no carry-over
-    compression: Optional[str] = "zstd:16"
-    size_limit: str = "64MiB"  # per MDS shard file
-    max_samples_per_shard: Optional[int] = None
-    begin_shard: int = 0
-    end_shard: Optional[int] = None  # exclusive; None = all
-    hf_split: str = "train"
-    hf_config: Optional[str] = None  # the hub dataset's configuration name, if it has several
-    bos_token: Optional[str] = None  # None = the tokenizer's bos_token; "" = none
-    eos_token: Optional[str] = None  # None = the tokenizer's eos_token; "" = none
-    invalid_utf8: str = "skip"  # "skip": count and report such documents; "error": stop
+    source: Optional[str] = setting(None, "hub dataset id (or hf:<id or folder>), or a path / fsspec glob")
+    out: Optional[str] = setting(None, "MDS root: one sub-dataset per source shard and a merged index.json")
+    text_field: str = setting("text", "the text column of jsonl / parquet / hub records")
+    txt_mode: str = setting("file", "file: one document per .txt file; line: one per line")
+    seq_len: int = setting(2048, "tokens per MDS sample")
+    wrap: bool = setting(True, "carry a document's tail into the next sample (false: cut each on its own)")
+    compression: Optional[str] = setting("zstd:16", "MDS shard compression: zstd[:1-22], gz[:1-9], bz2[:1-9], "
+                                                    "br[:0-11], snappy, or empty for none")
+    size_limit: str = setting("64MiB", "size of each MDS shard file")
+    max_samples_per_shard: Optional[int] = setting(None, "stop each source shard after this many samples")
+    begin_shard: int = setting(0, "first source shard to convert")
+    end_shard: Optional[int] = setting(None, "source shard to stop before (default: all)")
+    hf_split: str = setting("train", "the hub dataset's split")
+    hf_config: Optional[str] = setting(None, "the hub dataset's configuration name, if it has several")
+    bos_token: Optional[str] = setting(None, "token put before each document (default: the tokenizer's; "
+                                             "empty: none)")
+    eos_token: Optional[str] = setting(None, "token put after each document (default: the tokenizer's; "
+                                             "empty: none)")
+    invalid_utf8: str = setting("skip", "skip: count and report such documents; error: stop")
+
+    def __post_init__(self) -> None:
+        _at_least("convert.seq_len", self.seq_len, 1)
+        _one_of("convert.txt_mode", self.txt_mode, ("file", "line"))
+        _one_of("convert.invalid_utf8", self.invalid_utf8, ("skip", "error"))
+        _at_least("convert.max_samples_per_shard", self.max_samples_per_shard, 1, optional=True)
+        if self.begin_shard < 0 or (self.end_shard is not None and self.end_shard <= self.begin_shard):
+            raise ConfigError(f"--begin-shard {self.begin_shard} / --end-shard {self.end_shard}: "
+                              "need 0 <= begin < end")
+        if self.compression and not MDS_COMPRESSION.fullmatch(self.compression):
+            raise ConfigError(f"convert.compression {self.compression!r} is not one of zstd[:1-22], gz[:1-9], "
+                              "bz2[:1-9], br[:0-11], snappy (or empty for none)")
+        parse_size(self.size_limit)
 
 
 @dataclass
 class ScoreConfig:
     """`score`: a p_<model> column per model on the top tables."""
 
-    models: list[str] = field(default_factory=list)  # 70m, 1.4b, ... or any local path / hub id
-    tables: list[str] = field(default_factory=lambda: ["top_bigrams", "top_trigrams"])
-    device: str = "auto"  # auto / cpu / cuda / cuda:N (resolved on each worker)
-    dtype: str = "auto"  # auto = float16 on CUDA, float32 on CPU
-    batch_size: int = 1024  # prompts per forward pass
-    batch_sizes: list[str] = field(default_factory=list)  # per-model overrides: ["12b=256", "./m=64"]
-    rows_per_task: int = 65536  # rows per Dask task
-    cpu_threads: Optional[int] = None  # torch threads per worker on CPU; None = (cores - 1) / workers on the host
-    force: bool = False  # rescore models already scored
+    models: list[str] = setting([], "models to score with: 70m, 1.4b, ... (Pythia deduped) or any "
+                                    "local path / hub id")
+    tables: list[str] = setting(["top_bigrams", "top_trigrams"], "top tables to score")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N (resolved on each worker)")
+    dtype: str = setting("auto", "auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32")
+    batch_size: int = setting(1024, "prompts per forward pass")
+    batch_sizes: list[str] = setting([], "per-model batch sizes, e.g. 12b=256,./m=64")
+    rows_per_task: int = setting(65536, "rows per Dask task")
+    cpu_threads: Optional[int] = setting(None, "torch threads per worker on CPU "
+                                               "(default: (cores - 1) / workers on the host)")
+    force: bool = setting(False, "rescore models already scored")
+
+    def __post_init__(self) -> None:
+        self.tables = list(dict.fromkeys(t.strip() for t in self.tables if t.strip()))
+        if not self.tables:
+            raise ConfigError("score.tables is empty: name top_bigrams and/or top_trigrams")
+        for t in self.tables:
+            if not re.fullmatch(r"top_[a-z0-9_]+", t):
+                raise ConfigError(f"cannot score table {t!r}: only the catalog's top_* tables are scored")
+        _at_least("score.batch_size", self.batch_size, 1)
+        _at_least("score.rows_per_task", self.rows_per_task, 1)
+        _at_least("score.cpu_threads", self.cpu_threads, 1, optional=True)
+        _device_and_dtype("score", self.device, self.dtype)
+        for entry in self.batch_sizes:
+            name, sep, value = entry.rpartition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f"score.batch_sizes entries are MODEL=N, got {entry!r}")
+            try:
+                size = int(value)
+            except ValueError:
+                raise ConfigError(f"score.batch_sizes: {value!r} in {entry!r} is not an integer") from None
+            if size < 1:
+                raise ConfigError(f"score.batch_sizes: the batch size in {entry!r} must be >= 1")
 
 
 @dataclass
 class ScanConfig:
-    model: Optional[str] = None
-    out: Optional[str] = None
-    seq_len: int = 4
-    batches: Optional[int] = None
-    samples_per_batch: int = 64
-    micro_batch: int = 1024
-    min_p_long: float = 0.5
-    min_sym_kl: float = 0.5
-    device: str = "auto"
-    dtype: str = "auto"
-    to_db: bool = False
+    """`scan`: the first-token deletion scan."""
+
+    model: Optional[str] = setting(None, "causal LM to scan with: 70m, ... or a local path / hub id")
+    out: Optional[str] = setting(None, "Parquet file of the kept positions")
+    seq_len: int = setting(4, "L: the short window's length (the long one has L + 1 tokens)")
+    batches: Optional[int] = setting(None, "scan only the first this many batches")
+    samples_per_batch: int = setting(64, "samples per Dask task")
+    micro_batch: int = setting(1024, "windows per forward pass")
+    min_p_long: float = setting(0.5, "keep positions whose long-window top probability is above this")
+    min_sym_kl: float = setting(0.5, "... and whose symmetric KL between the windows is above this")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = setting("auto", "auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32")
+    to_db: bool = setting(False, "also write the table scan_<L> into the catalog database (db)")
+
+    def __post_init__(self) -> None:
+        _at_least("scan.seq_len", self.seq_len, 1)
+        _at_least("scan.samples_per_batch", self.samples_per_batch, 1)
+        _at_least("scan.micro_batch", self.micro_batch, 1)
+        _at_least("scan.batches", self.batches, 1, optional=True)
+        _device_and_dtype("scan", self.device, self.dtype)
+
+
+# What each command needs set, with the flag that sets it.
+REQUIRED = {
+    "build": {"input": "--input", "work_dir": "--work-dir", "db": "--db"},
+    "convert": {"convert.source": "--source", "convert.out": "--out"},
+    "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
+    "score": {"db": "--db"},
+}
 
 
 @dataclass
 class Config:
-    input: Optional[str] = None  # MDS dataset: local path or fsspec URL
-    work_dir: Optional[str] = None  # intermediate Parquet; every worker must reach it
-    db: Optional[str] = None  # the final DuckDB file
-    tokenizer: str = "EleutherAI/gpt-neox-20b"
-    vocab_size: int = 50432  # Pythia pads GPT-NeoX's 50277 tokens to 50432
+    input: Optional[str] = setting(None, "the MDS dataset: a local path or fsspec URL (s3://...)")
+    work_dir: Optional[str] = setting(None, "intermediate Parquet; every worker must reach it")
+    db: Optional[str] = setting(None, "the catalog database (a DuckDB file)")
+    tokenizer: str = setting("EleutherAI/gpt-neox-20b", "hub id or local folder of the tokenizer")
+    vocab_size: int = setting(50432, "ids are below this (Pythia pads GPT-NeoX's 50277 tokens to 50432)")
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
@@ -142,38 +279,50 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
 
-    def validate_build(self) -> None:
-        """Checks that need the whole config; a build refuses to start otherwise."""
-        b = self.build
-        for name in ("input", "work_dir", "db"):
-            if not getattr(self, name):
-                raise ConfigError(f"'{name}' is required (flag --{name.replace('_', '-')} or config key '{name}')")
-        if b.chunks < 1:
-            raise ConfigError(f"build.chunks must be >= 1, got {b.chunks}")
-        if not b.ngrams or any(n < 1 for n in b.ngrams):
-            raise ConfigError(f"build.ngrams must be positive integers, got {b.ngrams}")
-        unknown = [s for s in b.steps if s not in STEPS]
-        if unknown:
-            raise ConfigError(f"unknown step {unknown[0]!r}; steps are {', '.join(STEPS)}")
+    def __post_init__(self) -> None:
         if self.vocab_size < 2:
             raise ConfigError(f"vocab_size must be >= 2, got {self.vocab_size}")
-        if b.token_dtype not in ("auto", "uint16", "uint32"):
-            raise ConfigError(f"build.token_dtype must be auto, uint16 or uint32, got {b.token_dtype!r}")
-        if b.aggregate_method not in ("auto", "numpy", "duckdb"):
-            raise ConfigError(f"build.aggregate_method must be auto, numpy or duckdb, got {b.aggregate_method!r}")
-        if not 0 < b.duckdb_memory_fraction <= 1:
-            raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
-        if b.count_engine not in ("duckdb", "numpy"):
-            raise ConfigError(f"build.count_engine must be duckdb or numpy, got {b.count_engine!r}")
-        if not 1 <= b.explode_task_tokens < 1 << 32:  # partial counts are stored as uint32
-            raise ConfigError(f"build.explode_task_tokens must be in [1, 2**32), got {b.explode_task_tokens}")
-        from .counting import check_key_fits, key_bits
-
-        for n in b.ngrams:
+        for n in self.build.ngrams:
             try:
                 check_key_fits(n, key_bits(self.vocab_size))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+
+    def check(self, command: str) -> None:
+        """Everything ``command`` needs, checked before it starts (values may have been
+        changed since loading, so every section is checked again)."""
+        for section in [self] + [getattr(self, f.name) for f in dataclasses.fields(self)]:
+            if dataclasses.is_dataclass(section) and hasattr(section, "__post_init__"):
+                section.__post_init__()
+        for key, flag in REQUIRED.get(command, {}).items():
+            if not self.get(key):
+                raise ConfigError(f"'{key}' is required (flag {flag} or config key '{key}')")
+        if command == "score" and not [m for m in self.score.models if m.strip()]:
+            raise ConfigError("no models to score: pass --models 70m,160m,... (or config key score.models)")
+        if command == "scan" and self.scan.to_db and not self.db:
+            raise ConfigError("scan.to_db needs a database: --db or config key 'db'")
+
+    def get(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+def describe(dotted: str) -> str:
+    """The help text of a setting, with its default: what ``--help`` shows for its flag."""
+    cls: Any = Config
+    *sections, leaf = dotted.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    f = {f.name: f for f in dataclasses.fields(cls)}[leaf]
+    default = f.default if f.default is not _MISSING else f.default_factory()
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    tail = f"config key {dotted}" + ("" if shown in (None, "", []) else f"; default {shown}")
+    return f"{f.metadata.get('help', '')} ({tail})".strip()
+
+
+# --- loading --------------------------------------------------------------------------------
 
 
 def _is_optional(tp) -> tuple[bool, Any]:
@@ -182,6 +331,9 @@ def _is_optional(tp) -> tuple[bool, Any]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return True, args[0]
     return False, tp
+
+
+_SCALARS = {int: "an integer", float: "a number"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -204,26 +356,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if inner is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
+    if inner in _SCALARS:
+        # bool is an int to Python, never to a config; an int is a fine float.
+        ok = int if inner is int else (int, float)
+        if isinstance(value, ok) and not isinstance(value, bool):
+            return inner(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return inner(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if inner is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be {_SCALARS[inner]}, got {value!r}")
     if inner is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -231,26 +374,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
 
 
-def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    """An instance of ``cls`` from a (nested) mapping: its ``__post_init__`` checks the values."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
-    hints = typing.get_type_hints(type(obj))
-    fields = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key '{path}' (known here: {known})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value or {}, prefix=f"{path}.")
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}' (known here: {', '.join(sorted(names))})")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value or {}, prefix=f"{path}.")
         else:
-            setattr(obj, key, _coerce(value, hints[key], path))
+            kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = base
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"config section '{'.'.join(parents[:i + 1])}' must be a mapping")
+        node = child
+    node[leaf] = value
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``overrides`` (dotted keys)."""
-    cfg = Config()
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (dotted keys; None = not set)."""
+    data: Any = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -259,16 +416,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        _apply(cfg, data)
+        if not isinstance(data, dict):
+            raise ConfigError("config section '<root>' must be a mapping")
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        *parents, leaf = dotted.split(".")
-        nested: dict = {leaf: value}
-        for parent in reversed(parents):
-            nested = {parent: nested}
-        _apply(cfg, nested)
-    return cfg
+        if value is not None:
+            _merge(data, dotted, value)
+    return _build(Config, data)
 
 
 def config_as_dict(cfg: Config) -> dict:

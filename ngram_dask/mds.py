@@ -26,7 +26,7 @@ from typing import NamedTuple
 import fsspec
 import numpy as np
 
-from .errors import BadInputError
+from ngram_dask.errors import BadInputError
 
 TOKENS_COLUMN = "tokens"
 SIDECAR = "ngram_dask.json"  # written by `convert`: {"token_dtype": "uint16" | "uint32", ...}

@@ -1,9 +1,20 @@
-"""Names and column layouts of the catalog tables, derived from n (never written per n)."""
+"""The catalog's layout: table names and columns, derived from n (never written per n),
+and how token ids are stored (their narrowest type, and n of them packed in one key).
+
+Pure names and arithmetic: every layer may import this module.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 SCHEMA_VERSION = 1
 TOOL = "ngram-dask"
+
+INFO = "catalog_info"  # key/value: the build's identity, versions, rules, scores
+LEDGER = "load_ledger"  # (n, chunk) rows: which chunks the database holds
+TOKENS = "tokens"
+TOP_NGRAMS = (2, 3)  # the n that get a top table (thresholds in config.CatalogConfig)
 
 _NAMES = {1: "unigrams", 2: "bigrams", 3: "trigrams", 4: "fourgrams", 5: "fivegrams",
           6: "sixgrams", 7: "sevengrams", 8: "eightgrams"}
@@ -43,3 +54,40 @@ def prefix_columns(n: int, vocab_size: int) -> list[tuple[str, str]]:
 def create_sql(table: str, columns: list[tuple[str, str]]) -> str:
     cols = ", ".join(f"{name} {typ} NOT NULL" for name, typ in columns)
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+
+
+def top_table(n: int) -> str:
+    """``top_bigrams``, ``top_trigrams``: the prefixes that almost always predict one token."""
+    return "top_" + prefix_table(n).replace("_prefixes", "s")
+
+
+def catalog_tables(ngrams: list[int]) -> list[str]:
+    """The tables the build's catalog step writes for these n."""
+    return [TOKENS] + [top_table(n) for n in ngrams if n in TOP_NGRAMS]
+
+
+# --- token ids --------------------------------------------------------------------------
+#
+# An n-gram of ids ``(t0, ..., t{n-1})`` packs into one ``uint64`` key, ``bits`` bits per
+# id, ``t0`` in the most significant place: sorting keys sorts n-grams.
+
+
+def key_bits(vocab_size: int) -> int:
+    """Bits per token id in a packed key: enough for ids in ``[0, vocab_size)``."""
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+    return int(vocab_size - 1).bit_length()
+
+
+def check_key_fits(n: int, bits: int) -> None:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if n * bits > 64:
+        raise ValueError(
+            f"{n}-grams of {bits}-bit ids need {n * bits} bits, more than one 64-bit key holds"
+        )
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds every id (``uint16`` for GPT-NeoX)."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)

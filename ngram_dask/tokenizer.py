@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UserError
+from ngram_dask.errors import UserError
 
 #: The GPT-NeoX-20B tokenizer (Pythia's) shipped inside the package (Apache-2.0; see its
 #: SOURCE.md), so the demo, the tests and the benchmarks need no network. Real builds

@@ -231,7 +231,7 @@ def build_model(s: Shape, dev, dtype: str, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ngram_dask.models import _dtype_kwarg
+    from ngram_dask.lm.models import _dtype_kwarg
 
     torch.manual_seed(seed)
     with torch.device(dev):
@@ -320,8 +320,8 @@ def tolerance(name: str, dtype: str, ref: np.ndarray) -> np.ndarray:
 def correctness(dev, dtypes: list[str], tiny: bool, seq_len: int, log) -> dict:
     import torch
 
-    from ngram_dask.scan import FLOAT_STATS, candidate_mask, position_statistics
-    from ngram_dask.score import probabilities
+    from ngram_dask.lm.scan import FLOAT_STATS, candidate_mask, position_statistics
+    from ngram_dask.lm.score import probabilities
 
     shape = Shape("check", 2, 128, 4, 50432)
     torch.manual_seed(0)
@@ -338,7 +338,7 @@ def correctness(dev, dtypes: list[str], tiny: bool, seq_len: int, log) -> dict:
     # a third of the rows expect the fp32 model's own first choice, so p spans (0, 1)
     # instead of sitting near 1/V
     with torch.inference_mode():
-        for w, ids in prompts.items():
+        for ids in prompts.values():
             logits = ref_model(input_ids=torch.from_numpy(ids[::3, :-1]), use_cache=False).logits[:, -1]
             ids[::3, -1] = logits.argmax(-1).numpy()
 
@@ -354,7 +354,7 @@ def correctness(dev, dtypes: list[str], tiny: bool, seq_len: int, log) -> dict:
         got_scan = position_statistics(model, samples, seq_len, micro_batch=512)
         got_p = {w: probabilities(model, ids, 1024, str(dev))[0] for w, ids in prompts.items()}
         res: dict = {"stats": {}, "ok": True}
-        checks = [(f"p (bigram)", "p", ref_p[2], got_p[2]), (f"p (trigram)", "p", ref_p[3], got_p[3])]
+        checks = [("p (bigram)", "p", ref_p[2], got_p[2]), ("p (trigram)", "p", ref_p[3], got_p[3])]
         checks += [(n, n, ref_scan[n], got_scan[n]) for n in FLOAT_STATS]
         for label, kind, ref, got in checks:
             ref = ref.astype(np.float64)
@@ -418,8 +418,8 @@ def correctness(dev, dtypes: list[str], tiny: bool, seq_len: int, log) -> dict:
 def scan_sweep(dev, shape: Shape, dtypes: list[str], micro_batches: list[int], seq_len: int, sample_len: int,
                target_s: float, budget: Budget, reserve_s: float, log, rows: list[dict]) -> None:
     """Appends to ``rows`` as it goes, so that an error or a kill keeps what was measured."""
-    from ngram_dask.models import batch_limit
-    from ngram_dask.scan import position_statistics
+    from ngram_dask.lm.models import batch_limit
+    from ngram_dask.lm.scan import position_statistics
 
     model = build_model(shape, dev, dtypes[0])
     limit = batch_limit(model, dev, tokens=seq_len + 1, logit_rows=2)
@@ -443,7 +443,8 @@ def scan_sweep(dev, shape: Shape, dtypes: list[str], micro_batches: list[int], s
             samples = [rng.integers(0, 50277, sample_len) for _ in range(n_samples)]
             n_pos = n_samples * per_sample
             reset_peak(dev)
-            pos_s, once = rate(lambda: position_statistics(model, samples, seq_len, micro_batch=mb), n_pos, target_s)
+            pos_s, once = rate(lambda m=model, x=samples, b=mb: position_statistics(m, x, seq_len, micro_batch=b),
+                                n_pos, target_s)
             row = {"model": shape.name, "dtype": dtype, "micro_batch": mb, "positions_per_s": round(pos_s, 1),
                    "tflops": round(pos_s * fl / 1e12, 3), "peak_gib": peak_gib(dev), "batch_limit": limit}
             rows.append(row)
@@ -458,8 +459,8 @@ def scan_sweep(dev, shape: Shape, dtypes: list[str], micro_batches: list[int], s
 def score_sweep(dev, shape: Shape, dtypes: list[str], batch_sizes: list[int], target_s: float,
                 budget: Budget, reserve_s: float, log, rows: list[dict]) -> None:
     """Appends to ``rows`` as it goes, so that an error or a kill keeps what was measured."""
-    from ngram_dask.models import batch_limit
-    from ngram_dask.score import probabilities
+    from ngram_dask.lm.models import batch_limit
+    from ngram_dask.lm.score import probabilities
 
     model = build_model(shape, dev, dtypes[0])
     rng = np.random.default_rng(2)
@@ -480,7 +481,7 @@ def score_sweep(dev, shape: Shape, dtypes: list[str], batch_sizes: list[int], ta
                     continue
                 ids = rng.integers(0, 50277, (bs, width))
                 reset_peak(dev)
-                p_s, once = rate(lambda: probabilities(model, ids, bs, str(dev)), bs, target_s)
+                p_s, once = rate(lambda m=model, x=ids, b=bs: probabilities(m, x, b, str(dev)), bs, target_s)
                 row = {"model": shape.name, "dtype": dtype, "table": table, "batch": bs,
                        "prompts_per_s": round(p_s, 1), "tflops": round(p_s * fl / 1e12, 3),
                        "peak_gib": peak_gib(dev), "batch_limit": limit}
@@ -539,27 +540,32 @@ def table_lines(res: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in res["scan"]:
         if "positions_per_s" in r:
-            lines.append(f"| scan L={res['args']['seq_len']} | {r['model']} | {r['dtype']} | positions | {r['micro_batch']} "
-                         f"| {r['positions_per_s']:,.0f} | {r['tflops']:.2f} | {share(r['tflops'])} | {r['peak_gib'] or '-'} |")
+            lines.append(f"| scan L={res['args']['seq_len']} | {r['model']} | {r['dtype']} | positions "
+                         f"| {r['micro_batch']} | {r['positions_per_s']:,.0f} | {r['tflops']:.2f} "
+                         f"| {share(r['tflops'])} | {r['peak_gib'] or '-'} |")
     for r in res["score"]:
         if "prompts_per_s" in r:
-            lines.append(f"| score | {r['model']} | {r['dtype']} | {r['table']} | {r['batch']} | {r['prompts_per_s']:,.0f} "
+            lines.append(f"| score | {r['model']} | {r['dtype']} | {r['table']} | {r['batch']} "
+                         f"| {r['prompts_per_s']:,.0f} "
                          f"| {r['tflops']:.2f} | {share(r['tflops'])} | {r['peak_gib'] or '-'} |")
     proj = res.get("projections", {})
     if "scan_shard_hours" in proj:
         p = proj["scan_shard_hours"]
         lines.append(f"\nscan of the original's 112.5M-token shard with {p['model']} at L={res['args']['seq_len']}: "
-                     f"{p['hours']:.2f} h here ({p['dtype']}, micro-batch {p['micro_batch']}) vs ~{p['original_a6000_hours']:.0f} h "
+                     f"{p['hours']:.2f} h here ({p['dtype']}, micro-batch {p['micro_batch']}) "
+                     f"vs ~{p['original_a6000_hours']:.0f} h "
                      f"on the original's A6000 ({p['speedup']}x)")
     if "score_trigrams_gpu_hours" in proj:
         p = proj["score_trigrams_gpu_hours"]
-        lines.append(f"score {p['prompts']:,} trigram prompts with {len(p['per_size'])} sizes: {p['gpu_hours']:.3f} device-hours "
+        lines.append(f"score {p['prompts']:,} trigram prompts with {len(p['per_size'])} sizes: "
+                     f"{p['gpu_hours']:.3f} device-hours "
                      f"(" + ", ".join(f"{k} {v['seconds']:.0f} s{'' if v['how'] == 'measured' else '*'}"
                                       for k, v in p["per_size"].items()) + "; * projected from FLOPs)")
     corr = res.get("correctness") or {}
     for dtype, c in corr.get("dtypes", {}).items():
         lines.append(f"correctness {dtype}: {'ok' if c['ok'] else 'NOT OK'}, candidates "
-                     f"{'identical' if c['candidates_identical'] else str(len(c['candidate_differences'])) + ' differ (see JSON)'}")
+                     + ("identical" if c["candidates_identical"]
+                        else f"{len(c['candidate_differences'])} differ (see JSON)"))
     return lines
 
 
@@ -601,14 +607,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in sizes + [scan_size]:
         if name not in shapes:
             ap.error(f"unknown size {name!r}: one of {', '.join(shapes)}")
-    batch_sizes = [int(x) for x in (args.batch_sizes or ("64,256,1024" if tiny else "256,1024,4096,16384,65536")).split(",")]
-    micro_batches = [int(x) for x in (args.micro_batches or ("256,1024" if tiny else "1024,2048,4096,8192,16384")).split(",")]
+    batch_sizes = [int(x) for x in
+                   (args.batch_sizes or ("64,256,1024" if tiny else "256,1024,4096,16384,65536")).split(",")]
+    micro_batches = [int(x) for x in
+                     (args.micro_batches or ("256,1024" if tiny else "1024,2048,4096,8192,16384")).split(",")]
     target_s = args.target_s or (0.2 if tiny else 1.0)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     dtypes = [d for d in (x.strip() for x in (args.dtypes or ("float16,bfloat16" if dev.type == "cuda"
                                                               else "bfloat16,float16")).split(",")) if d]
     usable = [d for d in dtypes if dtype_works(dev, d)]
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     res: dict = {"args": vars(args) | {"seq_len": args.seq_len}, "env": {
         "device_name": name, "peak_tflops": peak_tflops(name) if dev.type == "cuda" else None,
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
@@ -628,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(unsupported here: {res['env']['dtypes_unsupported'] or 'none'}); budget {budget.seconds:.0f} s")
     for k, v in shapes.items():
         log(f"  {k:<10} {v.layers}L/{v.hidden}/{v.heads}h vocab {v.vocab}: {params(v) / 1e6:,.0f}M params, "
-            f"{score_flops(v, 2) / 1e9:.2f} GFLOP per trigram prompt, {scan_flops(v, args.seq_len) / 1e9:.2f} GFLOP per scan position")
+            f"{score_flops(v, 2) / 1e9:.2f} GFLOP per trigram prompt, "
+            f"{scan_flops(v, args.seq_len) / 1e9:.2f} GFLOP per scan position")
     if not usable:
         print("no usable dtype on this device")
         return 2

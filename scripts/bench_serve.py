@@ -99,10 +99,10 @@ def _generate(con, n: int, rows: int, chunks: int, seed: int) -> None:
 def synthesize(db: Path, trigrams: int, top_rows: int, chunks: int) -> dict:
     import duckdb
 
-    from ngram_dask.catalog import build_catalog, top_table
+    from ngram_dask.build.top import build_catalog
     from ngram_dask.config import CatalogConfig
-    from ngram_dask.models import column_name
-    from ngram_dask.schema import SCHEMA_VERSION, TOOL, create_sql, ngram_columns, prefix_columns
+    from ngram_dask.lm.models import column_name
+    from ngram_dask.schema import SCHEMA_VERSION, TOOL, create_sql, ngram_columns, prefix_columns, top_table
     from ngram_dask.tokenizer import BUNDLED_GPT_NEOX, load_tokenizer
 
     params = {"trigrams": trigrams, "top_rows": top_rows, "chunks": chunks, "generator": 1}
@@ -301,7 +301,8 @@ def main(argv=None) -> int:
         proc.wait(20)
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     print()
-    print(f"catalog: {db}  ({', '.join(f'{t} {r:,}' for t, r in sizes.items())}; trigrams in {args.chunks} sorted runs)")
+    shown = ", ".join(f"{t} {r:,}" for t, r in sizes.items())
+    print(f"catalog: {db}  ({shown}; trigrams in {args.chunks} sorted runs)")
     print(f"{'':22}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}   target")
     for key, label, target in (("completion", "completion /api/next", "p95 <= 50"),
                                ("page", "page /api/rows", "p95 <= 200"),

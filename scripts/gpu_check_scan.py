@@ -88,15 +88,16 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--head-scale", type=float, default=30.0)
     ap.add_argument("--micro-batch", type=int, default=1024)
-    ap.add_argument("--tokenizer", default=None, help="default: the bundled GPT-NeoX copy (ngram_dask/tokenizers/gpt-neox-20b)")
+    ap.add_argument("--tokenizer", default=None,
+                    help="default: the bundled GPT-NeoX copy (ngram_dask/tokenizers/gpt-neox-20b)")
     ap.add_argument("--skip-scan", action="store_true", help="only the position statistics (no Dask)")
     ap.add_argument("--keep", default=None, help="folder to keep the model, MDS and outputs in")
     args = ap.parse_args()
 
     import torch
 
-    from ngram_dask.models import load_model
-    from ngram_dask.scan import FLOAT_STATS, candidate_mask, position_statistics
+    from ngram_dask.lm.models import load_model
+    from ngram_dask.lm.scan import FLOAT_STATS, candidate_mask, position_statistics
 
     result: dict = {"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -149,7 +150,7 @@ def main() -> int:
         import pyarrow.parquet as pq
 
         from ngram_dask.config import load_config
-        from ngram_dask.scan import run_scan
+        from ngram_dask.lm.scan import run_scan
         from ngram_dask.tokenizer import BUNDLED_GPT_NEOX
 
         tokenizer = args.tokenizer or str(BUNDLED_GPT_NEOX)

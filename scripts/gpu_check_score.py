@@ -65,7 +65,7 @@ def corpus(model: str, max_id: int, phrases: int, device: str, seed: int) -> np.
     (distinct first tokens in [1, max_id)), so the expected tokens get real probability mass."""
     import torch
 
-    from ngram_dask import models
+    from ngram_dask.lm import models
 
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -127,7 +127,7 @@ def write_catalog(db: Path, rows: dict[str, np.ndarray], vocab: int) -> None:
 
 def score_copy(src: Path, dst: Path, model: str, device: str, dtype: str, batch: int, rows_per_task: int):
     from ngram_dask.config import load_config
-    from ngram_dask.score import run_score, summary_lines
+    from ngram_dask.lm.score import run_score, summary_lines
 
     shutil.copy(src, dst)
     cfg = load_config(overrides={
@@ -166,8 +166,8 @@ def direct_check(model: str, rows: dict[str, np.ndarray], device: str, dtype: st
     """``probabilities`` on the CPU in fp32 and on ``device`` in ``dtype``: no Dask, no DuckDB."""
     import torch
 
-    from ngram_dask import models
-    from ngram_dask.score import probabilities
+    from ngram_dask.lm import models
+    from ngram_dask.lm.score import probabilities
 
     out = {}
     for label, dev, dt in (("ref", "cpu", "float32"), ("dev", device, dtype)):
@@ -220,11 +220,11 @@ def main() -> int:
     print(f"environment: {env}")
 
     model = args.model or tiny_model(work / "tiny-neox", args.vocab, args.hidden, args.layers, args.init_std, 0)
-    from ngram_dask.models import model_vocab_size
+    from ngram_dask.lm.models import model_vocab_size
 
     vocab = model_vocab_size(model)
     rows = ngram_rows(corpus(model, min(vocab, 50277), args.phrases, args.device, 0))
-    print(f"catalog: " + ", ".join(f"{t} {len(r):,} rows" for t, r in rows.items()) + f"; model {model} (vocab {vocab})")
+    print("catalog: " + ", ".join(f"{t} {len(r):,} rows" for t, r in rows.items()) + f"; model {model} (vocab {vocab})")
 
     results: dict = {"env": env, "device": args.device, "dtype": args.dtype, "model": model}
     print(f"direct (no Dask): cpu float32 vs {args.device} {args.dtype}")
@@ -242,7 +242,7 @@ def main() -> int:
         print(f"pipeline check skipped: {exc} (carry duckdb, dask and distributed wheels; see the docstring)")
         results["pipeline"] = None
     else:
-        from ngram_dask.models import column_name
+        from ngram_dask.lm.models import column_name
 
         db = work / "catalog.duckdb"
         if db.exists():

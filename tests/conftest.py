@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-
 from ngram_dask.tokenizer import BUNDLED_GPT_NEOX as NEOX_TOKENIZER
 
 BPE_TEXT = (

@@ -26,7 +26,7 @@ def add_scores_and_scan(good: Path, dest: Path) -> Path:
     import duckdb
     import pyarrow as pa
 
-    from ngram_dask.scan import OUTPUT_COLUMNS, write_scan_table
+    from ngram_dask.lm.scan import OUTPUT_COLUMNS, write_scan_table
 
     shutil.copy(good, dest)
     con = duckdb.connect(str(dest))

@@ -6,6 +6,7 @@ import pytest
 
 from ngram_dask.config import load_config
 from ngram_dask.errors import ConfigError
+
 from helpers import REPO, run_cli
 
 
@@ -47,7 +48,8 @@ def test_shipped_configs_load():
 
 @pytest.mark.parametrize("args,match", [
     (["build", "--input", "x", "--work-dir", "w", "--db", "d.duckdb", "--chunks", "0"], "build.chunks must be >= 1"),
-    (["build", "--input", "x", "--work-dir", "w", "--db", "d.duckdb", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["build", "--input", "x", "--work-dir", "w", "--db", "d.duckdb", "--frobnicate"],
+     "unrecognized arguments: --frobnicate"),
     (["build", "--input", "x", "--work-dir", "w"], "'db' is required"),
     (["build", "--config", "/nonexistent.yaml"], "config file not found"),
     (["build", "--input", "x", "--work-dir", "w", "--db", "d", "--ngrams", "5", "--vocab-size", "50432"],

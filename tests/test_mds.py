@@ -9,6 +9,7 @@ import pytest
 
 from ngram_dask.errors import BadInputError
 from ngram_dask.mds import list_shards, read_shard
+
 from helpers import write_mds, write_mds_subfolders
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import free_port
+
 from helpers import REPO, db_rows, run_cli, table_dump, write_mds
 
 TABLES = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
@@ -82,7 +82,7 @@ def s3_server(tmp_path_factory):
                 break
             except Exception:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"SeaweedFS did not start: {(data / 'weed.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"SeaweedFS did not start: {(data / 'weed.log').read_text()[-2000:]}") from None
                 time.sleep(1)
         yield endpoint, env, fs
     finally:
@@ -129,7 +129,8 @@ def test_s3_input_and_work_dir_give_the_identical_database(tmp_path, corpus, loc
     assert out.returncode == 0, out.stderr[-2000:]
     total = db_rows(db, "SELECT sum(count) FROM trigrams")[0][0]
     chunks = int(info["chunks"])
-    assert out.stdout.split() == [str(chunks), str(total), str(min(100, db_rows(db, "SELECT count(*) FROM trigrams")[0][0]))]
+    distinct = db_rows(db, "SELECT count(*) FROM trigrams")[0][0]
+    assert out.stdout.split() == [str(chunks), str(total), str(min(100, distinct))]
     # A rerun against S3 finds every marker and loads nothing.
     r = run_cli(*_build_args("s3://ngram/mds", "s3://ngram/work", db, "--s3-endpoint-url", endpoint,
                              "--n-workers", "2"), env=env)

@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 
-from helpers import REPO
 from ngram_dask.tokenizer import BUNDLED_GPT_NEOX
+
+from helpers import REPO
 
 SHELF = "sha" + "red"  # spelled in two parts so this file does not match its own patterns
 # Ways code or docs reach outside the repository: "../<shelf>", "<path>.parent / '<shelf>'",

@@ -1,0 +1,116 @@
+"""Check every invariant of SPEC.md against a built catalog database.
+
+Each check is a name and a SQL query that returns the number of violating rows (or
+a description of the first one); ``verify`` stops at the first broken invariant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from ngram_dask.db import connect, read_info, table_names
+from ngram_dask.errors import DatabaseError
+from ngram_dask.schema import INFO, LEDGER, id_columns, ngram_table, prefix_table
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _scalar(con, sql: str, params=None):
+    return con.execute(sql, params or []).fetchone()[0]
+
+
+def checks(con) -> Iterator[Callable[[], Check]]:
+    info = read_info(con)
+    ngrams = json.loads(info["ngrams"])
+    chunks = int(info["chunks"])
+
+    def ledger_complete() -> Check:
+        got = set(con.execute(f"SELECT n, chunk FROM {LEDGER}").fetchall())
+        want = {(n, c) for n in ngrams for c in range(chunks)}
+        missing = sorted(want - got)
+        return Check("every chunk loaded", not missing,
+                     f"{len(want)} chunks in {LEDGER}" if not missing
+                     else f"missing n={missing[0][0]} chunk {missing[0][1]}")
+
+    yield ledger_complete
+    for n in ngrams:
+        t, ids = ngram_table(n), id_columns(n)
+        cols = ", ".join(ids)
+
+        def total(n=n, t=t) -> Check:
+            want = int(info[f"ngram_total_{n}"])
+            got = int(_scalar(con, f"SELECT coalesce(sum(count), 0) FROM {t}"))
+            return Check(f"sum(count) of {t} = sum over samples of max(L-{n - 1}, 0)", got == want,
+                         f"{got} vs {want}")
+
+        def unique(t=t, cols=cols) -> Check:
+            dup = _scalar(con, f"SELECT count(*) FROM (SELECT {cols} FROM {t} GROUP BY {cols} HAVING count(*) > 1)")
+            zero = _scalar(con, f"SELECT count(*) FROM {t} WHERE count = 0")
+            return Check(f"{t}: one row per n-gram, every count > 0", dup == 0 and zero == 0,
+                         f"{dup} duplicated n-grams, {zero} zero counts")
+
+        yield total
+        yield unique
+        if n < 2:
+            continue
+        p, head, last = prefix_table(n), ids[:-1], ids[-1]
+        hc = ", ".join(head)
+        on = " AND ".join(f"p.{c} = g.{c}" for c in head)
+
+        def prefixes(t=t, p=p, hc=hc, on=on, last=last) -> Check:
+            bad = _scalar(con, f"""
+                WITH g AS (
+                    SELECT {hc}, sum(count) AS s, max(count) AS m,
+                           min({last}) FILTER (WHERE count = mx) AS best
+                    FROM (SELECT *, max(count) OVER (PARTITION BY {hc}) AS mx FROM {t})
+                    GROUP BY {hc})
+                SELECT count(*) FROM g FULL JOIN {p} p ON {on}
+                WHERE p.sum_count IS DISTINCT FROM g.s OR p.max_count IS DISTINCT FROM g.m
+                   OR p.{last} IS DISTINCT FROM g.best
+                   OR abs(p.frac_max - g.m::DOUBLE / g.s::DOUBLE) > 1e-12""")
+            return Check(f"{p}: sum_count, max_count, follower (smallest id on ties), frac_max match {t}",
+                         bad == 0, f"{bad} prefix rows disagree")
+
+        yield prefixes
+        if n - 1 in ngrams:
+            lower = ngram_table(n - 1)
+            on2 = " AND ".join(f"l.{c} = h.{c}" for c in head)
+
+            def nested(t=t, lower=lower, hc=hc, on2=on2) -> Check:
+                bad = _scalar(con, f"""
+                    SELECT count(*) FROM (SELECT {hc}, sum(count) AS s, max(count) AS m FROM {t} GROUP BY {hc}) h
+                    LEFT JOIN {lower} l ON {on2}
+                    WHERE l.count IS NULL OR l.count < h.s""")
+                return Check(f"the prefix of every {t[:-1]} is a {lower[:-1]} at least as frequent "
+                             "(also summed over followers)", bad == 0, f"{bad} prefixes violate it")
+
+            yield nested
+
+
+def verify(db_path: str, announce=print) -> list[Check]:
+    """Run every check; returns them; raises ``DatabaseError`` on the first broken one."""
+    import os
+
+    if not os.path.exists(db_path):
+        raise DatabaseError(f"database {db_path} does not exist: run `ngram-dask build` first")
+    con = connect(db_path, read_only=True)
+    try:
+        if INFO not in table_names(con):
+            raise DatabaseError(f"{db_path} has no {INFO} table: not an ngram-dask catalog")
+        done = []
+        for make in checks(con):
+            check = make()
+            done.append(check)
+            announce(f"  {'ok  ' if check.ok else 'FAIL'} {check.name} ({check.detail})")
+            if not check.ok:
+                raise DatabaseError(f"verify failed: {check.name}: {check.detail}")
+        return done
+    finally:
+        con.close()

@@ -1,0 +1,53 @@
+"""``ngram-dask``: the parser, and one-line errors for everything a user can fix."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from ngram_dask.cli.common import Parser
+from ngram_dask.errors import UserError
+
+# In the order `ngram-dask --help` lists them: the pipeline's order.
+COMMANDS = ("demo", "convert", "build", "verify", "query", "serve", "score", "scan", "report", "export")
+
+
+def build_parser() -> Parser:
+    from ngram_dask import __version__
+
+    parser = Parser(prog="ngram-dask", description="Exact n-gram catalogs of tokenized corpora on Dask.")
+    parser.add_argument("--version", action="version", version=f"ngram-dask {__version__}")
+    sub = parser.add_subparsers(dest="_command", required=True, parser_class=Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"ngram_dask.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(getattr(args, "_verbose", 0), 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Dask's loggers keep their own INFO level; the handler decides what is shown.
+    for handler in logging.root.handlers:
+        handler.setLevel(level)
+    if getattr(args, "_verbose", 0) < 2:
+        # Dask's own warnings (a worker slow to close, say) and offline hub retries would
+        # break the one-line promise; ngram-dask reports lost workers itself.
+        for name in ("distributed", "bokeh", "tornado", "huggingface_hub", "urllib3"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return args._run(args)
+    except UserError as exc:
+        print(f"ngram-dask: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ngram-dask: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""``ngram-dask report``: PNG plots and an index.html about a catalog database."""
+
+from __future__ import annotations
+
+from ngram_dask.cli.common import announcer, command, config_from
+
+
+def register(sub) -> None:
+    p = command(
+        sub, "report", [{"--db": "db"}],
+        help="plots (frac_max, sum_count, Zipf, coverage, model scores) + index.html",
+        description="Write PNG plots and one index.html that shows them to OUT (read-only on --db).",
+    )
+    p.add_argument("--out", dest="_out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
+
+    def run(args) -> int:
+        from ngram_dask.catalog.report import make_report
+
+        cfg = config_from(args)
+        announce = announcer(args)
+        announce(f"report {cfg.db} -> {args._out}")
+        rep = make_report(cfg.db, args._out, announce=announce)
+        for note in rep.notes:
+            announce(f"  note: {note}")
+        announce(f"open {rep.index}")
+        return 0
+
+    p.set_defaults(_run=run)

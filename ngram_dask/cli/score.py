@@ -1,0 +1,38 @@
+"""`ngram-dask score`: a p_<model> column per model on the catalog's top tables."""
+
+from __future__ import annotations
+
+import argparse
+
+from ngram_dask.cli.common import CLUSTER_FLAGS, add_flags, add_switches, command, flag_help, stage
+
+SCORE_FLAGS = {
+    "--db": "db",
+    "--models": "score.models",
+    "--device": "score.device",
+    "--dtype": "score.dtype",
+    "--batch-size": "score.batch_size",
+    "--batch-sizes": "score.batch_sizes",
+    "--rows-per-task": "score.rows_per_task",
+    "--cpu-threads": "score.cpu_threads",
+}
+
+EPILOG = """\
+examples:
+  ngram-dask score --db ngrams.duckdb --models 70m,160m,410m,1b,1.4b,2.8b,6.9b,12b
+  ngram-dask score --db ngrams.duckdb --models ./my-local-model --device cpu --table top_bigrams
+  ngram-dask score --config configs/pile.yaml --scheduler tcp://gpu-box:8786
+
+Short names (70m ... 12b) expand to EleutherAI/pythia-<size>-deduped. A model already
+scored is skipped unless --force. Workers started with `--resources GPU=1` run one
+scoring task (one model) per GPU at a time."""
+
+
+def register(sub) -> None:
+    p = command(sub, "score", [SCORE_FLAGS], help="score the top tables with causal LMs (p_<model> columns)",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", "--tables", dest="score.tables", default=None, metavar="TABLES",
+                   help=flag_help("score.tables"))
+    add_switches(p, {"--force": ("score.force", True)})
+    add_flags(p, CLUSTER_FLAGS)
+    p.set_defaults(_run=stage("ngram_dask.lm.score", "run_score"))

@@ -1,1 +1,0 @@
-"""Commands of the later stages; each module defines register(sub, ...)."""

@@ -1,0 +1,158 @@
+"""The one module that opens DuckDB catalog files.
+
+Every stage that reads or writes the catalog database goes through here:
+
+* ``connect`` / ``read_only``: open a file, turning DuckDB's errors (a lock held by
+  another process, a file that is not a database) into one-line ``DatabaseError``\\ s;
+* ``transaction``: BEGIN, then COMMIT, or ROLLBACK on any exception (a killed or
+  failing writer leaves nothing half-written);
+* ``check_owner`` / ``check_existing``: refuse, untouched, a database of another tool,
+  another schema version or another build;
+* ``writer_lock``: ``<db>.lock``, held by the one process that writes the database
+  (DuckDB allows a single writer), so a second writer is refused at once;
+* ``catalog_info`` helpers: the key/value table that says whose database it is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+from ngram_dask.errors import DatabaseError
+from ngram_dask.schema import INFO, SCHEMA_VERSION, TOOL
+
+
+def connect(path: str, read_only: bool = False):
+    """A DuckDB connection to ``path``; a one-line ``DatabaseError`` if it cannot be opened."""
+    import duckdb
+
+    try:
+        return duckdb.connect(path, read_only=read_only)
+    except duckdb.IOException as exc:
+        msg = str(exc).splitlines()[0]
+        if "lock" in msg.lower():
+            raise DatabaseError(f"database {path} is in use by another process: {msg}") from None
+        raise DatabaseError(f"{path} is not a DuckDB database this DuckDB can open: {msg}") from None
+    except duckdb.Error as exc:
+        raise DatabaseError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+
+
+@contextmanager
+def read_only(path: str) -> Iterator:
+    """``with read_only(db) as con:`` a read-only connection, closed on exit."""
+    con = connect(path, read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def transaction(con) -> Iterator:
+    """All statements of the block commit together, or none does."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def table_names(con) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+    ).fetchall()}
+
+
+def columns(con, table: str) -> list[tuple[str, str]]:
+    """``[(name, type), ...]`` of a table, in order."""
+    return [(r[0], r[1]) for r in con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [table]
+    ).fetchall()]
+
+
+def read_info(con) -> dict[str, str]:
+    return dict(con.execute(f"SELECT key, value FROM {INFO}").fetchall())
+
+
+def ensure_info(con) -> None:
+    """Create ``catalog_info`` if missing, stamped with this tool and schema version."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {INFO} (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+    con.executemany(f"INSERT OR IGNORE INTO {INFO} VALUES (?, ?)",
+                    [("tool", TOOL), ("schema_version", str(SCHEMA_VERSION))])
+
+
+def write_info(con, info: Mapping[str, object]) -> None:
+    """Set keys of ``catalog_info``; values that are not strings are stored as JSON."""
+    rows = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()]
+    con.executemany(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)", rows)
+
+
+def check_owner(path: str, info: Mapping[str, str]) -> None:
+    """Refuse a catalog_info written by another tool or another schema version."""
+    if info.get("tool") != TOOL:
+        raise DatabaseError(f"database {path} was written by {info.get('tool')!r}, not {TOOL}")
+    if info.get("schema_version") != str(SCHEMA_VERSION):
+        raise DatabaseError(
+            f"database {path} has schema version {info.get('schema_version')}, this ngram-dask "
+            f"uses version {SCHEMA_VERSION}: rebuild it with `ngram-dask build` into a new --db"
+        )
+
+
+def check_existing(path: str, identity: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """Inspect an existing database read-only; refuse one the caller must not touch.
+
+    ``identity`` (the build's input, chunks, n, ...) must match what the database
+    recorded. Returns its ``catalog_info``; ``{}`` for an empty database; None when
+    there is no file yet.
+    """
+    if not os.path.exists(path):
+        return None
+    if os.path.isdir(path):
+        raise DatabaseError(f"--db {path} is a directory, not a database file")
+    with read_only(path) as con:
+        tables = table_names(con)
+        if not tables:
+            return {}
+        if INFO not in tables:
+            shown = ", ".join(sorted(tables)[:5])
+            raise DatabaseError(
+                f"database {path} was not written by ngram-dask (tables: {shown}); "
+                "choose another --db"
+            )
+        info = read_info(con)
+    check_owner(path, info)
+    for key, value in (identity or {}).items():
+        if key in info and info[key] != value:
+            raise DatabaseError(
+                f"database {path} was built with {key}={info[key]}, this build has "
+                f"{key}={value}; use a new --db to build it"
+            )
+    return info
+
+
+@contextmanager
+def writer_lock(db_path: str) -> Iterator[None]:
+    """Hold ``<db>.lock`` while writing, so a second writer is refused at once (not blocked)."""
+    lock_path = db_path + ".lock"
+    parent = os.path.dirname(os.path.abspath(db_path))
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise DatabaseError(
+                f"another ngram-dask build (pid {holder}) is writing {db_path}; wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

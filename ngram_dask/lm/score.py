@@ -1,0 +1,534 @@
+"""Score the catalog with causal LMs: a ``p_<model>`` column on each top table.
+
+For every row of ``top_bigrams`` (prompt ``[id0]``, expected ``id1``) and
+``top_trigrams`` (prompt ``[id0, id1]``, expected ``id2``), the probability that the
+model gives the expected token: the softmax of its last-position logits, no BOS.
+
+How the work is split:
+
+* The client reads the ids of every row (read-only), sorted by ``sum_count``
+  descending as in the original, and cuts them into partitions of
+  ``score.rows_per_task`` rows; each partition is one Dask task that receives a
+  small numpy array of ids and returns the probabilities.
+* Workers load a model once per process (``models.load_model`` caches it) and score
+  in batches of ``score.batch_size`` prompts (per-model overrides in
+  ``score.batch_sizes``). Prompts of a table have one length, so nothing is padded.
+* When workers advertise a ``GPU`` resource (``dask worker --resources GPU=1``) each
+  task asks for one, so a GPU holds one model and runs one task at a time.
+* DuckDB has a single writer: only the client writes, one transaction per model
+  that adds the column, fills it and records the model in ``catalog_info``
+  (key ``scored_models``). A client killed mid-model leaves no column behind, and a
+  model already scored is skipped unless ``score.force``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ngram_dask import faults
+from ngram_dask.config import Config, ScoreConfig
+from ngram_dask.db import check_existing, columns, connect, read_info, table_names, transaction, write_info, writer_lock
+from ngram_dask.errors import ConfigError, DatabaseError, UserError
+from ngram_dask.runtime import DiskFull, Progress, as_finished, gpu_resources
+from ngram_dask.schema import INFO
+from ngram_dask.storage import sql_identifier
+
+Announce = Callable[[str], None]
+
+SCORED_KEY = "scored_models"  # catalog_info key: JSON {column: {model, tables: {table: rows}, ...}}
+_TABLE_NAME = re.compile(r"^top_[a-z0-9_]+$")
+_SCORES_VIEW = "_ngram_dask_scores"
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a scoring task needs besides its ids; small, sent with every task."""
+
+    model: str
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 1024
+    cpu_threads: int | None = None
+    # (worker address, its index among the workers of its host, workers on that host):
+    # picks a GPU when one process sees several, and a fair share of cores on CPU.
+    placement: tuple[tuple[str, int, int], ...] = ()
+
+
+def _last_logits(model, prompts):
+    """Logits of the last prompt position only: ``(rows, vocab)``. The output layer is the
+    largest matrix of a small model; running it on every prompt position wasted half of a
+    trigram batch's output-layer work."""
+    try:
+        out = model(input_ids=prompts, use_cache=False, logits_to_keep=1)
+    except TypeError:  # a model class without logits_to_keep
+        out = model(input_ids=prompts, use_cache=False)
+    return out.logits[:, -1, :]
+
+
+def probabilities(model, ids: np.ndarray, batch_size: int, device: str) -> tuple[np.ndarray, int]:
+    """``P(ids[:, -1] | ids[:, :-1])`` for every row, in batches; returns (p, batch size used).
+
+    On CUDA the batch is first lowered to what free memory holds, and a CUDA
+    out-of-memory error halves it and retries the same rows.
+    """
+    import torch
+
+    from ngram_dask.lm.models import batch_limit, vocab_chunk_rows
+
+    rows, width = ids.shape
+    if width < 2:
+        raise ValueError(f"a scoring row needs a prompt and an expected token, got {width} id(s)")
+    dev = torch.device(device)
+    on_cuda = dev.type == "cuda"
+    ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+    if on_cuda:
+        # pinned: the copies below are asynchronous, so the host queues the next batch
+        # while the GPU still computes this one
+        ids = ids.pin_memory()
+    bs = max(1, int(batch_size))
+    if on_cuda:
+        bs = min(bs, batch_limit(model, dev, tokens=width - 1, logit_rows=1))
+    # p stays on the device until the end: a copy back per batch would stall the queue
+    out = torch.empty(rows, dtype=torch.float32, device=dev)
+    start = 0
+    work = None
+    with torch.inference_mode():
+        while start < rows:
+            stop = min(start + bs, rows)
+            batch = ids[start:stop].to(dev, non_blocking=True)
+            try:
+                logits = _last_logits(model, batch[:, :-1])
+                expected = batch[:, -1:]
+                vocab = logits.shape[-1]
+                step = min(vocab_chunk_rows(vocab, dev), stop - start)
+                if work is None or work.shape[0] < step or work.shape[1] != vocab:
+                    work = torch.empty((step, vocab), dtype=torch.float32, device=dev)
+                # float32 even for an fp16 model: p = exp(x_e - m) / sum(exp(x - m)) with m the
+                # row's max, read at the expected id only. Row chunks keep the one temporary in
+                # cache on a CPU, and it is allocated once (see scan.pair_statistics).
+                for a in range(0, stop - start, step):
+                    b = min(a + step, stop - start)
+                    chunk = logits[a:b].float()  # before the subtraction: x - m in fp16 would round
+                    top = chunk.amax(dim=-1, keepdim=True)
+                    e = torch.sub(chunk, top, out=work[:b - a]).exp_()
+                    picked = (chunk.gather(1, expected[a:b]) - top).exp_()
+                    out[start + a:start + b] = (picked / e.sum(dim=-1, keepdim=True)).squeeze(1)
+            except torch.cuda.OutOfMemoryError:
+                if bs == 1:
+                    raise
+                bs = max(1, bs // 2)
+                logits = work = None
+                torch.cuda.empty_cache()
+                continue
+            start = stop
+    return out.cpu().numpy().astype(np.float64), bs
+
+
+def _worker_address() -> str | None:
+    """This Dask worker's address; None outside a worker (a direct call)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+def _worker_device(s: TaskSettings) -> tuple[str, int]:
+    """(device for this worker process, its workers-on-this-host count)."""
+    from ngram_dask.lm.models import resolve_device
+
+    me = _worker_address()
+    index, local_workers = 0, 1
+    for address, i, count in s.placement:
+        if address == me:
+            index, local_workers = i, count
+    device = resolve_device(s.device)
+    if device == "cuda":
+        import torch
+
+        count = torch.cuda.device_count()
+        if count > 1:  # several GPUs seen by one process: spread the workers of this host
+            device = f"cuda:{index % count}"
+    return device, local_workers
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def score_partition(ids: np.ndarray, s: TaskSettings) -> dict:
+    """One Dask task: the probabilities of one partition of rows (model cached per worker)."""
+    import torch
+
+    from ngram_dask.lm.models import load_model, resolve_dtype
+
+    t0 = time.perf_counter()
+    device, local_workers = _worker_device(s)
+    if device == "cpu":
+        # a fair share of the host's cores, one left for Dask's own event loops
+        threads = s.cpu_threads or max(1, (_cores() - 1) // max(1, local_workers))
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    model = load_model(s.model, device, s.dtype)
+    p, used = probabilities(model, ids, s.batch_size, device)
+    return {"p": p, "device": device, "dtype": str(resolve_dtype(s.dtype, device)).replace("torch.", ""),
+            "batch_size": used, "seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass
+class TableRows:
+    """The rows of one top table, in scoring order (``sum_count`` descending)."""
+
+    table: str
+    n: int  # ids per row: the prompt is ids[:, :-1], the expected token ids[:, -1]
+    ids: np.ndarray  # (rows, n), the table's unsigned id type
+    columns: list[str]
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [f"id{j}" for j in range(self.n - 1)]  # one row per prefix in a top table
+
+    def max_id(self) -> int:
+        return int(self.ids.max()) if self.rows else -1
+
+
+@dataclass
+class ModelPlan:
+    name: str  # as given
+    model: str  # expanded: hub id or path
+    column: str
+    batch_size: int
+    tables: list[str]  # to score now
+    done: list[str]  # scored already, skipped
+
+
+@dataclass
+class ModelRun:
+    column: str
+    rows: int = 0
+    seconds: float = 0.0
+    device: str = ""
+    dtype: str = ""
+    batch_size: int = 0
+
+
+@dataclass
+class ScoreReport:
+    db: str
+    tables: list[str]
+    plans: list[ModelPlan] = field(default_factory=list)
+    runs: dict[str, ModelRun] = field(default_factory=dict)
+    # column -> table -> (rows, mean p, share of rows with p > 0.5)
+    means: dict[str, dict[str, tuple[int, float | None, float | None]]] = field(default_factory=dict)
+
+
+def parse_batch_sizes(entries: list[str]) -> dict[str, int]:
+    """``["12b=256", "./m=64"]`` -> {expanded model: batch size}."""
+    from ngram_dask.lm.models import expand_model_name
+
+    # The entries were checked with the config (ScoreConfig): MODEL=N, N >= 1.
+    return {expand_model_name(name): int(value) for name, _, value in (e.rpartition("=") for e in entries)}
+
+
+def _columns(con, table: str) -> list[str]:
+    return [name for name, _ in columns(con, table)]
+
+
+def _scored(info: dict[str, str]) -> dict[str, dict]:
+    try:
+        value = json.loads(info.get(SCORED_KEY) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_rows(db: str, tables: list[str]) -> tuple[dict[str, TableRows], dict[str, str]]:
+    """Every selected table's ids in scoring order, and ``catalog_info``; opened read-only."""
+
+    con = connect(db, read_only=True)
+    try:
+        present = table_names(con)
+        info = read_info(con) if INFO in present else {}
+        out = {}
+        for table in tables:
+            if table not in present:
+                raise DatabaseError(
+                    f"database {db} has no table {table}: run `ngram-dask build --tokenizer ...` first "
+                    "(the catalog step writes the top tables)")
+            cols = _columns(con, table)
+            ids = [c for c in cols if re.fullmatch(r"id\d+", c)]
+            n = len(ids)
+            if n < 2 or ids != [f"id{j}" for j in range(n)] or "sum_count" not in cols:
+                raise DatabaseError(f"table {table} of {db} is not a top table of the catalog (columns {cols})")
+            order = ", ".join(ids)
+            arrays = con.execute(f"SELECT {order} FROM {sql_identifier(table)} "
+                                 f"ORDER BY sum_count DESC, {order}").fetchnumpy()
+            mat = np.stack([np.asarray(arrays[c]) for c in ids], axis=1) if len(arrays[ids[0]]) else \
+                np.zeros((0, n), dtype=np.uint32)
+            out[table] = TableRows(table, n, np.ascontiguousarray(mat), cols)
+        return out, info
+    finally:
+        con.close()
+
+
+def plan_models(cfg: Config, rows: dict[str, TableRows], info: dict[str, str]) -> list[ModelPlan]:
+    """Which model scores which table; checks every model that has work before anything runs."""
+    from ngram_dask.lm.models import column_name, expand_model_name, is_causal_lm, model_config, model_vocab_size
+
+    s = cfg.score
+    overrides = parse_batch_sizes(s.batch_sizes)
+    scored = _scored(info)
+    plans: list[ModelPlan] = []
+    seen: dict[str, str] = {}
+    for name in dict.fromkeys(m.strip() for m in s.models if m.strip()):
+        full = expand_model_name(name)
+        col = column_name(name)
+        if col in seen and seen[col] != full:
+            raise ConfigError(f"models {seen[col]!r} and {full!r} would both be stored as column {col}; "
+                              "score them one at a time (or rename a local folder)")
+        if col in seen:
+            continue
+        seen[col] = full
+        done_tables = scored.get(col, {}).get("tables", {}) if isinstance(scored.get(col), dict) else {}
+        done, todo = [], []
+        for table in s.tables:
+            complete = (col in rows[table].columns and table in done_tables
+                        and int(done_tables[table]) == rows[table].rows)
+            (done if complete and not s.force else todo).append(table)
+        plans.append(ModelPlan(name, full, col, overrides.get(full, s.batch_size), todo, done))
+    for plan in plans:
+        if not plan.tables:
+            continue
+        config = model_config(plan.model)
+        if not is_causal_lm(config):
+            raise UserError(f"model {plan.model!r} ({type(config).__name__}) is not a causal language model")
+        vocab = model_vocab_size(plan.model)
+        for table in plan.tables:
+            top = rows[table].max_id()
+            if top >= vocab:
+                raise UserError(
+                    f"model {plan.model!r} has a vocabulary of {vocab} tokens, but {table} holds token id "
+                    f"{top}: the catalog was built with another tokenizer than this model's")
+    return plans
+
+
+def partitions(rows: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def _placement_of(client) -> tuple[tuple[str, int, int], ...]:
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    by_host: dict[str, list[str]] = {}
+    for address, w in workers.items():
+        by_host.setdefault(w.get("host") or address.rsplit(":", 1)[0], []).append(address)
+    out = []
+    for addresses in by_host.values():
+        for i, address in enumerate(sorted(addresses)):
+            out.append((address, i, len(addresses)))
+    return tuple(out)
+
+
+def _local_cluster_config(cfg: Config):
+    """A LocalCluster for scoring: one worker per GPU (or one CPU worker), not one per core."""
+    c = cfg.cluster
+    if c.scheduler or c.n_workers:
+        return c
+    gpus = 0
+    if cfg.score.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return dataclasses.replace(c, n_workers=max(1, gpus))
+
+
+def _score_model(client, plan: ModelPlan, rows: dict[str, TableRows], cfg: Config, resources,
+                 placement, announce: Announce) -> tuple[dict[str, np.ndarray], ModelRun]:
+    """Run one model's tasks; returns the probabilities per table, in the order of ``rows``."""
+    s = cfg.score
+    settings = TaskSettings(model=plan.model, device=s.device, dtype=s.dtype, batch_size=plan.batch_size,
+                            cpu_threads=s.cpu_threads, placement=placement)
+    token = uuid.uuid4().hex[:12]
+    futures, where = [], {}
+    for table in plan.tables:
+        for i, (a, b) in enumerate(partitions(rows[table].rows, s.rows_per_task)):
+            fut = client.submit(score_partition, rows[table].ids[a:b], settings, resources=resources,
+                                key=f"score:{plan.column}:{table}-{i:06d}-{token}", pure=False)
+            futures.append(fut)
+            where[fut.key] = (table, a, b)
+    out = {t: np.full(rows[t].rows, np.nan) for t in plan.tables}
+    run = ModelRun(plan.column)
+    total = sum(rows[t].rows for t in plan.tables)
+    progress = Progress(plan.column, total, "rows", announce, show_rate=True)
+    # Scoring tasks write nothing; a full disk can only be the model cache on a worker.
+    disk = DiskFull("a worker's model cache", advice="free space (or set HF_HOME to a larger disk)")
+    for fut, res in as_finished(futures, disk, release=True):
+        table, a, b = where[fut.key]
+        out[table][a:b] = res["p"]
+        run.device, run.dtype = res["device"], res["dtype"]
+        run.batch_size = max(run.batch_size, res["batch_size"])
+        progress.step(b - a)
+        faults.crash_point(faults.CRASH_IN_SCORE, plan.column)
+    run.rows, run.seconds = total, progress.seconds
+    return out, run
+
+
+def _prune(con, scored: dict) -> dict:
+    """Drop records of columns that are gone (a rebuilt top table has none of its scores)."""
+
+    present = {t: set(_columns(con, t)) for t in table_names(con)}
+    out = {}
+    for column, entry in scored.items():
+        if not isinstance(entry, dict):
+            continue
+        tables = {t: r for t, r in dict(entry.get("tables", {})).items() if column in present.get(t, ())}
+        if tables:
+            out[column] = {**entry, "tables": tables}
+    return out
+
+
+def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[str, np.ndarray],
+                run: ModelRun) -> None:
+    """Add and fill ``plan.column`` on every table of the plan, and record it: one transaction."""
+    import pyarrow as pa
+
+
+    col = sql_identifier(plan.column)  # column_name() makes it [a-z0-9_]; quoted all the same
+    with transaction(con):
+        for k, table in enumerate(plan.tables):
+            t = rows[table]
+            p = probs[table]
+            if np.isnan(p).any():
+                raise RuntimeError(f"{plan.column}: {int(np.isnan(p).sum())} rows of {table} got no score")
+            tq = sql_identifier(table)
+            con.execute(f"ALTER TABLE {tq} DROP COLUMN IF EXISTS {col}")
+            con.execute(f"ALTER TABLE {tq} ADD COLUMN {col} DOUBLE")
+            keys = t.key_columns
+            arrow = pa.table({**{c: t.ids[:, j] for j, c in enumerate(keys)}, "p": p})
+            con.register(_SCORES_VIEW, arrow)
+            try:
+                on = " AND ".join(f"{tq}.{c} = s.{c}" for c in keys)
+                updated = con.execute(f"UPDATE {tq} SET {col} = s.p FROM {_SCORES_VIEW} s WHERE {on}").fetchone()[0]
+            finally:
+                con.unregister(_SCORES_VIEW)
+            if int(updated) != t.rows:
+                raise RuntimeError(f"{table} changed while it was scored: {updated} of {t.rows} rows updated")
+            if k == 0:
+                faults.crash_point(faults.CRASH_IN_SCORE, f"{plan.column}:write")
+        scored = _prune(con, _scored(read_info(con)))
+        entry = scored.get(plan.column, {})
+        tables = dict(entry.get("tables", {}))
+        tables.update({table: rows[table].rows for table in plan.tables})
+        scored[plan.column] = {
+            "model": plan.model, "tables": tables, "device": run.device, "dtype": run.dtype,
+            "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_info(con, {SCORED_KEY: json.dumps(scored, sort_keys=True)})
+
+
+def _means(con, report: ScoreReport) -> None:
+    for plan in report.plans:
+        per = {}
+        for table in report.tables:
+            if plan.column not in _columns(con, table):
+                continue
+            col = sql_identifier(plan.column)
+            n, mean, share = con.execute(
+                f"SELECT count({col}), avg({col}), avg(({col} > 0.5)::DOUBLE) FROM {sql_identifier(table)}").fetchone()
+            per[table] = (int(n), mean, share)
+        report.means[plan.column] = per
+
+
+def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
+    """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``."""
+    from ngram_dask.cluster import get_client, performance_report
+
+    cfg.check("score")
+    s: ScoreConfig = cfg.score
+    db = cfg.db
+    if not os.path.exists(db):
+        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build --tokenizer ...` first")
+    info = check_existing(db)
+    if not info:
+        raise DatabaseError(f"database {db} holds no catalog: run `ngram-dask build --tokenizer ...` first")
+    report = ScoreReport(db=db, tables=list(s.tables))
+    with writer_lock(db):
+        rows, info = read_rows(db, s.tables)
+        report.plans = plans = plan_models(cfg, rows, info)
+        for plan in plans:
+            if plan.done:
+                announce(f"{plan.column}: already scored on {', '.join(plan.done)}; skipped (--force rescores)")
+        todo = [p for p in plans if p.tables]
+        if not todo:
+            con = connect(db, read_only=True)
+            try:
+                _means(con, report)
+            finally:
+                con.close()
+            return report
+        total = {t: rows[t].rows for t in s.tables}
+        announce(f"score {db}: {len(todo)} model(s) x " + ", ".join(f"{t} {r:,} rows" for t, r in total.items()))
+        con = connect(db)  # held from here: a reader cannot block the writes later
+        try:
+            with get_client(_local_cluster_config(cfg), announce) as client, \
+                    performance_report(cfg.cluster.performance_report):
+                resources = gpu_resources(client)
+                placement = _placement_of(client)
+                announce("  workers advertise GPU: each task asks for GPU=1" if resources
+                         else "  no worker advertises a GPU resource: tasks run anywhere")
+                for plan in todo:
+                    announce(f"{plan.column}: {plan.model} on {', '.join(plan.tables)} "
+                             f"(batch {plan.batch_size}, {s.rows_per_task:,} rows per task)")
+                    probs, run = _score_model(client, plan, rows, cfg, resources, placement, announce)
+                    write_model(con, plan, rows, probs, run)
+                    report.runs[plan.column] = run
+                    announce(f"  {plan.column}: {run.rows:,} rows in {run.seconds:.1f} s "
+                             f"({run.rows / max(run.seconds, 1e-9):,.0f} rows/s) on {run.device} {run.dtype}; written")
+            _means(con, report)
+        finally:
+            con.close()
+    return report
+
+
+def summary_lines(report: ScoreReport) -> list[str]:
+    """The table printed at the end: mean probability (and share of rows with p > 0.5) per model."""
+    if not report.plans:
+        return []
+    head = ["model", "column"] + [f"{t} mean p (p>0.5)" for t in report.tables] + ["rows/s"]
+    body = []
+    for plan in report.plans:
+        per = report.means.get(plan.column, {})
+        cells = [plan.model, plan.column]
+        for t in report.tables:
+            if t in per and per[t][1] is not None:
+                _, mean, share = per[t]
+                cells.append(f"{mean:.4f} ({100 * share:.1f}%)")
+            else:
+                cells.append("-")
+        run = report.runs.get(plan.column)
+        cells.append(f"{run.rows / max(run.seconds, 1e-9):,.0f}" if run else "skipped")
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+    fmt = lambda cells: "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return ["", f"summary: mean probability of the expected next token ({report.db})", fmt(head),
+            "  " + "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]

@@ -1,0 +1,15 @@
+"""The small runtime every stage runs on.
+
+* ``tasks.resumable``: a unit of work (a shard group, a chunk, a source shard, a scan
+  batch) that records a completion marker when it finishes and is skipped, with the
+  recorded statistics, when its marker exists. The work function itself never looks
+  at markers.
+* ``driver``: submit tasks to the cluster, gather them as they finish with console
+  progress, turn a worker's full disk into one readable line, cancel the rest when
+  one fails.
+"""
+
+from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources, map_tasks
+from ngram_dask.runtime.tasks import resumable
+
+__all__ = ["DiskFull", "Progress", "as_finished", "gpu_resources", "map_tasks", "resumable"]

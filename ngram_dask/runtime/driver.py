@@ -1,0 +1,122 @@
+"""The client side of every stage: submit tasks, gather them as they finish, report progress.
+
+One loop for all stages, so each one gets the same guarantees:
+
+* a task's ``UserError`` reaches the user as the same one line (Dask re-raises it here);
+* a full disk on a worker (``ENOSPC``) becomes one ``WorkDirError`` saying where, and
+  that finished work is kept;
+* when one task fails, the others are cancelled instead of running on unobserved.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from ngram_dask.errors import WorkDirError
+
+Announce = Callable[[str], None]
+
+
+class Progress:
+    """Console progress of one stage: a line at most every ``interval`` seconds, and at the end.
+
+    ``step(done, tokens)``: ``done`` units finished (tasks, chunks, rows), carrying
+    ``tokens`` tokens; the line shows tokens/s when tokens are counted, else units/s
+    when ``show_rate``.
+    """
+
+    def __init__(self, stage: str, total: int, unit: str, announce: Announce, interval: float = 2.0,
+                 show_rate: bool = False):
+        self.stage, self.total, self.unit, self.announce = stage, total, unit, announce
+        self.interval, self.show_rate = interval, show_rate
+        self.done, self.tokens, self.t0, self.last = 0, 0, time.perf_counter(), 0.0
+
+    def step(self, done: int = 1, tokens: int = 0) -> None:
+        self.done += done
+        self.tokens += tokens
+        now = time.perf_counter()
+        if self.done >= self.total or now - self.last >= self.interval:
+            self.last = now
+            elapsed = max(now - self.t0, 1e-9)
+            if self.tokens:
+                rate = f", {self.tokens / elapsed / 1e6:.2f}M tokens/s"
+            elif self.show_rate:
+                rate = f", {self.done / elapsed:,.0f} {self.unit}/s"
+            else:
+                rate = ""
+            self.announce(f"  {self.stage}: {self.done:,}/{self.total:,} {self.unit}{rate}")
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(self.seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class DiskFull:
+    """What to say when a task finds its disk full: where it writes, and what to do."""
+
+    writes_to: str  # "the work dir /data/work"
+    advice: str = "free space"
+    hint: Callable[[], str] | None = None  # " (free 1.2 MiB, ...)", computed only then
+
+    def error(self) -> WorkDirError:
+        hint = self.hint() if self.hint else ""
+        return WorkDirError(f"out of disk space in {self.writes_to}{hint}; {self.advice} and rerun: "
+                            "finished work is kept")
+
+
+def result_of(future, disk: DiskFull) -> Any:
+    """A finished task's result; a full disk where it writes becomes a one-line user error."""
+    try:
+        return future.result()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk.error() from None
+        raise
+
+
+def as_finished(futures: list, disk: DiskFull, release: bool = False) -> Iterator[tuple[Any, Any]]:
+    """``(future, result)`` for each task as it finishes; on any error the rest are cancelled.
+
+    ``release`` drops each result from the cluster once read (large results, read once).
+    """
+    from distributed import as_completed
+
+    try:
+        for fut in as_completed(futures):
+            res = result_of(fut, disk)
+            yield fut, res
+            if release:
+                fut.release()
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
+
+
+def map_tasks(client, fn: Callable, items: Iterable, disk: DiskFull, resources: dict | None = None,
+              **kwargs) -> Iterator[Any]:
+    """Run ``fn(item, **kwargs)`` for every item on the cluster; yield results as they finish."""
+    futures = client.map(fn, list(items), pure=False, resources=resources, **kwargs)
+    for _, res in as_finished(futures, disk):
+        yield res
+
+
+def gpu_resources(client) -> dict | None:
+    """``{"GPU": 1}`` when some worker advertises a GPU resource (``dask worker --resources
+    GPU=1``): tasks then run only there, one per GPU at a time. None: run anywhere."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # every worker, not the first few
+    except TypeError:  # distributed before 2025.1 lists them all anyway
+        info = client.scheduler_info()
+    workers = info.get("workers", {})
+    if any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers.values()):
+        return {"GPU": 1}
+    return None

@@ -1,0 +1,127 @@
+"""The package's imports run one way: from the command line down to the foundations.
+
+    cli -> catalog -> build | convert | lm -> runtime, cluster -> config, db, storage, mds
+        -> errors, schema, faults, tokenizer
+
+A module may import from its own layer and the layers below it, never above; the
+three stage families (build, convert, lm) never import each other. Imports inside
+functions count too: a lazy import that runs upward is still an upward import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+PACKAGE = REPO / "ngram_dask"
+LAYERS = [
+    {"errors", "schema", "faults", "tokenizer"},
+    {"config", "storage", "db", "mds"},
+    {"runtime", "cluster"},
+    {"build", "convert", "lm"},
+    {"catalog"},
+    {"cli"},
+]
+FAMILIES = {"build", "convert", "lm"}
+
+
+def layer_of(unit: str) -> int:
+    for i, units in enumerate(LAYERS):
+        if unit in units:
+            return i
+    raise AssertionError(f"ngram_dask.{unit} belongs to no layer: add it to LAYERS in {__file__}")
+
+
+def unit_of(module: str) -> str | None:
+    """``ngram_dask.build.explode`` -> ``build``; the package itself -> None."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "ngram_dask" and len(parts) > 1 else None
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path, text: str) -> list[tuple[int, str]]:
+    """``(line, imported module)`` for every ngram_dask import in the file, relative ones resolved."""
+    tree = ast.parse(text)
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("ngram_dask")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target == "ngram_dask":  # from ngram_dask import x: x is the module imported
+                found += [(node.lineno, f"ngram_dask.{a.name}") for a in node.names]
+            elif target.startswith("ngram_dask."):
+                found.append((node.lineno, target))
+    return found
+
+
+def violations(edited: dict[Path, str] | None = None) -> list[str]:
+    """Every import that runs the wrong way; ``edited`` replaces files' texts (for the self-test)."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        src = unit_of(module_name(path))
+        if src is None:
+            continue  # ngram_dask/__init__.py: the public facade may name anything (lazily)
+        text = (edited or {}).get(path) or path.read_text()
+        for line, target in imports(path, text):
+            dst = unit_of(target)
+            if dst is None or dst == "__version__" or dst == src:
+                continue
+            where = f"{path.relative_to(REPO)}:{line} imports {target}"
+            if layer_of(dst) > layer_of(src):
+                bad.append(f"{where}: {dst} is above {src}")
+            elif src in FAMILIES and dst in FAMILIES:
+                bad.append(f"{where}: the stage families do not import each other")
+    return bad
+
+
+def test_every_module_belongs_to_a_layer():
+    units = {unit_of(module_name(p)) for p in PACKAGE.rglob("*.py")} - {None}
+    for unit in units:
+        layer_of(unit)
+
+
+def test_imports_run_one_way():
+    assert violations() == []
+
+
+@pytest.mark.parametrize("source,target", [
+    ("runtime/driver.py", "ngram_dask.build.pipeline"),  # upward
+    ("lm/scan.py", "ngram_dask.build.load"),  # across families
+])
+def test_the_check_catches_a_wrong_import(source, target):
+    path = PACKAGE / source
+    found = violations({path: path.read_text() + f"\n\ndef f():\n    import {target}\n"})
+    assert any(target in v for v in found), found
+
+
+def test_a_newcomer_sees_the_pipeline_in_the_listing():
+    entries = {p.name for p in PACKAGE.iterdir() if not p.name.startswith(("_", "."))}
+    assert {"build", "catalog", "lm", "convert", "runtime", "cli", "db.py", "cluster.py", "config.py"} <= entries
+
+
+def test_ruff_finds_nothing():
+    """The lint configuration is pyproject.toml's [tool.ruff]; CI runs it with the tests."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
