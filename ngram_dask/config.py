@@ -110,20 +110,22 @@ class BuildConfig:
     """The n-gram build: explode -> aggregate -> load (-> catalog)."""
 
     chunks: int = setting(64, "K: n-grams go to chunk id0 % K (aggregated, loaded and exported per chunk)")
-    ngrams: list[int] = setting([2, 3], "which n to count, e.g. 2,3")
+    ngrams: list[int] = setting([2, 3], "which n to count: any n whose ids fit one 64-bit key (n <= 4 for 16-bit ids)")
     steps: list[str] = setting(list(STEPS), "steps to run, of " + ", ".join(STEPS))
     token_dtype: str = setting("auto", "uint16 or uint32; auto reads the dataset's ngram_dask.json, else uint16")
-    drop_eos: bool = setting(False, "skip n-grams that contain eos_id (document-aware counts)")
+    drop_eos: bool = setting(False, "extension: skip n-grams that contain eos_id (document-aware counts)")
     eos_id: int = setting(0, "the token id drop_eos skips")
     verify_hashes: bool = setting(True, "check shard hashes listed in index.json")
-    count_engine: str = setting("duckdb", "explode's counting: duckdb (hash aggregate) or numpy (sort); "
-                                          "equal results")
-    explode_task_tokens: int = setting(34_000_000, "shards per explode task: as many as hold this many tokens "
-                                                   "(~8 B each while counting)")
+    count_engine: str = setting("duckdb", "explode's counting: duckdb (hash aggregate, then a sort of the distinct "
+                                          "n-grams) or numpy (sort every packed key); equal results")
+    explode_task_tokens: int = setting(34_000_000, "shards per explode task: as many consecutive shards as hold "
+                                                   "this many tokens (~8 B each of worker memory while counting); "
+                                                   "a work dir keeps its grouping")
     duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
     duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
-    aggregate_method: str = setting("auto", "auto (numpy merge when a chunk fits the budget, else DuckDB), "
-                                            "numpy or duckdb")
+    aggregate_method: str = setting("auto", "auto: the numpy merge for chunks that fit duckdb_memory_fraction of "
+                                            "the worker's memory, DuckDB (spilling to spill_dir) for larger ones; "
+                                            "numpy or duckdb to force one")
     spill_dir: Optional[str] = setting(None, "DuckDB's temp directory in the aggregate "
                                              "(default: the worker's local directory)")
 
@@ -266,9 +268,10 @@ REQUIRED = {
 
 @dataclass
 class Config:
-    input: Optional[str] = setting(None, "the MDS dataset: a local path or fsspec URL (s3://...)")
+    input: Optional[str] = setting(None, "the MDS dataset: a local path or fsspec URL (s3://...); a root index.json, "
+                                          "also one whose shards live in subfolders, or subfolders with their own")
     work_dir: Optional[str] = setting(None, "intermediate Parquet; every worker must reach it")
-    db: Optional[str] = setting(None, "the catalog database (a DuckDB file)")
+    db: Optional[str] = setting(None, "the catalog database (a local DuckDB file)")
     tokenizer: str = setting("EleutherAI/gpt-neox-20b", "hub id or local folder of the tokenizer")
     vocab_size: int = setting(50432, "ids are below this (Pythia pads GPT-NeoX's 50277 tokens to 50432)")
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -309,17 +312,22 @@ class Config:
         return obj
 
 
-def describe(dotted: str) -> str:
-    """The help text of a setting, with its default: what ``--help`` shows for its flag."""
+def setting_help(dotted: str) -> tuple[str, str]:
+    """``(help text, default as shown)`` of a setting; the default is '' when there is none."""
     cls: Any = Config
     *sections, leaf = dotted.split(".")
     for part in sections:
         cls = typing.get_type_hints(cls)[part]
     f = {f.name: f for f in dataclasses.fields(cls)}[leaf]
     default = f.default if f.default is not _MISSING else f.default_factory()
-    shown = ",".join(map(str, default)) if isinstance(default, list) else default
-    tail = f"config key {dotted}" + ("" if shown in (None, "", []) else f"; default {shown}")
-    return f"{f.metadata.get('help', '')} ({tail})".strip()
+    shown = ",".join(map(str, default)) if isinstance(default, list) else "" if default is None else str(default)
+    return f.metadata.get("help", ""), shown
+
+
+def describe(dotted: str) -> str:
+    """What ``--help`` shows for the flag of a setting: its help, config key and default."""
+    text, default = setting_help(dotted)
+    return f"{text} (config key {dotted}" + (f"; default {default})" if default else ")")
 
 
 # --- loading --------------------------------------------------------------------------------

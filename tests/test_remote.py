@@ -17,6 +17,8 @@ from conftest import free_port
 
 from helpers import REPO, db_rows, run_cli, table_dump, write_mds
 
+pytestmark = [pytest.mark.slow, pytest.mark.remote]
+
 TABLES = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
 
 

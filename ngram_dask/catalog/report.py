@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ngram_dask.catalog.export import provenance
+from ngram_dask.catalog.export_common import provenance
 from ngram_dask.catalog.reader import OpenCatalog, open_catalog
 from ngram_dask.errors import UserError
 from ngram_dask.schema import catalog_tables, ngram_table, prefix_table, top_table
@@ -48,6 +48,17 @@ def _plt():
     plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3,
                          "axes.spines.top": False, "axes.spines.right": False})
     return plt
+
+
+def _finish(fig, ax, title: str, xlabel: str, ylabel: str, out: str, name: str, images: list[str],
+            legend_size: int = 9, title_size: int | None = None) -> None:
+    """Title, axis labels and legend of a one-panel figure, then saved as ``name``."""
+    ax.set_title(title, fontsize=title_size)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    _save(fig, out, name, images)
 
 
 def _save(fig, out: str, name: str, images: list[str]) -> None:
@@ -225,12 +236,7 @@ def plot_zipf(cat: OpenCatalog, ns: list[int], out: str, images: list[str]) -> N
             ax.plot(ranks, counts, linewidth=1.8, label=f"{ngram_table(n)} ({ranks[-1]:,} distinct)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_title("Counts by rank (Zipf)")
-    ax.set_xlabel("rank (1 = most frequent n-gram)")
-    ax.set_ylabel("count")
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    _save(fig, out, "zipf.png", images)
+    _finish(fig, ax, "Counts by rank (Zipf)", "rank (1 = most frequent n-gram)", "count", out, "zipf.png", images)
 
 
 def plot_coverage(covs: list[dict], out: str, images: list[str]) -> None:
@@ -246,12 +252,9 @@ def plot_coverage(covs: list[dict], out: str, images: list[str]) -> None:
                 label=f"{cv['table']}: next token = its prediction")
     ax.set_xlim(1.0 + 0.01, min([0.5] + [min(cv["x"]) for cv in covs if cv["x"]]))
     ax.set_ylim(bottom=0)
-    ax.set_title("Coverage: share of the corpus's n-grams the top tables explain")
-    ax.set_xlabel("frac_max threshold x (rows with frac_max >= x; the axis runs from 1 down)")
-    ax.set_ylabel("% of all n-grams of that n in the corpus")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out, "coverage.png", images)
+    _finish(fig, ax, "Coverage: share of the corpus's n-grams the top tables explain",
+            "frac_max threshold x (rows with frac_max >= x; the axis runs from 1 down)",
+            "% of all n-grams of that n in the corpus", out, "coverage.png", images, legend_size=8)
 
 
 def plot_models(cat: OpenCatalog, n: int, models: list[str], out: str, images: list[str]) -> None:
@@ -313,13 +316,9 @@ def plot_models(cat: OpenCatalog, n: int, models: list[str], out: str, images: l
     ax.plot([0, 1], [0, 1], color="red", linewidth=0.8, linestyle=":", label="p = frac_max")
     ax.set_xlim(low, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(f"{table}: mean model probability by frac_max\n(color: model, small dark to large light)",
-                 fontsize=11)
-    ax.set_xlabel("frac_max (corpus)")
-    ax.set_ylabel("mean probability of the expected token")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out, f"models_{table}_mean.png", images)
+    _finish(fig, ax, f"{table}: mean model probability by frac_max\n(color: model, small dark to large light)",
+            "frac_max (corpus)", "mean probability of the expected token", out, f"models_{table}_mean.png", images,
+            legend_size=8, title_size=11)
 
 
 # --- the page ------------------------------------------------------------------------------

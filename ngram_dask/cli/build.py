@@ -1,4 +1,9 @@
-"""``ngram-dask build``: MDS -> id0-partitioned Parquet -> per-chunk aggregates -> the catalog database."""
+"""``ngram-dask build``: MDS -> id0-partitioned Parquet -> per-chunk aggregates -> the catalog database.
+
+Explode the MDS samples into partial counts per id0 chunk (a Dask bag of shard
+groups), aggregate each chunk (a Dask DataFrame of chunks), load them into the one
+DuckDB file and write the tokens and top tables. Rerun the same command to resume.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,6 @@ BUILD_FLAGS = {
 
 
 def register(sub) -> None:
-    p = command(sub, "build", [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS],
-                help="MDS -> id0-partitioned Parquet -> per-chunk DuckDB -> catalog database")
+    p = command(sub, __doc__, [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
     add_switches(p, {"--drop-eos": ("build.drop_eos", True)})
     p.set_defaults(_run=stage("ngram_dask.build.pipeline", "run_build"))

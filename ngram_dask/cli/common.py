@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
+import textwrap
 from typing import Callable, Iterable
 
 from ngram_dask.config import describe, load_config
@@ -26,6 +28,9 @@ STORAGE_FLAGS = {
     "--s3-endpoint-url": "storage.s3_endpoint_url",
     "--s3-region": "storage.s3_region",
 }
+
+# The catalog readers (query, serve): the database, and the tokenizer for text prompts.
+READER_FLAGS = {"--db": "db", "--tokenizer": "tokenizer"}
 
 Announce = Callable[[str], None]
 
@@ -62,9 +67,20 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="more logging (-vv for Dask's own)")
 
 
-def command(sub, name: str, flags: Iterable[dict[str, str]] = (), **parser_kwargs) -> argparse.ArgumentParser:
-    """A subcommand with the common options and the given config flags."""
-    parser = sub.add_parser(name, **parser_kwargs)
+def command(sub, doc: str, flags: Iterable[dict[str, str]] = (), **parser_kwargs) -> argparse.ArgumentParser:
+    r"""A subcommand with the common options and the given config flags.
+
+    ``doc`` is the command module's docstring, the one source of its help: it starts
+    ``\`\`ngram-dask NAME\`\`: <one-line help>``, and the paragraphs after it are the
+    description ``NAME --help`` prints.
+    """
+    first, _, rest = doc.strip().partition("\n")
+    m = re.fullmatch(r"``ngram-dask (\w+)``: (.+?)\.?", first.strip())
+    if not m:
+        raise ValueError(f"a command docstring starts with ``ngram-dask NAME``: help, not {first!r}")
+    name, help_line = m.groups()
+    description = textwrap.dedent(rest).strip() or None
+    parser = sub.add_parser(name, help=help_line, description=description, **parser_kwargs)
     add_common(parser)
     for table in flags:
         add_flags(parser, table)

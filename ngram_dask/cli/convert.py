@@ -1,4 +1,8 @@
-"""`ngram-dask convert`: raw text (hub dataset, jsonl / txt / parquet files) -> tokenized MDS."""
+"""``ngram-dask convert``: tokenize text into MDS on Dask (one task per input shard).
+
+Tokenize a hub dataset or jsonl / txt / parquet files into 2048-token MDS samples, one
+sub-dataset per input shard; reruns skip finished shards.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +28,6 @@ CONVERT_FLAGS = {
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "convert", [CONVERT_FLAGS, CLUSTER_FLAGS, STORAGE_FLAGS],
-        help="tokenize text into MDS on Dask (one task per input shard)",
-        description="Tokenize a hub dataset or jsonl / txt / parquet files into 2048-token MDS samples, "
-                    "one sub-dataset per input shard; reruns skip finished shards.",
-    )
+    p = command(sub, __doc__, [CONVERT_FLAGS, CLUSTER_FLAGS, STORAGE_FLAGS])
     add_switches(p, {"--no-wrap": ("convert.wrap", False)})
     p.set_defaults(_run=stage("ngram_dask.convert.run", "run_convert"))

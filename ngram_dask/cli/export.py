@@ -1,4 +1,10 @@
-"""``ngram-dask export``: every table to Parquet plus a dataset card, ready for `datasets` and the Hub."""
+"""``ngram-dask export``: tables -> Parquet + dataset card (README.md) loadable with datasets / the Hub.
+
+Write each table of the catalog database to <out>/<table>/train-*.parquet (large
+tables split by id0 % chunks) and a dataset card <out>/README.md; with --layout
+original, one folder per table in the original project's published layout
+(<out>/<table>/README.md + data/<split>-*.parquet).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,7 @@ from ngram_dask.cli.common import announcer, command, config_from
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "export", [{"--db": "db"}],
-        help="tables -> Parquet + dataset card (README.md) loadable with datasets / the Hub",
-        description="Write each table of the catalog database to <out>/<table>/train-*.parquet "
-                    "(large tables split by id0 % chunks) and a dataset card <out>/README.md; "
-                    "with --layout original, one folder per table in the original project's "
-                    "published layout (<out>/<table>/README.md + data/<split>-*.parquet).",
-    )
+    p = command(sub, __doc__, [{"--db": "db"}])
     p.add_argument("--out", dest="_out", required=True, metavar="DIR", help="folder for the export")
     p.add_argument("--tables", dest="_tables", default=None, metavar="T1,T2",
                    help="only these tables (default: all but catalog_info and load_ledger)")
@@ -35,14 +34,8 @@ def register(sub) -> None:
                    help="with --push-to-hub: create the repo(s) private")
 
     def run(args) -> int:
-        from ngram_dask.catalog.export import (
-            SPLIT_ROWS,
-            check_hub_name,
-            check_hub_token,
-            export_catalog,
-            hub_plan,
-            push_plan,
-        )
+        from ngram_dask.catalog.export import SPLIT_ROWS, export_catalog
+        from ngram_dask.catalog.hub import check_hub_name, check_hub_token, hub_plan, push_plan
 
         cfg = config_from(args)
         announce = announcer(args)

@@ -1,8 +1,10 @@
-"""``ngram-dask query``: what follows a text, according to the catalog.
+"""``ngram-dask query``: top next-token completions of a text in the n-gram tables (read-only).
 
-Exit status: 0 when some context of the prompt occurs in the corpus, 1 when none
-does (like grep: the answer "never occurs" is printed, it is not an error), 2 for a
-user error (no database, another tool's database, an empty prompt...).
+Tokenize PROMPT (no special tokens) and print the most frequent next tokens after its
+last two tokens (trigrams) and its last token (bigrams), with probability, count and
+prefix count. Exit status: 0 when some context of the prompt occurs in the corpus; 1
+when none does (like grep: the answer "never occurs" is printed, it is not an error);
+2 for a user error (no database, another tool's database, an empty prompt...).
 """
 
 from __future__ import annotations
@@ -10,19 +12,13 @@ from __future__ import annotations
 import json
 import sys
 
-from ngram_dask.cli.common import command, config_from
+from ngram_dask.cli.common import READER_FLAGS, command, config_from
 
 EXIT_NOT_FOUND = 1
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "query", [{"--db": "db", "--tokenizer": "tokenizer"}],
-        help="top next-token completions of a text in the n-gram tables (read-only)",
-        description="Tokenize PROMPT (no special tokens) and print the most frequent next tokens after "
-                    "its last two tokens (trigrams) and its last token (bigrams), with probability, "
-                    "count and prefix count. Exit 0: found; 1: the context never occurs; 2: error.",
-    )
+    p = command(sub, __doc__, [READER_FLAGS])
     p.add_argument("_prompt", metavar="PROMPT", help="text whose next token to look up, e.g. ' telome'")
     p.add_argument("--top", "-k", dest="_top", type=int, default=5, metavar="K",
                    help="completions to show per table (default 5)")

@@ -1,4 +1,7 @@
-"""``ngram-dask report``: PNG plots and an index.html about a catalog database."""
+"""``ngram-dask report``: plots (frac_max, sum_count, Zipf, coverage, model scores) + index.html.
+
+Write PNG plots and one index.html that shows them to OUT (read-only on --db).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,7 @@ from ngram_dask.cli.common import announcer, command, config_from
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "report", [{"--db": "db"}],
-        help="plots (frac_max, sum_count, Zipf, coverage, model scores) + index.html",
-        description="Write PNG plots and one index.html that shows them to OUT (read-only on --db).",
-    )
+    p = command(sub, __doc__, [{"--db": "db"}])
     p.add_argument("--out", dest="_out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
 
     def run(args) -> int:

@@ -1,4 +1,11 @@
-"""``ngram-dask scan``: the first-token deletion scan (see ``ngram_dask.lm.scan``)."""
+"""``ngram-dask scan``: first-token deletion scan: where one earlier token changes the model's prediction.
+
+Run a causal LM on every short (L tokens) and long (L+1 tokens) window of the MDS
+samples and keep the positions where the extra first token makes the prediction
+confident and different (p_long > --min-p-long and sym_kl > --min-sym-kl). Writes
+--out (Parquet) and, with --db, the table scan_<L> of the catalog database. Done
+batches are kept in the work dir (default: <out>.work) and skipped on a rerun.
+"""
 
 from __future__ import annotations
 
@@ -29,15 +36,5 @@ def _db_flag_means_to_db(args, cfg) -> None:
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "scan", [SCAN_FLAGS, CLUSTER_FLAGS],
-        help="first-token deletion scan: where one earlier token changes the model's prediction",
-        description=(
-            "Run a causal LM on every short (L tokens) and long (L+1 tokens) window of the MDS "
-            "samples and keep the positions where the extra first token makes the prediction "
-            "confident and different (p_long > --min-p-long and sym_kl > --min-sym-kl). "
-            "Writes --out (Parquet) and, with --db, the table scan_<L> of the catalog database. "
-            "Done batches are kept in the work dir (default: <out>.work) and skipped on a rerun."
-        ),
-    )
+    p = command(sub, __doc__, [SCAN_FLAGS, CLUSTER_FLAGS])
     p.set_defaults(_run=stage("ngram_dask.lm.scan", "run_scan", prepare=_db_flag_means_to_db))

@@ -1,4 +1,8 @@
-"""`ngram-dask score`: a p_<model> column per model on the catalog's top tables."""
+"""``ngram-dask score``: score the top tables with causal LMs (p_<model> columns).
+
+Add a p_<model> column per model to the catalog's top tables: the model's probability
+of each row's expected next token.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,7 @@ scoring task (one model) per GPU at a time."""
 
 
 def register(sub) -> None:
-    p = command(sub, "score", [SCORE_FLAGS], help="score the top tables with causal LMs (p_<model> columns)",
-                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, __doc__, [SCORE_FLAGS], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", "--tables", dest="score.tables", default=None, metavar="TABLES",
                    help=flag_help("score.tables"))
     add_switches(p, {"--force": ("score.force", True)})

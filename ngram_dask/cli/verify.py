@@ -20,5 +20,5 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = command(sub, "verify", [{"--db": "db"}], help="check every invariant of a catalog database")
+    p = command(sub, __doc__, [{"--db": "db"}])
     p.set_defaults(_run=run)

@@ -21,6 +21,8 @@ from ngram_dask.config import load_config
 
 from helpers import run_cli, table_dump, write_mds
 
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
 TABLES = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
 
 

@@ -14,6 +14,8 @@ from ngram_dask.schema import catalog_tables, top_table
 from catalog_corpus import CHUNKS, RES, TELOME, VOCAB_SIZE, build_catalog_db
 from helpers import db_rows, oracle, oracle_prefixes
 
+pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, local_cluster, neox_tokenizer_path):

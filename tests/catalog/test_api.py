@@ -14,6 +14,8 @@ from catalog_corpus import RES, TELOME, build_catalog_db
 from helpers import oracle
 from serve_catalog import MODELS, add_scores_and_scan
 
+pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, local_cluster, neox_tokenizer_path):

@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ngram_dask.catalog.export import provenance
+from ngram_dask.catalog.export_common import provenance
 from ngram_dask.cli import main
 
 from catalog_corpus import CHUNKS, _copy, bad_databases, build_catalog_db
 from helpers import db_rows
+
+pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
 
 TABLES = ["bigrams", "trigrams", "bigram_prefixes", "trigram_prefixes", "tokens", "top_bigrams", "top_trigrams"]
 
@@ -224,7 +226,7 @@ ORIGINAL = {
                         "logit_excite_max", "logit_inhibit_max", "batch", "sample", "start",
                         "js_divergence"]),
 }
-# The same rows from our tables, written out by hand (the oracle does not reuse export.py's mapping).
+# The same rows from our tables, written out by hand (the oracle does not reuse export_original.py's mapping).
 ORIGINAL_SQL = {
     "bigrams": f"SELECT id0, id1, count, (id0 % {CHUNKS})::INTEGER FROM bigrams",
     "trigrams": f"SELECT id0, id1, id2, count, (id0 % {CHUNKS})::INTEGER FROM trigrams",
@@ -368,7 +370,8 @@ def test_layouts_do_not_mix_in_one_folder(built, exported, original, tmp_path, c
 
 
 def test_hub_plan_one_repository_per_table(built, tmp_path):
-    from ngram_dask.catalog.export import HubTarget, check_hub_name, export_catalog, hub_plan
+    from ngram_dask.catalog.export import export_catalog
+    from ngram_dask.catalog.hub import HubTarget, check_hub_name, hub_plan
     from ngram_dask.errors import UserError
 
     db = _copy(built, tmp_path / "empty.duckdb", "DELETE FROM top_trigrams")
@@ -396,7 +399,7 @@ def test_hub_plan_one_repository_per_table(built, tmp_path):
 
 
 def test_push_errors_are_one_line_and_come_before_the_work(built, tmp_path, capsys, monkeypatch):
-    from ngram_dask.catalog.export import HubTarget, push_plan
+    from ngram_dask.catalog.hub import HubTarget, push_plan
     from ngram_dask.errors import UserError
 
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")

@@ -16,6 +16,8 @@ from ngram_dask.errors import UserError
 
 from helpers import db_rows, oracle, write_mds
 
+pytestmark = pytest.mark.slow  # builds catalogs on a LocalCluster and on dask processes
+
 CHUNKS = 5
 
 

@@ -12,6 +12,8 @@ from ngram_dask.cli import main
 from catalog_corpus import RES, TELOME, bad_databases, build_catalog_db
 from helpers import oracle, run_cli
 
+pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, local_cluster, neox_tokenizer_path):

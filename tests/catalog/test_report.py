@@ -14,6 +14,8 @@ from ngram_dask.cli import main
 from catalog_corpus import _copy, bad_databases, build_catalog_db
 from helpers import db_rows, oracle
 
+pytestmark = pytest.mark.slow  # builds and scores a catalog, draws with matplotlib
+
 BASE_PNGS = ["frac_max.png", "sum_count.png", "zipf.png", "coverage.png"]
 MODELS = ["p_pythia_1_4b_deduped", "p_pythia_70m_deduped", "p_pythia_410m_deduped"]
 

@@ -24,6 +24,8 @@ from catalog_corpus import RES, TELOME, build_catalog_db
 from helpers import run_cli
 from serve_catalog import MODELS, add_scores_and_scan
 
+pytestmark = pytest.mark.slow  # a real server process and a real browser
+
 CHROMIUM = "/usr/bin/chromium"
 # Root in a container: no sandbox; offline: nothing that phones home.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,0 +1,73 @@
+"""``ngram_dask.db``: the one module that opens DuckDB files, on real files."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from ngram_dask.db import (
+    check_existing,
+    connect,
+    ensure_info,
+    read_info,
+    read_only,
+    transaction,
+    write_info,
+    writer_lock,
+)
+from ngram_dask.errors import DatabaseError
+from ngram_dask.schema import SCHEMA_VERSION, TOOL
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path):
+    db = str(tmp_path / "c.duckdb")
+    con = connect(db)
+    with transaction(con):
+        ensure_info(con)
+    with pytest.raises(RuntimeError), transaction(con):
+        write_info(con, {"half": "written"})
+        con.execute("CREATE TABLE t (x INTEGER)")
+        raise RuntimeError("killed")
+    con.close()
+    with read_only(db) as ro:
+        assert read_info(ro) == {"tool": TOOL, "schema_version": str(SCHEMA_VERSION)}
+        assert ro.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 't'").fetchone()[0] == 0
+
+
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path):
+    bad = tmp_path / "notes.duckdb"
+    bad.write_text("not a database\n" * 100)
+    with pytest.raises(DatabaseError) as info:
+        connect(str(bad), read_only=True)
+    assert "\n" not in str(info.value) and str(bad) in str(info.value)
+
+
+def test_another_tools_database_and_another_build_are_refused_untouched(tmp_path):
+    other = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE users (name VARCHAR)")
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(DatabaseError, match="was not written by ngram-dask"):
+        check_existing(str(other))
+    assert other.read_bytes() == before
+
+    ours = str(tmp_path / "ours.duckdb")
+    con = connect(ours)
+    ensure_info(con)
+    write_info(con, {"chunks": "64"})
+    con.close()
+    assert check_existing(ours, {"chunks": "64"})["chunks"] == "64"
+    with pytest.raises(DatabaseError, match="was built with chunks=64, this build has chunks=8"):
+        check_existing(ours, {"chunks": "8"})
+    assert check_existing(str(tmp_path / "new.duckdb")) is None
+
+
+def test_the_writer_lock_refuses_a_second_writer_at_once(tmp_path):
+    db = str(tmp_path / "c.duckdb")
+    with writer_lock(db):
+        with pytest.raises(DatabaseError, match="is writing"):
+            with writer_lock(db):
+                pass
+    with writer_lock(db):  # released on exit
+        pass
