@@ -12,7 +12,7 @@ import warnings
 from typing import TYPE_CHECKING, Iterator
 
 from ngram_dask.config import ClusterConfig
-from ngram_dask.errors import ConfigError, UserError
+from ngram_dask.errors import UserError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -23,11 +23,8 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
 
 
 def _security(cfg: ClusterConfig):
-    parts = (cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
-    if not any(parts):
+    if not cfg.tls:
         return None
-    if not all(parts):
-        raise ConfigError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
     from distributed.security import Security
 
     return Security(
@@ -126,8 +123,6 @@ def get_client(cfg: ClusterConfig, announce=print) -> Iterator[Client]:
 
     security = _security(cfg)
     if cfg.scheduler:
-        if cfg.scheduler.startswith("tls://") and security is None:
-            raise ConfigError(f"{cfg.scheduler} is a TLS scheduler: pass --tls-ca, --tls-cert and --tls-key")
         try:
             client = Client(cfg.scheduler, security=security, timeout="30s")
         except (OSError, TimeoutError, ValueError, TypeError) as exc:

@@ -94,6 +94,14 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         _at_least("cluster.n_workers", self.n_workers, 1, optional=True)
         _at_least("cluster.threads_per_worker", self.threads_per_worker, 1)
+        if any((self.tls_ca, self.tls_cert, self.tls_key)) and not self.tls:
+            raise ConfigError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+        if self.scheduler and self.scheduler.startswith("tls://") and not self.tls:
+            raise ConfigError(f"{self.scheduler} is a TLS scheduler: pass --tls-ca, --tls-cert and --tls-key")
+
+    @property
+    def tls(self) -> bool:
+        return all((self.tls_ca, self.tls_cert, self.tls_key))
 
 
 @dataclass

@@ -125,6 +125,14 @@ def storage_options(s3_endpoint_url: str | None = None, s3_region: str | None = 
     return {"s3": {"client_kwargs": kwargs}} if kwargs else {}
 
 
+def use_storage(s3_endpoint_url: str | None = None, s3_region: str | None = None) -> dict:
+    """Apply the S3 endpoint and region to every later fsspec call here; returns the options
+    (for ``cluster.install_storage_options`` to apply them on the workers too)."""
+    options = storage_options(s3_endpoint_url, s3_region)
+    apply_storage_options(options)
+    return options
+
+
 def apply_storage_options(options: dict) -> None:
     """Make every later ``fsspec`` call in this process use ``options``."""
     import fsspec.config

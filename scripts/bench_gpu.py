@@ -15,8 +15,8 @@ Sections, in this order, each stopped when ``--budget-s`` would be exceeded:
 1. ``ceiling``: one large fp16 and bf16 matrix product, the card's measured dense rate.
 2. ``correctness``: a tiny GPT-NeoX (Pythia's vocabulary, a sharpened output layer so
    the statistics vary) on the device in fp16 (and bf16) against the CPU in float32:
-   ``score.probabilities`` for bigram and trigram prompts and every statistic of
-   ``scan.position_statistics``, with the tolerances printed; argmax disagreements and
+   ``score_worker.probabilities`` for bigram and trigram prompts and every statistic of
+   ``scan_stats.position_statistics``, with the tolerances printed; argmax disagreements and
    candidate-row differences are listed with their reason (a near tie, a value next to
    a threshold) or flagged UNEXPLAINED.
 3. ``scan``: positions/s of ``position_statistics`` at L=4 with 2.8b (``--scan-size``)
@@ -320,8 +320,8 @@ def tolerance(name: str, dtype: str, ref: np.ndarray) -> np.ndarray:
 def correctness(dev, dtypes: list[str], tiny: bool, seq_len: int, log) -> dict:
     import torch
 
-    from ngram_dask.lm.scan import FLOAT_STATS, candidate_mask, position_statistics
-    from ngram_dask.lm.score import probabilities
+    from ngram_dask.lm.scan_stats import FLOAT_STATS, candidate_mask, position_statistics
+    from ngram_dask.lm.score_worker import probabilities
 
     shape = Shape("check", 2, 128, 4, 50432)
     torch.manual_seed(0)
@@ -419,7 +419,7 @@ def scan_sweep(dev, shape: Shape, dtypes: list[str], micro_batches: list[int], s
                target_s: float, budget: Budget, reserve_s: float, log, rows: list[dict]) -> None:
     """Appends to ``rows`` as it goes, so that an error or a kill keeps what was measured."""
     from ngram_dask.lm.models import batch_limit
-    from ngram_dask.lm.scan import position_statistics
+    from ngram_dask.lm.scan_stats import position_statistics
 
     model = build_model(shape, dev, dtypes[0])
     limit = batch_limit(model, dev, tokens=seq_len + 1, logit_rows=2)
@@ -460,7 +460,7 @@ def score_sweep(dev, shape: Shape, dtypes: list[str], batch_sizes: list[int], ta
                 budget: Budget, reserve_s: float, log, rows: list[dict]) -> None:
     """Appends to ``rows`` as it goes, so that an error or a kill keeps what was measured."""
     from ngram_dask.lm.models import batch_limit
-    from ngram_dask.lm.score import probabilities
+    from ngram_dask.lm.score_worker import probabilities
 
     model = build_model(shape, dev, dtypes[0])
     rng = np.random.default_rng(2)

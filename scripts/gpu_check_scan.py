@@ -97,7 +97,7 @@ def main() -> int:
     import torch
 
     from ngram_dask.lm.models import load_model
-    from ngram_dask.lm.scan import FLOAT_STATS, candidate_mask, position_statistics
+    from ngram_dask.lm.scan_stats import FLOAT_STATS, candidate_mask, position_statistics
 
     result: dict = {"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

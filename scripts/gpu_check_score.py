@@ -16,7 +16,7 @@ What it does, in one short run (well under a minute on a GPU machine):
 3. scores it twice with ``run_score`` through a one-worker LocalCluster, on two
    copies: ``--device cpu`` (fp32) and ``--device DEVICE --dtype DTYPE`` (auto = fp16
    on CUDA), and compares the two ``p_<model>`` columns row by row;
-4. also compares ``score.probabilities`` directly (no Dask, no DuckDB) on the same rows.
+4. also compares ``score_worker.probabilities`` directly (no Dask, no DuckDB) on the same rows.
 
 Prints rows, rows/s, mean p, and the max abs / max relative difference; exits 1 when
 the max abs difference is above ``--tol``. ``--json FILE`` writes the numbers.
@@ -167,7 +167,7 @@ def direct_check(model: str, rows: dict[str, np.ndarray], device: str, dtype: st
     import torch
 
     from ngram_dask.lm import models
-    from ngram_dask.lm.score import probabilities
+    from ngram_dask.lm.score_worker import probabilities
 
     out = {}
     for label, dev, dt in (("ref", "cpu", "float32"), ("dev", device, dtype)):

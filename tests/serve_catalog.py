@@ -26,7 +26,8 @@ def add_scores_and_scan(good: Path, dest: Path) -> Path:
     import duckdb
     import pyarrow as pa
 
-    from ngram_dask.lm.scan import OUTPUT_COLUMNS, write_scan_table
+    from ngram_dask.lm.scan import write_scan_table
+    from ngram_dask.lm.scan_gather import OUTPUT_COLUMNS
 
     shutil.copy(good, dest)
     con = duckdb.connect(str(dest))

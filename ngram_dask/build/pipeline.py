@@ -34,16 +34,7 @@ from ngram_dask.errors import BadInputError, WorkDirError
 from ngram_dask.mds import ShardRef, list_shards, resolve_token_dtype
 from ngram_dask.runtime import DiskFull, Progress, as_finished
 from ngram_dask.schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
-from ngram_dask.storage import (
-    apply_storage_options,
-    is_local,
-    join,
-    local_path,
-    read_marker,
-    redact_url,
-    storage_options,
-    write_marker,
-)
+from ngram_dask.storage import is_local, join, local_path, read_marker, redact_url, use_storage, write_marker
 
 Announce = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -117,8 +108,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     b = cfg.build
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    options = storage_options(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
-    apply_storage_options(options)
+    options = use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
 
     shards = list_shards(cfg.input)
     if not shards or sum(s.samples for s in shards) == 0:

@@ -133,10 +133,9 @@ def counts(source: str, n: int = 3, table: str = "ngrams", s3_endpoint_url: str 
     import dask
     import dask.dataframe as dd
 
-    from ngram_dask.storage import apply_storage_options, storage_options
+    from ngram_dask.storage import use_storage
 
-    options = storage_options(s3_endpoint_url, s3_region)
-    apply_storage_options(options)
+    options = use_storage(s3_endpoint_url, s3_region)
     if table not in TABLES:
         raise UserError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
     if table == "prefixes" and n < 2:

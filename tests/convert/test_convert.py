@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from ngram_dask.config import load_config
-from ngram_dask.convert.run import SampleCutter, encode_documents, run_convert, summary_lines
+from ngram_dask.convert.run import run_convert, summary_lines
+from ngram_dask.convert.samples import SampleCutter, encode_documents
 from ngram_dask.errors import UserError
 from ngram_dask.mds import list_shards, read_shard, read_sidecar, resolve_token_dtype
 
@@ -249,6 +250,7 @@ def _write_source(kind: str, folder: Path, shards: list[list[str]]) -> tuple[str
     raise AssertionError(kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["jsonl.gz", "jsonl.zst", "txt-file", "txt-line", "parquet", "hf-folder"])
 def test_every_source_kind(tmp_path, kind, bpe_tokenizer_path, local_cluster):
     tok = load_tok(bpe_tokenizer_path)
@@ -320,6 +322,8 @@ def _warm_up(address: str) -> None:
         c.run(load)
 
 
+@pytest.mark.slow
+@pytest.mark.faults
 def test_killed_worker_and_killed_client_then_rerun(tmp_path, bpe_tokenizer_path, local_cluster,
                                                     start_dask_processes):
     """SIGKILL a worker (its process and nanny) mid-run, and the client mid-run: the output
@@ -424,6 +428,7 @@ def _assert_nothing_finished(out: Path) -> None:
     assert not [p for p in out.iterdir() if p.name.startswith(".")] if out.exists() else True
 
 
+@pytest.mark.slow  # a CLI process per bad input
 def test_bad_input_cli_one_line(tmp_path, neox_tokenizer_path, bpe_tokenizer_path, local_cluster):
     out = tmp_path / "out"
     base = ["--out", str(out), "--scheduler", local_cluster]

@@ -55,6 +55,7 @@ def test_flop_model_and_peak_table(bench):
     assert bench.peak_tflops("cpu") is None
 
 
+@pytest.mark.slow
 def test_cpu_dry_run_covers_every_section(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
     # bfloat16 then float32: two dtypes (the second measured at the best batch) without

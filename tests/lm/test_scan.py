@@ -157,7 +157,7 @@ def config(**overrides):
 def test_every_statistic_of_every_position_matches_unbatched_torch(make_tiny_model):
     import torch
 
-    from ngram_dask.lm.scan import position_statistics
+    from ngram_dask.lm.scan_stats import position_statistics
 
     model = load(make_tiny_model(vocab_size=512, hidden=32, layers=2, seed=3))
     with torch.no_grad():  # sharper distributions than the init's near-uniform ones
@@ -181,7 +181,7 @@ def test_every_statistic_of_every_position_matches_unbatched_torch(make_tiny_mod
 
 
 def test_statistics_other_lengths_and_no_positions(make_tiny_model):
-    from ngram_dask.lm.scan import position_statistics
+    from ngram_dask.lm.scan_stats import position_statistics
 
     model = load(make_tiny_model(vocab_size=512, hidden=32, layers=2, seed=3))
     rng = np.random.default_rng(1)
@@ -198,7 +198,7 @@ def test_statistics_other_lengths_and_no_positions(make_tiny_model):
 
 
 def test_candidate_filter_is_strict_and_on_both_thresholds():
-    from ngram_dask.lm.scan import candidate_mask
+    from ngram_dask.lm.scan_stats import candidate_mask
 
     stats = {"p_long": np.array([0.9, 0.5, 0.51, 0.9, 0.2], np.float32),
              "sym_kl": np.array([0.6, 0.9, 0.5, 3.0, 9.0], np.float32)}
@@ -208,7 +208,7 @@ def test_candidate_filter_is_strict_and_on_both_thresholds():
 
 
 def test_trigger_model_does_what_it_is_built_for(bpe, trigger_model):
-    from ngram_dask.lm.scan import candidate_mask, position_statistics
+    from ngram_dask.lm.scan_stats import candidate_mask, position_statistics
 
     _, x, y, filler = bpe
     model = load(trigger_model)
@@ -238,12 +238,14 @@ def test_batches_are_fixed_groups_of_samples_inside_shards(tmp_path):
 # End to end on Dask
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_known_positions_come_out_with_text_context_and_place(tmp_path, bpe, trigger_model, bpe_tokenizer_path,
                                                               local_cluster):
     import duckdb
     import pyarrow.parquet as pq
 
-    from ngram_dask.lm.scan import OUTPUT_COLUMNS, run_scan
+    from ngram_dask.lm.scan import run_scan
+    from ngram_dask.lm.scan_gather import OUTPUT_COLUMNS
 
     tok, x, y, f = bpe
     phrase = tok.encode(" chloride, or common table salt.")
@@ -332,6 +334,8 @@ def _markers(work: Path) -> int:
     return len(list(work.glob("*/_done/*.json")))
 
 
+@pytest.mark.slow
+@pytest.mark.faults
 def test_worker_killed_mid_scan_then_rerun_gives_the_uninterrupted_output(
         tmp_path, bpe, trigger_model, bpe_tokenizer_path, local_cluster, start_dask_processes, monkeypatch):
     import pyarrow.parquet as pq
@@ -403,6 +407,7 @@ def _one_line(r) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_seq_len_larger_than_the_samples(tmp_path, trigger_model, bpe_tokenizer_path, local_cluster):
     mds = write_mds(tmp_path / "mds", [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]])
     r = run_cli("scan", "--input", str(mds), "--model", trigger_model, "--seq-len", "8",
@@ -413,6 +418,7 @@ def test_seq_len_larger_than_the_samples(tmp_path, trigger_model, bpe_tokenizer_
     assert not (tmp_path / "o.parquet").exists()
 
 
+@pytest.mark.slow  # a CLI process
 def test_unknown_model(tmp_path, bpe_tokenizer_path):
     mds = write_mds(tmp_path / "mds", [[1, 2, 3, 4, 5, 6]])
     r = run_cli("scan", "--input", str(mds), "--model", str(tmp_path / "no-such-model"),

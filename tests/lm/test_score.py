@@ -19,7 +19,7 @@ import pytest
 
 from helpers import db_rows, run_cli, write_mds
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # a catalog, tiny models on dask worker processes
 
 TABLES = {"top_bigrams": 2, "top_trigrams": 3}
 UNREACHABLE = "tcp://127.0.0.1:9"  # bad input must be refused before any cluster is contacted
