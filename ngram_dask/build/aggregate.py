@@ -28,11 +28,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
+
+from ngram_dask.build.counting import KEY_DTYPE, Counts, add_sorted, sum_runs, unpack_keys
 from ngram_dask.build.explode import explode_dir
 from ngram_dask.errors import WorkDirError
 from ngram_dask.runtime import resumable
 from ngram_dask.schema import id_columns
-from ngram_dask.storage import get_fs, glob, is_local, join, local_path, sql_string
+from ngram_dask.storage import get_fs, glob, is_local, join, local_path, read_marker, sql_string, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,16 @@ class AggregateSettings:
     numpy_budget_bytes: int | None = None
     # Where DuckDB spills; None = the worker's local directory (Dask's scratch space).
     spill_dir: str | None = None
+    # n derived from the (n+1)-grams of the same chunk (counting.derived_in_aggregate);
+    # their partial files hold only the samples' last n-grams.
+    derived: tuple[int, ...] = ()
+
+    def chain(self, n: int) -> list[int]:
+        """``[n, n-1, ...]``: n, then each smaller n derived from the one before it."""
+        out = [n]
+        while out[-1] - 1 in self.derived:
+            out.append(out[-1] - 1)
+        return out
 
 
 def aggregate_dir(work_dir: str, n: int) -> str:
@@ -92,10 +105,10 @@ def _worker_resources() -> tuple[int | None, int | None, str | None]:
     return limit, w.state.nthreads, w.local_directory
 
 
-def chunk_sql(n: int) -> tuple[str, str]:
-    """``(ngrams_select, prefixes_select)`` over a temp table ``g`` of summed counts."""
+def chunk_sql(n: int, table: str = "g") -> tuple[str, str]:
+    """``(ngrams_select, prefixes_select)`` over a temp table of summed counts."""
     ids = id_columns(n)
-    ngrams = f"SELECT {', '.join(ids)}, count FROM g ORDER BY {', '.join(ids)}"
+    ngrams = f"SELECT {', '.join(ids)}, count FROM {table} ORDER BY {', '.join(ids)}"
     if n < 2:
         return ngrams, ""
     head, last = ids[:-1], ids[-1]
@@ -106,60 +119,83 @@ def chunk_sql(n: int) -> tuple[str, str]:
         f"CAST(SUM(count) AS UBIGINT) AS sum_count, "
         f"MAX(count) AS max_count, "
         f"CAST(MAX(count) AS DOUBLE) / CAST(SUM(count) AS DOUBLE) AS frac_max "
-        f"FROM g GROUP BY {', '.join(head)} ORDER BY {', '.join(head)}"
+        f"FROM {table} GROUP BY {', '.join(head)} ORDER BY {', '.join(head)}"
     )
     return ngrams, prefixes
 
 
+def partial_files(work_dir: str, n: int, chunk: int) -> list[str]:
+    return glob(join(explode_dir(work_dir), f"n={n}", f"id0_chunk={chunk}", "*.parquet"))
+
+
 @resumable(lambda n, chunk, s: marker_url(s.work_dir, n, chunk))
 def aggregate_chunk(n: int, chunk: int, s: AggregateSettings) -> dict:
-    """Sum the partial counts of one chunk and write its final rows (a resumable task)."""
-    parts = glob(join(explode_dir(s.work_dir), f"n={n}", f"id0_chunk={chunk}", "*.parquet"))
-    outs = output_urls(s.work_dir, n, chunk)
-    stats = {"n": n, "chunk": chunk, "inputs": len(parts), "rows": 0, "prefix_rows": 0,
-             "files": {}, "path": None}
-    if parts:
+    """Sum the partial counts of one chunk and write its final rows (a resumable task).
+
+    With derived smaller n (``s.chain(n)``), their final rows are written too, each with
+    its own marker, before this chunk's marker: a chunk whose marker exists has them all.
+    """
+    chain = s.chain(n)
+    parts = {m: partial_files(s.work_dir, m, chunk) for m in chain}
+    outs = {m: output_urls(s.work_dir, m, chunk) for m in chain}
+    stats = {m: {"n": m, "chunk": chunk, "inputs": len(parts[m]), "rows": 0, "prefix_rows": 0,
+                 "files": {}, "path": None} for m in chain}
+    # A chunk may hold tails of a derived n and no (n+1)-gram at all (samples of n tokens).
+    if any(parts.values()):
         limit, threads, scratch = _worker_resources()
         limit = s.memory_limit_bytes or limit
-        path, estimate, budget = choose_path(n, parts, s, limit)
-        done_numpy = None
+        path, estimate, budget = choose_path(n, [u for m in chain for u in parts[m]], s, limit)
+        done = None
         if path == "numpy":
-            done_numpy = _aggregate_numpy(n, parts, outs)
-            if done_numpy is None:  # ids too wide for one 64-bit key
+            done = _aggregate_numpy(chain, parts, outs)
+            if done is None:  # ids too wide for one 64-bit key
                 path = "duckdb"
         reason = _reason(s.method, path, estimate, budget)
         log.info("aggregate n=%d chunk=%d: %s path (%s)", n, chunk, path, reason)
-        stats.update(path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget)
-        if done_numpy is not None:
-            stats.update(done_numpy)
-        else:
-            stats.update(_aggregate_duckdb(n, chunk, parts, outs, s, limit, threads, scratch))
-    return stats
+        if done is None:
+            done = _aggregate_duckdb(chain, chunk, parts, outs, s, limit, threads, scratch)
+        for m in chain:
+            stats[m].update(done[m], path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget)
+    for m in chain[1:]:
+        write_marker(marker_url(s.work_dir, m, chunk), {**stats[m], "derived_from": m + 1})
+    return stats[n]
 
 
-def _aggregate_duckdb(n: int, chunk: int, parts: list[str], outs: dict[str, str], s: AggregateSettings,
-                      limit: int | None, threads: int | None, scratch: str | None) -> dict:
+def derived_results(n: int, chunk: int, s: AggregateSettings, skipped: bool) -> list[dict]:
+    """The statistics of the n derived below ``n`` in this chunk, from their markers."""
+    out = []
+    for m in s.chain(n)[1:]:
+        res = read_marker(marker_url(s.work_dir, m, chunk))
+        if res is None:  # cannot happen unless a marker was deleted by hand: redo the chunk
+            raise WorkDirError(f"chunk {chunk} of n={m} lost its marker in {s.work_dir}; "
+                               f"delete {marker_url(s.work_dir, n, chunk)} and rerun")
+        out.append({**res, "skipped": skipped})
+    return out
+
+
+def _aggregate_duckdb(chain: list[int], chunk: int, parts: dict[int, list[str]], outs: dict[int, dict[str, str]],
+                      s: AggregateSettings, limit: int | None, threads: int | None, scratch: str | None) -> dict:
     """Out of core: DuckDB's hash aggregate under a memory limit, spilling to local disk."""
     import duckdb
 
     try:
-        return _duckdb_chunk(n, chunk, parts, outs, s, limit, threads, scratch)
+        return _duckdb_chunk(chain, chunk, parts, outs, s, limit, threads, scratch)
     except duckdb.OutOfMemoryException as exc:
         raise WorkDirError(
-            f"aggregating chunk {chunk} of n={n} ran out of memory under DuckDB's limit "
+            f"aggregating chunk {chunk} of n={chain[0]} ran out of memory under DuckDB's limit "
             f"({str(exc).splitlines()[0].split('(')[-1].rstrip(')')}); raise --memory-limit or "
             "build.duckdb_memory_fraction, or use more --chunks"
         ) from None
 
 
-def _duckdb_chunk(n: int, chunk: int, parts: list[str], outs: dict[str, str], s: AggregateSettings,
-                  limit: int | None, threads: int | None, scratch: str | None) -> dict:
+def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], outs: dict[int, dict[str, str]],
+                  s: AggregateSettings, limit: int | None, threads: int | None, scratch: str | None) -> dict:
     import duckdb
 
-    res = {"rows": 0, "prefix_rows": 0, "files": {}}
+    results = {}
     if s.spill_dir:
         os.makedirs(s.spill_dir, exist_ok=True)
-    tmp_root = tempfile.mkdtemp(prefix=f"agg-n{n}-c{chunk}-", dir=s.spill_dir or scratch)
+    tmp_root = tempfile.mkdtemp(prefix=f"agg-n{chain[0]}-c{chunk}-", dir=s.spill_dir or scratch)
     try:
         con = duckdb.connect(config={
             "threads": s.threads or threads or 1,
@@ -169,34 +205,48 @@ def _duckdb_chunk(n: int, chunk: int, parts: list[str], outs: dict[str, str], s:
         })
         if not is_local(s.work_dir):
             con.register_filesystem(get_fs(s.work_dir)[0])
-        ids = ", ".join(id_columns(n))
-        con.execute(
-            f"CREATE TEMP TABLE g AS SELECT {ids}, CAST(SUM(count) AS UBIGINT) AS count "
-            f"FROM read_parquet(?, hive_partitioning = false) GROUP BY {ids}",
-            [parts],
-        )
-        res["rows"] = con.execute("SELECT count(*) FROM g").fetchone()[0]
-        spilled = _spilled_bytes(con)
-        ngrams_sql, prefixes_sql = chunk_sql(n)
-        queries = {"ngrams": ngrams_sql}
-        if prefixes_sql:
-            queries["prefixes"] = prefixes_sql
-        for kind, sql in queries.items():
-            staged = _staging_path(outs[kind], tmp_root)
-            con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION lz4_raw)")
+        spilled = 0
+        previous = None  # the temp table of the n before (n + 1), if it had rows
+        for n in chain:
+            ids = ", ".join(id_columns(n))
+            table = f"g{n}"
+            sources = [f"SELECT {ids}, count FROM {previous}"] if previous else []  # derived: by prefix
+            if parts[n]:
+                sources.append(f"SELECT {ids}, count FROM read_parquet(?, hive_partitioning = false)")
+            if not sources:  # no (n+1)-gram in this chunk, only tails of a smaller n
+                results[n] = {"rows": 0, "prefix_rows": 0, "files": {}, "spilled_bytes": spilled}
+                continue
+            con.execute(
+                f"CREATE TEMP TABLE {table} AS SELECT {ids}, CAST(SUM(count) AS UBIGINT) AS count "
+                f"FROM ({' UNION ALL '.join(sources)}) GROUP BY {ids}",
+                [parts[n]] if parts[n] else [],
+            )
+            if previous:
+                con.execute(f"DROP TABLE {previous}")
+            previous = table
+            res = {"rows": con.execute(f"SELECT count(*) FROM {table}").fetchone()[0], "prefix_rows": 0, "files": {}}
             spilled = max(spilled, _spilled_bytes(con))
-            _publish(staged, outs[kind])
-            res["files"][kind] = outs[kind]
-        res["spilled_bytes"] = spilled
-        if prefixes_sql:
-            head = ", ".join(id_columns(n)[:-1])
-            res["prefix_rows"] = con.execute(
-                f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM g)"
-            ).fetchone()[0]
+            ngrams_sql, prefixes_sql = chunk_sql(n, table)
+            queries = {"ngrams": ngrams_sql}
+            if prefixes_sql:
+                queries["prefixes"] = prefixes_sql
+            for kind, sql in queries.items():
+                staged = _staging_path(outs[n][kind], tmp_root)
+                con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION lz4_raw)")
+                spilled = max(spilled, _spilled_bytes(con))
+                _publish(staged, outs[n][kind])
+                res["files"][kind] = outs[n][kind]
+            if prefixes_sql:
+                head = ", ".join(id_columns(n)[:-1])
+                res["prefix_rows"] = con.execute(
+                    f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM {table})"
+                ).fetchone()[0]
+            res["spilled_bytes"] = spilled
+            results[n] = res
         con.close()
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-    return res
+    return results
 
 
 def _spilled_bytes(con) -> int:
@@ -262,14 +312,13 @@ def merge_partials(n: int, ids: list, counts, bits: int):
     """
     import numpy as np
 
-    from ngram_dask.build.counting import KEY_DTYPE, _sum_runs
 
     keys = np.zeros(len(counts), KEY_DTYPE)
     for col in ids:
         keys <<= KEY_DTYPE(bits)
         keys |= col
     order = np.argsort(keys, kind="stable")
-    merged = _sum_runs(keys[order], counts.astype(np.uint64)[order])
+    merged = sum_runs(keys[order], counts.astype(np.uint64)[order])
     return merged.keys, merged.counts
 
 
@@ -278,7 +327,6 @@ def prefix_rows(n: int, keys, counts, bits: int):
     counts, the most frequent last id (smallest id on ties), its count and share."""
     import numpy as np
 
-    from ngram_dask.build.counting import KEY_DTYPE
 
     prefixes = keys >> KEY_DTYPE(bits)
     starts = np.flatnonzero(np.concatenate(([True], prefixes[1:] != prefixes[:-1])))
@@ -295,21 +343,38 @@ def prefix_rows(n: int, keys, counts, bits: int):
     return prefixes[starts], last_ids, sums.astype(np.uint64), maxes.astype(np.uint64), frac
 
 
-def _aggregate_numpy(n: int, parts: list[str], outs: dict[str, str]) -> dict | None:
-    """The in-memory path; None when the ids are too wide to pack n of them in 64 bits."""
-    import pyarrow as pa
+def _aggregate_numpy(chain: list[int], parts: dict[int, list[str]], outs: dict[int, dict[str, str]]) -> dict | None:
+    """The in-memory path; None when the ids are too wide to pack ``chain[0]`` of them in 64 bits."""
 
-    from ngram_dask.build.counting import unpack_keys
-    from ngram_dask.storage import atomic_write_parquet
-
-    ids, counts = _read_partials(n, parts)
-    out_dtype = ids[0].dtype  # the explode wrote the final id type (uint16 / uint32)
+    read = {m: _read_partials(m, parts[m]) for m in chain if parts[m]}
+    n = chain[0]
+    out_dtype = next(iter(read.values()))[0][0].dtype  # the explode wrote the final id type
     # Key width from the largest id present: wide vocabularies still pack when they can.
-    bits = max(1, max(int(c.max()) if len(c) else 0 for c in ids).bit_length())
+    bits = max(1, max(int(c.max()) if len(c) else 0 for ids, _ in read.values() for c in ids).bit_length())
     if n * bits > 64:
         return None
-    keys, sums = merge_partials(n, ids, counts, bits)
-    del ids, counts
+    if n in read:
+        keys, sums = merge_partials(n, *read.pop(n), bits)
+        results = {n: _write_final(n, keys, sums, bits, out_dtype, outs[n])}
+    else:
+        keys, sums = np.empty(0, KEY_DTYPE), np.empty(0, np.uint64)
+        results = {n: {"rows": 0, "prefix_rows": 0, "files": {}}}
+    for m in chain[1:]:
+        # Derived: the (m+1)-grams summed over their last id (still sorted), plus the tails.
+        counts = sum_runs(keys >> KEY_DTYPE(bits), sums)
+        if m in read:
+            counts = add_sorted(counts, Counts(*merge_partials(m, *read.pop(m), bits)))
+        keys, sums = counts.keys, counts.counts
+        results[m] = _write_final(m, keys, sums, bits, out_dtype, outs[m])
+    return results
+
+
+def _write_final(n: int, keys, sums, bits: int, out_dtype, outs: dict[str, str]) -> dict:
+    """The final n-gram and prefix files of one chunk, from its sorted distinct keys."""
+    import pyarrow as pa
+
+    from ngram_dask.storage import atomic_write_parquet
+
     cols = dict(zip(id_columns(n), unpack_keys(keys, n, bits, out_dtype)))
     cols["count"] = sums
     atomic_write_parquet(outs["ngrams"], pa.table(cols), **FINAL_PARQUET)
@@ -374,20 +439,26 @@ def chunk_row(ref: tuple[int, int], work_dir: str):
 
 
 def aggregate_partition(part, s: AggregateSettings):
-    """``map_partitions`` body: aggregate the chunk(s) of this partition; one stats row each."""
-    import json
-
+    """``map_partitions`` body: aggregate the chunk(s) of this partition; one stats row per
+    (n, chunk) written, derived n included."""
     import pandas as pd
 
     rows = []
     for n, chunk in zip(part["n"].tolist(), part["id0_chunk"].tolist()):
-        res = aggregate_chunk(int(n), int(chunk), s)
-        rows.append({"n": int(n), "id0_chunk": int(chunk), "path": res.get("path"),
-                     "reason": res.get("reason"), "rows": int(res.get("rows", 0)),
-                     "prefix_rows": int(res.get("prefix_rows", 0)), "seconds": float(res.get("seconds", 0.0)),
-                     "skipped": bool(res.get("skipped")), "result": json.dumps(res)})
+        top = aggregate_chunk(int(n), int(chunk), s)
+        for res in [top] + derived_results(int(n), int(chunk), s, bool(top["skipped"])):
+            rows.append(_result_row(res))
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
         {k: v for k, v in RESULT_COLUMNS.items() if v != "object"})
+
+
+def _result_row(res: dict) -> dict:
+    import json
+
+    return {"n": int(res["n"]), "id0_chunk": int(res["chunk"]), "path": res.get("path"),
+            "reason": res.get("reason"), "rows": int(res.get("rows", 0)),
+            "prefix_rows": int(res.get("prefix_rows", 0)), "seconds": float(res.get("seconds", 0.0)),
+            "skipped": bool(res.get("skipped")), "result": json.dumps(res)}
 
 
 def aggregate_frame(todo: list[tuple[int, int]], s: AggregateSettings):

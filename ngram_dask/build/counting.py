@@ -221,7 +221,7 @@ def _run_length(ordered: np.ndarray) -> Counts:
     return Counts(ordered[starts], counts)
 
 
-def _sum_runs(keys: np.ndarray, counts: np.ndarray) -> Counts:
+def sum_runs(keys: np.ndarray, counts: np.ndarray) -> Counts:
     """Sum the counts of equal adjacent keys (``keys`` sorted)."""
     if len(keys) == 0:
         return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
@@ -310,13 +310,39 @@ def _tagged_counts_duckdb(tokens: np.ndarray, offsets: np.ndarray, n: int, bits:
 COUNT_ENGINES = ("numpy", "duckdb")
 
 
+def derived_in_aggregate(ns, drop_eos: bool) -> tuple[int, ...]:
+    """The n whose counts the aggregate derives from the (n+1)-gram counts of their chunk.
+
+    Inside a sample, the n-grams are the prefixes of its (n+1)-grams plus its last n-gram,
+    and an n-gram lands in the same chunk (``id0 % K``) as the (n+1)-grams it prefixes. So
+    the final n-gram counts of a chunk are its final (n+1)-gram counts summed over the
+    last id, plus the counts of the samples' last n-grams: the explode writes only those
+    ("tails") for such n. Not with dropped ids (an n-gram followed by a dropped id has no
+    (n+1)-gram).
+    """
+    if drop_eos:
+        return ()
+    present = set(ns)
+    return tuple(sorted(n for n in present if n + 1 in present))
+
+
+def tail_counts(tokens: np.ndarray, offsets: np.ndarray, n: int, bits: int, n_chunks: int) -> ChunkedCounts:
+    """Counts of the last n-gram of every sample holding at least n tokens, by chunk."""
+    if tag_fits(n, bits, n_chunks):
+        return _untag(count_keys(_sample_tail_keys(tokens, offsets, n, bits, n_chunks)), n, bits, n_chunks)
+    plain = count_keys(_sample_tail_keys(tokens, offsets, n, bits, 1))  # tag 0: the plain packed keys
+    return _chunked_by_argsort(plain, n, bits, n_chunks)
+
+
 def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chunks: int,
                    exclude_id: int | None = None, workspace: np.ndarray | None = None,
-                   engine: str = "numpy") -> dict[int, ChunkedCounts]:
+                   engine: str = "numpy", tails_only=()) -> dict[int, ChunkedCounts]:
     """Counts of every n in ``ns`` inside each sample, split into chunks ``id0 % n_chunks``.
 
     ``engine`` counts the largest n: "numpy" (sort the packed keys, run length: the
     reference) or "duckdb" (hash aggregate, then sort the distinct n-grams); equal results.
+    For each n in ``tails_only``, only the samples' last n-grams are counted
+    (``tail_counts``: the aggregate derives the rest, see ``derived_in_aggregate``).
     ``workspace``: an optional uint64 array to build and sort the keys in (reused across
     calls by the caller); the results never point into it.
     """
@@ -329,6 +355,10 @@ def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chu
     derived: Counts | None = None  # tagged counts of derived_n, to derive n = derived_n - 1 from
     derived_n = -1
     for n in reversed(ns):
+        if n in tails_only:
+            out[n] = tail_counts(tokens, offsets, n, bits, n_chunks)
+            derived = None
+            continue
         if len(tokens) < n:
             empty = Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
             out[n] = ChunkedCounts(empty.keys, empty.counts, np.zeros(n_chunks + 1, np.int64))
@@ -340,7 +370,7 @@ def count_by_chunk(tokens: np.ndarray, offsets: np.ndarray, ns, bits: int, n_chu
             derived = None
             continue
         if derived is not None and derived_n == n + 1:
-            prefixes = _sum_runs(derived.keys >> KEY_DTYPE(bits), derived.counts)
+            prefixes = sum_runs(derived.keys >> KEY_DTYPE(bits), derived.counts)
             tails = count_keys(_sample_tail_keys(tokens, offsets, n, bits, n_chunks))
             tagged = add_sorted(prefixes, tails)
         elif engine == "duckdb":

@@ -6,7 +6,9 @@ in numpy), and writes, per n and per chunk, one file::
 
     <work>/explode/n=<n>/id0_chunk=<c>/part-<group>.parquet
 
-sorted by the ids, narrow types (uint16 ids, uint32 counts), zstd-compressed.
+sorted by the ids, narrow types (uint16 ids, uint32 counts), zstd-compressed. For the n
+in ``derived`` (n + 1 is counted too), the file holds only the counts of each sample's
+last n-gram: the aggregate derives the other n-grams from the (n+1)-grams.
 Counting several shards together merges their partial counts before anything is
 written: fewer rows for the aggregate to read and fewer, larger files.
 
@@ -44,6 +46,9 @@ class ExplodeSettings:
     verify_hashes: bool = True
     task_tokens: int = 34_000_000  # shards per task: as many as hold this many tokens
     count_engine: str = "duckdb"  # counting.count_by_chunk's engine for the largest n
+    # n whose partial files hold only each sample's last n-gram: the aggregate derives the
+    # rest from the (n+1)-grams (counting.derived_in_aggregate)
+    derived: tuple[int, ...] = ()
 
     @property
     def bits(self) -> int:
@@ -161,13 +166,14 @@ def explode_group(group: ShardGroup, s: ExplodeSettings) -> dict:
         "tokens": int(data.offsets[-1]),
         "ngrams": {},
         "distinct": {},
+        "tails": {},
         "files": 0,
         "bytes": 0,
     }
     exclude = s.eos_id if s.drop_eos else None
     by_n = counting.count_by_chunk(
         data.tokens, data.offsets, s.ngrams, s.bits, s.chunks, exclude_id=exclude, engine=s.count_engine,
-        workspace=_workspace(len(data.tokens)) if s.count_engine == "numpy" else None)
+        workspace=_workspace(len(data.tokens)) if s.count_engine == "numpy" else None, tails_only=s.derived)
     del data
     t_count = time.perf_counter()
     for n in s.ngrams:
@@ -176,7 +182,7 @@ def explode_group(group: ShardGroup, s: ExplodeSettings) -> dict:
         # counting bug; with drop_eos the kept n-grams are what was counted.
         counted = int(c.counts.sum()) if len(c) else 0
         stats["ngrams"][str(n)] = counted if s.drop_eos else counting.ngram_totals(lengths, n)
-        stats["distinct"][str(n)] = len(c)
+        stats["distinct" if n not in s.derived else "tails"][str(n)] = len(c)
         for chunk in c.nonempty_chunks():
             table = counts_table(c.chunk(int(chunk)), n, s.bits, s.vocab_size)
             stats["bytes"] += _write_part(part_url(s.work_dir, n, int(chunk), group.name), table)

@@ -18,6 +18,7 @@ from typing import Callable
 from ngram_dask import __version__
 from ngram_dask.build.aggregate import AggregateSettings
 from ngram_dask.build.aggregate import marker_url as aggregate_marker_url
+from ngram_dask.build.counting import derived_in_aggregate
 from ngram_dask.build.explode import ExplodeSettings, explode_group, group_shards
 from ngram_dask.build.explode import marker_url as explode_marker_url
 from ngram_dask.build.load import CatalogWriter
@@ -78,6 +79,8 @@ def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str, claim
         "shards": [[s.basename, s.samples, s.raw_bytes] for s in shards],
         # Part files are named after their shard group: another grouping must not mix in.
         "explode_task_tokens": cfg.build.explode_task_tokens,
+        # The n whose part files hold only the samples' last n-grams.
+        "derived": list(derived_in_aggregate(cfg.build.ngrams, cfg.build.drop_eos)),
     }
     url = join(cfg.work_dir, "manifest.json")
     try:
@@ -96,7 +99,8 @@ def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str, claim
         if existing.get(key) != value:
             what = {"shards": "the input shards",
                     "explode_task_tokens": f"shard groups (build.explode_task_tokens {existing.get(key)}, "
-                                           f"not {value})"}.get(key, key)
+                                           f"not {value})",
+                    "derived": "partial files (written by another version of ngram-dask)"}.get(key, key)
             raise WorkDirError(
                 f"work dir {cfg.work_dir} holds results for different {what}; "
                 "use a fresh --work-dir (or delete this one)"
@@ -128,10 +132,11 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
         eos_id=b.eos_id, verify_hashes=b.verify_hashes, task_tokens=b.explode_task_tokens,
-        count_engine=b.count_engine,
+        count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos),
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
-                            threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir)
+                            threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir,
+                            derived=xs.derived)
 
     with writer_lock(cfg.db), get_client(cfg.cluster, announce) as client:
         report.dashboard = client.dashboard_link
@@ -247,13 +252,17 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
         progress = Progress("aggregate+load" if writer else "aggregate", len(todo), "chunks", announce)
         t0 = time.perf_counter()
         if "aggregate" in steps:
-            results = _aggregate_results(client, todo, ags, cfg.work_dir)
+            # One task per chunk of each n not derived: it writes the derived n of its chunk too.
+            tops = sorted({(max(m for m in sorted(b.ngrams) if n in ags.chain(m)), c) for n, c in todo})
+            wanted = set(todo)
+            results = (r for r in _aggregate_results(client, tops, ags, cfg.work_dir)
+                       if (int(r["n"]), int(r["chunk"])) in wanted)
         else:
             results = (_aggregated(cfg.work_dir, n, c) for n, c in todo)
         # Each n is loaded in one transaction (its rows and its ledger rows together) as
         # soon as its last chunk is aggregated: a few large INSERTs per table are as fast
-        # as loading the finished files at once, and the smaller n (scheduled first) loads
-        # while the larger one is still aggregating.
+        # as loading the finished files at once. (An n aggregated by its own tasks, not
+        # derived, loads while a larger one still aggregates.)
         waiting = {n: sum(1 for m, _ in todo if m == n) for n in sorted(b.ngrams)}
         ready: dict[int, list[dict]] = {n: [] for n in waiting}
         new_aggregates = 0

@@ -144,3 +144,53 @@ def test_merge_partials_and_prefix_rows_match_the_oracle(parts):
         got_p = {(int(hcols[0][i]), int(hcols[1][i])): (int(last[i]), int(psum[i]), int(pmax[i]), float(frac[i]))
                  for i in range(len(heads))}
         assert got_p == oracle_prefixes(want)
+
+
+@pytest.fixture(scope="module")
+def exploded_derived(tmp_path_factory):
+    """The same kind of dataset exploded as a build does: n = 1 and 2 as tails only.
+
+    Samples of exactly 1 or 2 tokens have tails but no (n+1)-gram, so some chunks hold
+    tails of a derived n and nothing of the n above it.
+    """
+    tmp = tmp_path_factory.mktemp("agg-derived")
+    samples = _samples(2) + [[5, 5, 5, 5, 5, 5], [0], [1, 2], [4], [4, 1], [7, 7]]
+    mds = write_mds(tmp / "mds", samples, size_limit=1200)
+    ns = (1, 2, 3)
+    derived = counting.derived_in_aggregate(ns, drop_eos=False)
+    assert derived == (1, 2)
+    xs = ExplodeSettings(work_dir=str(tmp / "work"), ngrams=ns, chunks=CHUNKS, vocab_size=512,
+                         token_dtype="uint16", derived=derived)
+    for ref in list_shards(str(mds)):
+        explode_shard(ref, xs)
+    return tmp, samples, derived
+
+
+@pytest.mark.parametrize("method", ["numpy", "duckdb"])
+def test_derived_n_come_out_of_the_top_n_task_exact(exploded_derived, method):
+    tmp, samples, derived = exploded_derived
+    work = tmp / "work"
+    s = AggregateSettings(work_dir=str(work), memory_limit_bytes=1 << 30, method=method, derived=derived)
+    assert s.chain(3) == [3, 2, 1]
+    for p in (work / "aggregate").glob("**/*"):
+        if p.is_file():
+            p.unlink()
+    for chunk in range(CHUNKS):
+        top = aggregate_chunk(3, chunk, s)
+        results = [top] + aggregate.derived_results(3, chunk, s, skipped=False)
+        assert [r["n"] for r in results] == [3, 2, 1]
+        for res in results:
+            n = res["n"]
+            want = _expected(samples, n, chunk)
+            rows = _read(res["files"]["ngrams"]) if want else []
+            assert {r[:-1]: r[-1] for r in rows} == want, (n, chunk)
+            assert [r[:-1] for r in rows] == sorted(want)
+            assert res["rows"] == len(want)
+            if n >= 2 and want:
+                got = {r[: n - 1]: r[n - 1:] for r in _read(res["files"]["prefixes"])}
+                assert got == oracle_prefixes(Counter(want))
+            assert json.loads(open(marker_url(str(work), n, chunk)).read())["rows"] == len(want)
+        again = aggregate_chunk(3, chunk, s)  # resumed: the derived markers come back as they were
+        assert again["skipped"]
+        assert [r["rows"] for r in aggregate.derived_results(3, chunk, s, skipped=True)] == \
+               [r["rows"] for r in results[1:]]

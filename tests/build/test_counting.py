@@ -200,3 +200,41 @@ def test_unpack_keys_lane_view_equals_the_shift_and_mask(keys, n):
     slow = counting.unpack_keys(arr, n, 16, np.uint32)
     assert [f.dtype for f in fast] == [np.uint16] * n
     assert all(np.array_equal(f, s) for f, s in zip(fast, slow))
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples=st.one_of(samples_st, small_vocab_samples_st), k=st.sampled_from([1, 3, 64]),
+       engine=st.sampled_from(counting.COUNT_ENGINES))
+def test_derived_counts_are_the_prefix_sums_plus_the_tails(samples, k, engine):
+    """What the aggregate relies on for a derived n: per chunk, count(n) = count(n+1) summed
+    over the last id + the samples' last n-grams (the tails, all the explode writes for n)."""
+    tokens, offsets = concat(samples)
+    out = counting.count_by_chunk(tokens, offsets, (1, 2, 3), 16, k, engine=engine, tails_only=(1, 2))
+    full = counting.count_by_chunk(tokens, offsets, (1, 2, 3), 16, k, engine=engine)
+    for n in (1, 2):
+        tails = Counter(tuple(s[-n:]) for s in samples if len(s) >= n)
+        assert _chunked_as_counter(out[n], n, k) == tails
+        for chunk in range(k):
+            above = full[n + 1].chunk(chunk)
+            summed = Counter()
+            for g, c in as_counter(above, n + 1, 16).items():
+                summed[g[:n]] += c
+            mine = as_counter(out[n].chunk(chunk), n, 16)
+            assert set(mine) <= {g for g in tails if g[0] % k == chunk}  # the tails stay in their chunk
+            want = Counter({g: c for g, c in oracle(samples, n).items() if g[0] % k == chunk})
+            assert summed + mine == want
+    assert _chunked_as_counter(out[3], 3, k) == oracle(samples, 3)  # the top n is counted in full
+
+
+@settings(max_examples=50, deadline=None)
+@given(samples=samples_st)
+def test_tail_counts_without_room_for_the_tag(samples):
+    tokens, offsets = concat(samples)
+    k = 1 << 16  # 3 x 16-bit ids and a 16-bit chunk number: no sentinel left, the fallback runs
+    assert not counting.tag_fits(3, 16, k)
+    got = counting.tail_counts(tokens, offsets, 3, 16, k)
+    assert as_counter(counting.Counts(got.keys, got.counts), 3, 16) == \
+        Counter(tuple(s[-3:]) for s in samples if len(s) >= 3)
+    rows = np.arange(len(got.keys))
+    chunk_of_row = np.searchsorted(got.bounds, rows, side="right") - 1  # where bounds put each row
+    assert np.array_equal(chunk_of_row, counting.first_ids(got.keys, 3, 16) % k)
