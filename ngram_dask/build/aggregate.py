@@ -18,6 +18,11 @@ Either writes two sorted Parquet files with exactly the final tables' columns::
 
 then a ``_done`` marker with row counts (``runtime.resumable``). A chunk with a
 marker is skipped.
+
+A derived n (``AggregateSettings.derived``, e.g. the bigrams of a 2,3 build) has no
+task of its own: the task of chunk c of n + 1 sums its final (n+1)-gram counts over the
+last id, adds the samples' last n-grams (all the explode wrote for n), and writes n's
+files and marker for chunk c before its own marker.
 """
 
 from __future__ import annotations
