@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         # break the one-line promise; ngram-dask reports lost workers itself.
         for name in ("distributed", "bokeh", "tornado", "huggingface_hub", "urllib3"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # huggingface_hub and transformers reset their loggers' levels when first imported
+        # (later, lazily) and print hub retries through handlers of their own: their
+        # verbosity variables are the setting they keep. Worker processes inherit them.
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return args._run(args)
     except UserError as exc:
