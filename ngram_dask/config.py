@@ -438,7 +438,3 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if value is not None:
             _merge(data, dotted, value)
     return _build(Config, data)
-
-
-def config_as_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)

@@ -91,6 +91,16 @@ def local_cluster():
         cluster.close()
 
 
+@pytest.fixture(scope="module")
+def built(request, tmp_path_factory, local_cluster, neox_tokenizer_path):
+    """The test corpus (``catalog_corpus``) built into a catalog with the real tokenizer,
+    once per test module: ``(db, samples)``. Modules that need another shape override it."""
+    from catalog_corpus import build_catalog_db
+
+    root = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    return build_catalog_db(root, local_cluster, neox_tokenizer_path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -74,6 +74,12 @@ class AggregateSettings:
     # their partial files hold only the samples' last n-grams.
     derived: tuple[int, ...] = ()
 
+    def top(self, n: int) -> int:
+        """The n whose task writes n's files: n itself, or the first larger n not derived."""
+        while n in self.derived:
+            n += 1
+        return n
+
     def chain(self, n: int) -> list[int]:
         """``[n, n-1, ...]``: n, then each smaller n derived from the one before it."""
         out = [n]

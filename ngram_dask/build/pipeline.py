@@ -253,7 +253,7 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
         t0 = time.perf_counter()
         if "aggregate" in steps:
             # One task per chunk of each n not derived: it writes the derived n of its chunk too.
-            tops = sorted({(max(m for m in sorted(b.ngrams) if n in ags.chain(m)), c) for n, c in todo})
+            tops = sorted({(ags.top(n), c) for n, c in todo})
             wanted = set(todo)
             results = (r for r in _aggregate_results(client, tops, ags, cfg.work_dir)
                        if (int(r["n"]), int(r["chunk"])) in wanted)

@@ -53,10 +53,6 @@ class Progress:
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
 
-    @property
-    def rate(self) -> float:
-        return self.done / max(self.seconds, 1e-9)
-
 
 @dataclass(frozen=True)
 class DiskFull:

@@ -251,25 +251,22 @@ def test_bad_shards_fail_with_one_line_naming_shard_and_sample(tmp_path, local_c
 
 def test_existing_database_of_another_tool_or_schema_is_untouched(tmp_path, local_cluster):
     mds = write_mds(tmp_path / "mds", [[1, 2, 3, 4]] * 3)
-    other = tmp_path / "other.duckdb"
-    con = duckdb.connect(str(other))
-    con.execute("CREATE TABLE bigrams (a INTEGER, b INTEGER)")
-    con.execute("INSERT INTO bigrams VALUES (1, 2)")
-    con.close()
-    before = other.read_bytes()
-    r = _cli_build(tmp_path / "x", mds, local_cluster, db=other)
-    _assert_one_line_error(r, "was not written by ngram-dask")
-    assert other.read_bytes() == before
-
-    old = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(old))
-    con.execute("CREATE TABLE catalog_info (key VARCHAR, value VARCHAR)")
-    con.execute("INSERT INTO catalog_info VALUES ('tool', 'ngram-dask'), ('schema_version', '0')")
-    con.close()
-    before = old.read_bytes()
-    r = _cli_build(tmp_path / "y", mds, local_cluster, db=old)
-    _assert_one_line_error(r, "schema version 0")
-    assert old.read_bytes() == before
+    for name, statements, error in [
+        ("other", ["CREATE TABLE bigrams (a INTEGER, b INTEGER)", "INSERT INTO bigrams VALUES (1, 2)"],
+         "was not written by ngram-dask"),
+        ("old", ["CREATE TABLE catalog_info (key VARCHAR, value VARCHAR)",
+                 "INSERT INTO catalog_info VALUES ('tool', 'ngram-dask'), ('schema_version', '0')"],
+         "schema version 0"),
+    ]:
+        db = tmp_path / f"{name}.duckdb"
+        con = duckdb.connect(str(db))
+        for sql in statements:
+            con.execute(sql)
+        con.close()
+        before = db.read_bytes()
+        r = _cli_build(tmp_path / name, mds, local_cluster, db=db)
+        _assert_one_line_error(r, error)
+        assert db.read_bytes() == before
 
     notdb = tmp_path / "notes.duckdb"
     notdb.write_text("just some text, not a database\n" * 10)

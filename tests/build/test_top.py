@@ -11,17 +11,10 @@ from ngram_dask.config import CatalogConfig
 from ngram_dask.errors import DatabaseError
 from ngram_dask.schema import catalog_tables, top_table
 
-from catalog_corpus import CHUNKS, RES, TELOME, VOCAB_SIZE, build_catalog_db
+from catalog_corpus import CHUNKS, RES, TELOME, VOCAB_SIZE
 from helpers import db_rows, oracle, oracle_prefixes
 
 pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, local_cluster, neox_tokenizer_path):
-    root = tmp_path_factory.mktemp("catalog")
-    db, samples = build_catalog_db(root, local_cluster, neox_tokenizer_path)
-    return db, samples
 
 
 @pytest.fixture(scope="module")

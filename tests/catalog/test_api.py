@@ -10,7 +10,7 @@ import pytest
 from ngram_dask.catalog.api import Catalog, model_size
 from ngram_dask.errors import UserError
 
-from catalog_corpus import RES, TELOME, build_catalog_db
+from catalog_corpus import RES, TELOME
 from helpers import oracle
 from serve_catalog import MODELS, add_scores_and_scan
 
@@ -18,11 +18,10 @@ pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, local_cluster, neox_tokenizer_path):
-    root = tmp_path_factory.mktemp("api")
-    db, samples = build_catalog_db(root, local_cluster, neox_tokenizer_path)
-    scored = add_scores_and_scan(db, root / "scored.duckdb")
-    return scored, samples
+def built(built, tmp_path_factory):
+    """The shared catalog with model scores and a scan table added: ``(db, samples)``."""
+    db, samples = built
+    return add_scores_and_scan(db, tmp_path_factory.mktemp("api-scored") / "scored.duckdb"), samples
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import yaml
 from ngram_dask.catalog.export_common import provenance
 from ngram_dask.cli import main
 
-from catalog_corpus import CHUNKS, _copy, bad_databases, build_catalog_db
+from catalog_corpus import CHUNKS, _copy, bad_databases
 from helpers import db_rows
 
 pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
@@ -22,10 +22,9 @@ TABLES = ["bigrams", "trigrams", "bigram_prefixes", "trigram_prefixes", "tokens"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, local_cluster, neox_tokenizer_path):
-    root = tmp_path_factory.mktemp("export")
-    db, _ = build_catalog_db(root, local_cluster, neox_tokenizer_path)
-    return db
+def built(built):
+    """The catalog database alone (the shared fixture also returns the samples)."""
+    return built[0]
 
 
 @pytest.fixture(scope="module")

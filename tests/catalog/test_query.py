@@ -9,17 +9,10 @@ import pytest
 
 from ngram_dask.cli import main
 
-from catalog_corpus import RES, TELOME, bad_databases, build_catalog_db
+from catalog_corpus import RES, TELOME, bad_databases
 from helpers import oracle, run_cli
 
 pytestmark = pytest.mark.slow  # builds a catalog with the real tokenizer
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, local_cluster, neox_tokenizer_path):
-    root = tmp_path_factory.mktemp("query")
-    db, samples = build_catalog_db(root, local_cluster, neox_tokenizer_path)
-    return db, samples
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,13 @@ from ngram_dask.catalog.reader import open_catalog
 from ngram_dask.catalog.report import counts_by_rank, coverage, model_size
 from ngram_dask.cli import main
 
-from catalog_corpus import _copy, bad_databases, build_catalog_db
+from catalog_corpus import _copy, bad_databases
 from helpers import db_rows, oracle
 
 pytestmark = pytest.mark.slow  # builds and scores a catalog, draws with matplotlib
 
 BASE_PNGS = ["frac_max.png", "sum_count.png", "zipf.png", "coverage.png"]
 MODELS = ["p_pythia_1_4b_deduped", "p_pythia_70m_deduped", "p_pythia_410m_deduped"]
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, local_cluster, neox_tokenizer_path):
-    root = tmp_path_factory.mktemp("report")
-    return build_catalog_db(root, local_cluster, neox_tokenizer_path)
 
 
 def _pngs_ok(out: Path, names: list[str]) -> None:

@@ -234,11 +234,15 @@ def test_one_table_then_the_other(catalog, models, reference, gpu_procs, tmp_pat
     cols = {t: [r[0] for r in db_rows(db, f"DESCRIBE {t}")] for t in TABLES}
     assert a in cols["top_bigrams"] and a not in cols["top_trigrams"]
     capsys.readouterr()
-    assert score("--db", str(db), "--models", models["a"], "--device", "cpu",
-                 "--scheduler", gpu_procs.address) == 0
-    out = capsys.readouterr().out
-    assert f"{a}: already scored on top_bigrams; skipped" in out and "on top_trigrams (batch" in out
-    assert_matches(db, models, reference, keys=("a",))
+
+    def score_both_then_check(done: str, redone: str) -> None:
+        assert score("--db", str(db), "--models", models["a"], "--device", "cpu",
+                     "--scheduler", gpu_procs.address) == 0
+        out = capsys.readouterr().out
+        assert f"{a}: already scored on {done}; skipped" in out and f"on {redone} (batch" in out
+        assert_matches(db, models, reference, keys=("a",))
+
+    score_both_then_check(done="top_bigrams", redone="top_trigrams")
 
     # A rebuilt top table (the catalog step's CREATE OR REPLACE) has lost its scores: they are redone.
     import duckdb
@@ -246,11 +250,7 @@ def test_one_table_then_the_other(catalog, models, reference, gpu_procs, tmp_pat
     con = duckdb.connect(str(db))
     con.execute(f"CREATE OR REPLACE TABLE top_bigrams AS SELECT * EXCLUDE ({a}) FROM top_bigrams")
     con.close()
-    assert score("--db", str(db), "--models", models["a"], "--device", "cpu",
-                 "--scheduler", gpu_procs.address) == 0
-    out = capsys.readouterr().out
-    assert f"{a}: already scored on top_trigrams; skipped" in out and "on top_bigrams (batch" in out
-    assert_matches(db, models, reference, keys=("a",))
+    score_both_then_check(done="top_trigrams", redone="top_bigrams")
     info = json.loads(db_rows(db, "SELECT value FROM catalog_info WHERE key = 'scored_models'")[0][0])
     assert set(info[a]["tables"]) == set(TABLES)
 
