@@ -274,3 +274,33 @@ def test_local_cluster_binds_loopback_and_warns_otherwise(tmp_path, corpus):
         with get_client(ClusterConfig(n_workers=1, host="0.0.0.0", dashboard_address="127.0.0.1:0"),
                         announce=lambda m: None):
             pass
+
+
+def _malloc_env() -> dict:
+    return {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_local_cluster_workers_keep_freed_heap_unless_the_user_said_otherwise(monkeypatch):
+    import dask
+
+    from ngram_dask.cluster import WORKER_MALLOC, get_client
+    from ngram_dask.config import ClusterConfig
+
+    def forget_spawn_env():
+        # The nanny copies its spawn environment into this process's, where it would
+        # outrank the config of the next cluster (Dask's rule: the OS environment wins).
+        for key in WORKER_MALLOC:
+            monkeypatch.delenv(key, raising=False)
+
+    cfg = ClusterConfig(n_workers=1, dashboard_address="127.0.0.1:0")
+    forget_spawn_env()
+    with get_client(cfg, announce=lambda m: None) as c:
+        (env,) = c.run(_malloc_env).values()
+    assert env == {k: str(v) for k, v in WORKER_MALLOC.items()}
+    # A trim threshold set in Dask's config is the user's: kept as it is.
+    forget_spawn_env()
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 12345}):
+        with get_client(cfg, announce=lambda m: None) as c:
+            (env,) = c.run(_malloc_env).values()
+    assert env == {"MALLOC_MMAP_THRESHOLD_": str(WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]),
+                   "MALLOC_TRIM_THRESHOLD_": "12345"}
