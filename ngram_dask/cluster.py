@@ -55,8 +55,8 @@ def _default_workers(threads_per_worker: int) -> int:
 # array of 128 KiB or more is a fresh mmap that the next task page-faults in again: 8 of the
 # aggregate's 30 CPU-s at 1e9 tokens were the kernel's. Our tasks allocate the same few
 # large arrays each time, so the workers keep up to 1 GiB of freed heap for the next task
-# (aggregate 14.6 -> 11.3 s, explode 42.9 -> 40.1 s; docs/performance.md). A value the user
-# set in Dask's config is kept.
+# (the aggregate step at 1e9 tokens: 14.6 -> 11.3 s; docs/performance.md). A value the
+# user set in Dask's config is kept, and one in the environment wins (Dask's rule).
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 1 << 30}
 _DASK_DEFAULT_TRIM = 65536
 
