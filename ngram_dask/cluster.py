@@ -43,11 +43,15 @@ def _dashboard_host(address: str) -> str:
     return address.rsplit(":", 1)[0] if ":" in address else ""
 
 
-def _default_workers(threads_per_worker: int) -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, where the OS has one)."""
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, threads_per_worker))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _default_workers(threads_per_worker: int) -> int:
+    return max(1, usable_cores() // max(1, threads_per_worker))
 
 
 # Dask starts each worker with MALLOC_TRIM_THRESHOLD_=65536 so that freed memory goes back

@@ -77,11 +77,6 @@ def atomic_write_parquet(url: str, table, **kwargs) -> int:
     return len(data)
 
 
-def atomic_move_local(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    os.replace(src, dst)
-
-
 def write_marker(url: str, info: dict) -> None:
     atomic_write_bytes(url, json.dumps(info, sort_keys=True, indent=1).encode())
 

@@ -111,8 +111,8 @@ def run_aggregate_floor(work: str) -> dict:
     merge_s, rows_in, rows_out = 0.0, 0, 0
     for chunk_dir in sorted(Path(work, "explode").glob("n=*/id0_chunk=*")):
         n = int(chunk_dir.parent.name.split("=")[1])
-        table = pq.read_table([str(p) for p in sorted(chunk_dir.glob("*.parquet"))]).combine_chunks() \
-            if len(list(chunk_dir.glob("*.parquet"))) else None
+        files = sorted(str(p) for p in chunk_dir.glob("*.parquet"))
+        table = pq.read_table(files).combine_chunks() if files else None
         if table is None or table.num_rows == 0:
             continue
         ids = [table.column(f"id{j}").to_numpy() for j in range(n)]

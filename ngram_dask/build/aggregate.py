@@ -325,9 +325,6 @@ def merge_partials(n: int, ids: list, counts, bits: int):
     Every partial file is sorted, so the concatenation is a few sorted runs and a
     stable sort merges them in near-linear time.
     """
-    import numpy as np
-
-
     keys = np.zeros(len(counts), KEY_DTYPE)
     for col in ids:
         keys <<= KEY_DTYPE(bits)
@@ -340,9 +337,6 @@ def merge_partials(n: int, ids: list, counts, bits: int):
 def prefix_rows(n: int, keys, counts, bits: int):
     """The prefix table of sorted distinct n-gram keys: per (id0..id{n-2}), the sum of
     counts, the most frequent last id (smallest id on ties), its count and share."""
-    import numpy as np
-
-
     prefixes = keys >> KEY_DTYPE(bits)
     starts = np.flatnonzero(np.concatenate(([True], prefixes[1:] != prefixes[:-1])))
     sizes = np.diff(np.append(starts, len(keys)))

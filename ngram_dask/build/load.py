@@ -1,9 +1,10 @@
 """Stage 3, load: append each aggregated chunk into the one catalog DuckDB file.
 
-DuckDB allows one writer, so only the client process writes, one transaction per
-chunk: delete any stray rows of the chunk, insert its n-grams and prefixes, and
-record it in ``load_ledger``. A chunk already in the ledger is skipped, so a client
-killed at any point resumes without counting a chunk twice or losing one.
+DuckDB allows one writer, so only the client process writes. Each batch of chunks (the
+build passes all chunks of one n) is one transaction: delete any stray rows of its
+chunks, insert their n-grams and prefixes, and record them in ``load_ledger``. A chunk
+already in the ledger is skipped, so a client killed at any point resumes without
+counting a chunk twice or losing one.
 
 Before anything is written, the build inspects an existing database read-only
 (``db.check_existing``): a file from another tool, another schema version or another
@@ -22,6 +23,7 @@ from ngram_dask.schema import (
     prefix_columns,
     prefix_table,
 )
+from ngram_dask.storage import get_fs, is_local
 
 LOAD_MEMORY_LIMIT = "1GiB"
 
@@ -42,9 +44,7 @@ class CatalogWriter:
         # (an INSERT ... SELECT from Parquet streams; it needs no more).
         self.con.execute("SET preserve_insertion_order = false")
         self.con.execute(f"SET memory_limit = '{LOAD_MEMORY_LIMIT}'")
-        if work_dir and "://" in work_dir and not work_dir.startswith("file://"):
-            from ngram_dask.storage import get_fs
-
+        if work_dir and not is_local(work_dir):
             self.con.register_filesystem(get_fs(work_dir)[0])  # chunk files live on remote storage
         # Tables and the build's identity appear together, so a database is never
         # left with ngram-dask tables but no catalog_info saying whose they are.

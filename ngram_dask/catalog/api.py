@@ -1,6 +1,6 @@
 """The catalog from Python: the one implementation behind ``query``, ``serve`` and notebooks.
 
->>> from ngram_dask.api import Catalog
+>>> from ngram_dask import Catalog
 >>> cat = Catalog("demo-output/catalog.duckdb")        # read-only
 >>> cat.next_tokens(" telome", top=5)                     # pyarrow.Table (output="pandas" for a DataFrame)
 >>> cat.count(" telomeres"), cat.prob(" telome", "res")
@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 from ngram_dask.catalog.reader import open_catalog
+from ngram_dask.db import columns as table_columns
 from ngram_dask.errors import UserError
 from ngram_dask.schema import id_columns, ngram_table, prefix_table, top_table
 
@@ -153,10 +154,7 @@ class Catalog:
             raise UserError(f"no table {table!r} in {self.path}")
         if table not in self._schema:
             with self._cursor() as cur:
-                self._schema[table] = [(r[0], r[1]) for r in cur.execute(
-                    "SELECT column_name, data_type FROM information_schema.columns "
-                    "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [table]
-                ).fetchall()]
+                self._schema[table] = table_columns(cur, table)
         return self._schema[table]
 
     def rows(self, table: str) -> int:

@@ -121,7 +121,7 @@ def export_catalog(db: str, out: str, tables: list[str] | None = None, split_row
             card = original_index(done, counts)
         else:
             done = _export_default(cat, chosen, out, split_rows, announce)
-            card = dataset_card(cat.info, done, db)
+            card = dataset_card(cat.info, done)
     card_path = os.path.join(out, "README.md")
     with open(card_path + ".tmp", "w", encoding="utf-8") as f:
         f.write(card)
@@ -149,7 +149,7 @@ def _export_default(cat: OpenCatalog, chosen: list[str], out: str, split_rows: i
     return done
 
 
-def dataset_card(info: dict[str, str], tables: list[TableExport], db: str) -> str:
+def dataset_card(info: dict[str, str], tables: list[TableExport]) -> str:
     import yaml
 
     prov = common.provenance(info)

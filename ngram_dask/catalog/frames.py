@@ -60,16 +60,14 @@ def _meta(columns: list[tuple[str, str]]):
 
 def _open_source(source: str) -> _Source:
     if source.endswith(".duckdb") and "://" not in source:
-        from ngram_dask.db import connect, read_info, table_names
+        from ngram_dask.db import read_info, read_only, table_names
 
-        con = connect(source, read_only=True)
-        try:
-            info = read_info(con)
-            tables = frozenset(table_names(con))
-        except Exception:
-            raise UserError(f"{source} is not an ngram-dask catalog (no catalog_info table)") from None
-        finally:
-            con.close()
+        with read_only(source) as con:
+            try:
+                info = read_info(con)
+                tables = frozenset(table_names(con))
+            except Exception:
+                raise UserError(f"{source} is not an ngram-dask catalog (no catalog_info table)") from None
         if "chunks" not in info:
             raise UserError(f"{source} is not an ngram-dask catalog (catalog_info has no chunks)")
         return _Source("catalog", source, int(info["chunks"]), int(info["vocab_size"]), tables)
@@ -96,17 +94,14 @@ def _read_chunk_file(chunk: int, urls: dict[int, str], schema: list[tuple[str, s
 
 def _read_chunk_catalog(chunk: int, db: str, table: str, chunks: int, schema: list[tuple[str, str]]):
     """One partition from the catalog: ``WHERE id0 % K = c``, in id order."""
-    from ngram_dask.db import connect
+    from ngram_dask.db import read_only
 
-    con = connect(db, read_only=True)
-    try:
-        names = [c for c, _ in schema]
-        ids = [c for c in names if c.startswith("id")]
+    names = [c for c, _ in schema]
+    ids = [c for c in names if c.startswith("id")]
+    with read_only(db) as con:
         frame = con.execute(
             f"SELECT {', '.join(names)} FROM {table} WHERE id0 % ? = ? ORDER BY {', '.join(ids)}",
             [chunks, chunk]).df()
-    finally:
-        con.close()
     return frame.astype(dict(schema), copy=False)
 
 

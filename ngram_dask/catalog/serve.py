@@ -1,10 +1,10 @@
 """``ngram-dask serve``: the catalog in a browser and over a JSON API (Starlette + uvicorn).
 
-Every endpoint is a thin wrapper over ``ngram_dask.api.Catalog`` (read-only, SQL with
+Every endpoint is a thin wrapper over ``ngram_dask.catalog.api.Catalog`` (read-only, SQL with
 parameters, names from an allow-list). A bad parameter answers HTTP 400 with
 ``{"error": "<one line>"}``. Endpoints are plain functions, which Starlette runs in its
 thread pool, so concurrent requests each borrow their own DuckDB cursor. The page and
-its script ship in ``ngram_dask/static/``: nothing is fetched from another host.
+its script ship in ``ngram_dask/catalog/static/``: nothing is fetched from another host.
 """
 
 from __future__ import annotations

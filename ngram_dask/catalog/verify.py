@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ngram_dask.db import connect, read_info, table_names
+from ngram_dask.db import read_info, read_only, table_names
 from ngram_dask.errors import DatabaseError
 from ngram_dask.schema import INFO, LEDGER, id_columns, ngram_table, prefix_table
 
@@ -100,8 +100,7 @@ def verify(db_path: str, announce=print) -> list[Check]:
 
     if not os.path.exists(db_path):
         raise DatabaseError(f"database {db_path} does not exist: run `ngram-dask build` first")
-    con = connect(db_path, read_only=True)
-    try:
+    with read_only(db_path) as con:
         if INFO not in table_names(con):
             raise DatabaseError(f"{db_path} has no {INFO} table: not an ngram-dask catalog")
         done = []
@@ -112,5 +111,3 @@ def verify(db_path: str, announce=print) -> list[Check]:
             if not check.ok:
                 raise DatabaseError(f"verify failed: {check.name}: {check.detail}")
         return done
-    finally:
-        con.close()

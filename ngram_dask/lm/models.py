@@ -197,7 +197,11 @@ def is_causal_lm(config) -> bool:
 
 def model_vocab_size(name: str) -> int:
     """Output vocabulary of a model, read from its config without loading weights."""
-    cfg = model_config(name)
+    return vocab_size_of(model_config(name), name)
+
+
+def vocab_size_of(cfg, name: str) -> int:
+    """Output vocabulary in a model's config (``model_config``); a UserError when it has none."""
     vocab = getattr(cfg, "vocab_size", None)
     if vocab is None and hasattr(cfg, "get_text_config"):
         vocab = getattr(cfg.get_text_config(), "vocab_size", None)

@@ -180,12 +180,10 @@ class ScanReport:
 
 
 def _model_config(name: str):
-    from transformers import AutoConfig
+    from ngram_dask.lm.models import model_config, vocab_size_of
 
-    from ngram_dask.lm.models import expand_model_name, model_vocab_size
-
-    vocab = model_vocab_size(name)  # a UserError naming the model when it cannot be had
-    return vocab, AutoConfig.from_pretrained(expand_model_name(name))
+    cfg = model_config(name)  # a UserError naming the model when it cannot be had
+    return vocab_size_of(cfg, name), cfg
 
 
 def _safe(name: str) -> str:

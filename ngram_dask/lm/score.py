@@ -34,7 +34,17 @@ import numpy as np
 
 from ngram_dask import faults
 from ngram_dask.config import Config, ScoreConfig
-from ngram_dask.db import check_existing, columns, connect, read_info, table_names, transaction, write_info, writer_lock
+from ngram_dask.db import (
+    check_existing,
+    columns,
+    connect,
+    read_info,
+    read_only,
+    table_names,
+    transaction,
+    write_info,
+    writer_lock,
+)
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
 from ngram_dask.runtime import DiskFull, Progress, as_finished, gpu_resources
@@ -120,9 +130,7 @@ def _scored(info: dict[str, str]) -> dict[str, dict]:
 
 def read_rows(db: str, tables: list[str]) -> tuple[dict[str, TableRows], dict[str, str]]:
     """Every selected table's ids in scoring order, and ``catalog_info``; opened read-only."""
-
-    con = connect(db, read_only=True)
-    try:
+    with read_only(db) as con:
         present = table_names(con)
         info = read_info(con) if INFO in present else {}
         out = {}
@@ -143,13 +151,11 @@ def read_rows(db: str, tables: list[str]) -> tuple[dict[str, TableRows], dict[st
                 np.zeros((0, n), dtype=np.uint32)
             out[table] = TableRows(table, n, np.ascontiguousarray(mat), cols)
         return out, info
-    finally:
-        con.close()
 
 
 def plan_models(cfg: Config, rows: dict[str, TableRows], info: dict[str, str]) -> list[ModelPlan]:
     """Which model scores which table; checks every model that has work before anything runs."""
-    from ngram_dask.lm.models import column_name, expand_model_name, is_causal_lm, model_config, model_vocab_size
+    from ngram_dask.lm.models import column_name, expand_model_name, is_causal_lm, model_config, vocab_size_of
 
     s = cfg.score
     overrides = parse_batch_sizes(s.batch_sizes)
@@ -178,7 +184,7 @@ def plan_models(cfg: Config, rows: dict[str, TableRows], info: dict[str, str]) -
         config = model_config(plan.model)
         if not is_causal_lm(config):
             raise UserError(f"model {plan.model!r} ({type(config).__name__}) is not a causal language model")
-        vocab = model_vocab_size(plan.model)
+        vocab = vocab_size_of(config, plan.model)
         for table in plan.tables:
             top = rows[table].max_id()
             if top >= vocab:
@@ -267,7 +273,6 @@ def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[st
     """Add and fill ``plan.column`` on every table of the plan, and record it: one transaction."""
     import pyarrow as pa
 
-
     col = sql_identifier(plan.column)  # column_name() makes it [a-z0-9_]; quoted all the same
     with transaction(con):
         for k, table in enumerate(plan.tables):
@@ -335,11 +340,8 @@ def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
                 announce(f"{plan.column}: already scored on {', '.join(plan.done)}; skipped (--force rescores)")
         todo = [p for p in plans if p.tables]
         if not todo:
-            con = connect(db, read_only=True)
-            try:
+            with read_only(db) as con:
                 _means(con, report)
-            finally:
-                con.close()
             return report
         total = {t: rows[t].rows for t in s.tables}
         announce(f"score {db}: {len(todo)} model(s) x " + ", ".join(f"{t} {r:,} rows" for t, r in total.items()))

@@ -10,11 +10,12 @@ it returns the probabilities to the client, the database's only writer.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from ngram_dask.cluster import usable_cores
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,6 @@ def _worker_device(s: TaskSettings) -> tuple[str, int]:
     return device, local_workers
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def score_partition(ids: np.ndarray, s: TaskSettings) -> dict:
     """One Dask task: the probabilities of one partition of rows (model cached per worker)."""
     import torch
@@ -144,7 +141,7 @@ def score_partition(ids: np.ndarray, s: TaskSettings) -> dict:
     device, local_workers = _worker_device(s)
     if device == "cpu":
         # a fair share of the host's cores, one left for Dask's own event loops
-        threads = s.cpu_threads or max(1, (_cores() - 1) // max(1, local_workers))
+        threads = s.cpu_threads or max(1, (usable_cores() - 1) // max(1, local_workers))
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     model = load_model(s.model, device, s.dtype)
