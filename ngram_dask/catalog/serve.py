@@ -209,7 +209,7 @@ def create_app(cat: Catalog):
 
     @endpoint
     def download(request, q):
-        _check_known(q, page_params | {"format"} - {"limit", "offset"}, ("min_", "max_"))
+        _check_known(q, (page_params | {"format"}) - {"limit", "offset"}, ("min_", "max_"))
         fmt = q.get("format", "csv")
         if fmt not in ("csv", "parquet"):
             raise BadRequest(f"format must be csv or parquet, got {fmt!r}")

@@ -177,6 +177,7 @@ def test_downloads_hold_the_whole_selection(server):
     ("/api/prob", {"text": " telome", "next": " chromosome ends"}, "give one token"),
     ("/api/task", {"table": "top_trigrams", "ids": "1"}, "named by 2 id(s)"),
     ("/api/download", {"format": "xlsx"}, "format must be csv or parquet"),
+    ("/api/download", {"limit": "5"}, "unknown parameter 'limit'"),  # a download is the whole selection
 ])
 def test_bad_parameters_get_400_and_one_line(server, path, params, words):
     status, body, _ = server.get(path, **params)
