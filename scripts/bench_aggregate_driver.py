@@ -20,7 +20,7 @@ from pathlib import Path
 def main() -> None:
     from distributed import Client, LocalCluster
 
-    from ngram_dask.build.aggregate import AggregateSettings, aggregate_chunk, aggregate_frame
+    from ngram_dask.ngrams.aggregate import AggregateSettings, aggregate_chunk, aggregate_frame
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work_dir")
@@ -33,7 +33,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"dataframe": [], "client.map": []}
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit="4GiB",
                       dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("ngram_dask.build.aggregate"))
+        client.run(lambda: __import__("ngram_dask.ngrams.aggregate"))
         for _ in range(args.runs):
             for driver in times:
                 shutil.rmtree(Path(args.work_dir, "aggregate"), ignore_errors=True)

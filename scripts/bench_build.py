@@ -46,8 +46,8 @@ from benchkit.memory import RssSampler, du
 
 def run_ours(mds_root: str, work: str, db_path: str, workers: int, chunks: int,
              steps_split: bool, memory_limit: str, method: str = "auto") -> dict:
-    from ngram_dask.build.pipeline import run_build
     from ngram_dask.config import load_config
+    from ngram_dask.ngrams.pipeline import run_build
 
     base = {"input": mds_root, "work_dir": work, "db": db_path, "vocab_size": VOCAB,
             "build.chunks": chunks, "cluster.n_workers": workers, "cluster.threads_per_worker": 1,
@@ -89,8 +89,8 @@ def _aggregate_markers(work: str) -> dict:
 def run_floor(mds_root: str, chunks: int) -> dict:
     """Explode's floor, one core: read every shard, pack its keys and sort them (the
     counting core on each shard, no files written, no Dask)."""
-    from ngram_dask.build import counting
     from ngram_dask.mds import list_shards, read_shard
+    from ngram_dask.ngrams import counting
 
     t0 = time.perf_counter()
     tokens = 0
@@ -106,7 +106,7 @@ def run_aggregate_floor(work: str) -> dict:
     (sum per key) and turned into the prefix table; reading and writing files excluded."""
     import pyarrow.parquet as pq
 
-    from ngram_dask.build import aggregate
+    from ngram_dask.ngrams import aggregate
 
     merge_s, rows_in, rows_out = 0.0, 0, 0
     for chunk_dir in sorted(Path(work, "explode").glob("n=*/id0_chunk=*")):
@@ -155,7 +155,7 @@ def run_load_floor(work: str, db_path: str, threads: int) -> dict:
 
 def compare_aggregate_engines(work: str, sample: int = 16) -> list[dict]:
     """The same chunks aggregated by the numpy merge and by DuckDB (1 thread each), timed."""
-    from ngram_dask.build import aggregate
+    from ngram_dask.ngrams import aggregate
 
     out = []
     dirs = sorted(Path(work, "explode").glob("n=*/id0_chunk=*"))

@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from benchkit.corpus import REPO, VOCAB, make_corpus
 
-from ngram_dask.build import counting
-from ngram_dask.build.explode import ExplodeSettings, _write_part, counts_table, group_shards, read_group
 from ngram_dask.mds import list_shards
+from ngram_dask.ngrams import counting
+from ngram_dask.ngrams.explode import ExplodeSettings, _write_part, counts_table, group_shards, read_group
 
 SENTINEL = np.iinfo(np.uint64).max
 

@@ -99,9 +99,9 @@ def _generate(con, n: int, rows: int, chunks: int, seed: int) -> None:
 def synthesize(db: Path, trigrams: int, top_rows: int, chunks: int) -> dict:
     import duckdb
 
-    from ngram_dask.build.top import build_catalog
     from ngram_dask.config import CatalogConfig
     from ngram_dask.lm.models import column_name
+    from ngram_dask.ngrams.top import build_catalog
     from ngram_dask.schema import SCHEMA_VERSION, TOOL, create_sql, ngram_columns, prefix_columns, top_table
     from ngram_dask.tokenizer import BUNDLED_GPT_NEOX, load_tokenizer
 

@@ -62,8 +62,8 @@ def build_catalog_db(root: Path, scheduler: str, tokenizer_path: str, **override
     """MDS of the corpus -> ``ngram-dask build`` (with the catalog step) on ``scheduler``."""
     from transformers import AutoTokenizer
 
-    from ngram_dask.build.pipeline import run_build
     from ngram_dask.config import load_config
+    from ngram_dask.ngrams.pipeline import run_build
 
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
     samples = corpus_samples(tok)

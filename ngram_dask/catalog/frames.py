@@ -153,7 +153,7 @@ def counts(source: str, n: int = 3, table: str = "ngrams", s3_endpoint_url: str 
 
 def _finished_chunk_files(work_dir: str, n: int, table: str, chunks: int) -> dict[int, str]:
     """Chunk -> final file, from the aggregate markers; every chunk must be aggregated."""
-    from ngram_dask.build.aggregate import marker_url
+    from ngram_dask.ngrams.aggregate import marker_url
 
     urls: dict[int, str] = {}
     missing = []

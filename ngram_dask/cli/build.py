@@ -29,4 +29,4 @@ BUILD_FLAGS = {
 def register(sub) -> None:
     p = command(sub, __doc__, [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
     add_switches(p, {"--drop-eos": ("build.drop_eos", True)})
-    p.set_defaults(_run=stage("ngram_dask.build.pipeline", "run_build"))
+    p.set_defaults(_run=stage("ngram_dask.ngrams.pipeline", "run_build"))

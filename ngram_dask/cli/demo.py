@@ -6,7 +6,7 @@ from ngram_dask.cli.common import announcer
 
 
 def run(args) -> int:
-    from ngram_dask.build.demo import run_demo
+    from ngram_dask.ngrams.demo import run_demo
 
     return run_demo(out_dir=args.out, announce=announcer(args), n_workers=args.n_workers)
 

@@ -211,8 +211,8 @@ def corpus_statistics(root: Path) -> dict:
     """
     import numpy as np
 
-    from ngram_dask.build import counting
     from ngram_dask.mds import list_shards, read_shard
+    from ngram_dask.ngrams import counting
 
     shards = list_shards(str(root))
     checkpoints = sorted({max(1, round(len(shards) * f)) for f in (0.25, 0.5, 1.0)})

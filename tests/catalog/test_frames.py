@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import ngram_dask
-from ngram_dask.build.pipeline import run_build
 from ngram_dask.config import load_config
 from ngram_dask.errors import UserError
+from ngram_dask.ngrams.pipeline import run_build
 
 from helpers import db_rows, oracle, write_mds
 

@@ -391,7 +391,7 @@ def test_killed_worker_and_killed_client_then_rerun(tmp_path, bpe_tokenizer_path
 
 
 def test_convert_then_build_equals_oracle(tmp_path, bpe_tokenizer_path, local_cluster):
-    from ngram_dask.build.pipeline import run_build
+    from ngram_dask.ngrams.pipeline import run_build
 
     from helpers import db_rows
 

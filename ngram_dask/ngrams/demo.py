@@ -105,7 +105,7 @@ def write_corpus(docs: list[str], tokenizer, mds_dir: Path) -> int:
 def run_demo(out_dir: str = "demo-output", announce=print, n_workers: int | None = None) -> int:
     # No network in the demo: the hub client reads this when first imported, so set it first.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ngram_dask.build.pipeline import run_build, summary_lines
+    from ngram_dask.ngrams.pipeline import run_build, summary_lines
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

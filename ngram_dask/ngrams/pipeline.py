@@ -16,12 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 from ngram_dask import __version__
-from ngram_dask.build.aggregate import AggregateSettings
-from ngram_dask.build.aggregate import marker_url as aggregate_marker_url
-from ngram_dask.build.counting import derived_in_aggregate
-from ngram_dask.build.explode import ExplodeSettings, explode_group, group_shards
-from ngram_dask.build.explode import marker_url as explode_marker_url
-from ngram_dask.build.load import CatalogWriter
 from ngram_dask.cluster import (
     check_worker_access,
     get_client,
@@ -33,6 +27,12 @@ from ngram_dask.config import Config
 from ngram_dask.db import check_existing, read_info, table_names, writer_lock
 from ngram_dask.errors import BadInputError, WorkDirError
 from ngram_dask.mds import ShardRef, list_shards, resolve_token_dtype
+from ngram_dask.ngrams.aggregate import AggregateSettings
+from ngram_dask.ngrams.aggregate import marker_url as aggregate_marker_url
+from ngram_dask.ngrams.counting import derived_in_aggregate
+from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
+from ngram_dask.ngrams.explode import marker_url as explode_marker_url
+from ngram_dask.ngrams.load import CatalogWriter
 from ngram_dask.runtime import DiskFull, Progress, as_finished
 from ngram_dask.schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
 from ngram_dask.storage import is_local, join, local_path, read_marker, redact_url, use_storage, write_marker
@@ -293,7 +293,7 @@ def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: Aggre
 
 def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announce,
                  report: BuildReport) -> None:
-    from ngram_dask.build.top import build_catalog, top_rules
+    from ngram_dask.ngrams.top import build_catalog, top_rules
     from ngram_dask.schema import catalog_tables
 
     missing = set(catalog_tables(cfg.build.ngrams)) - table_names(writer.con)
@@ -312,7 +312,7 @@ def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announ
 def _aggregate_results(client, todo: list[tuple[int, int]], ags: AggregateSettings, work_dir: str):
     """Compute the aggregate DataFrame (one partition per chunk); yield each chunk's
     statistics as its partition finishes."""
-    from ngram_dask.build.aggregate import aggregate_frame
+    from ngram_dask.ngrams.aggregate import aggregate_frame
 
     if not todo:
         return

@@ -5,10 +5,10 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from ngram_dask.build.top import build_catalog, decode_vocab
 from ngram_dask.catalog.reader import open_catalog
 from ngram_dask.config import CatalogConfig
 from ngram_dask.errors import DatabaseError
+from ngram_dask.ngrams.top import build_catalog, decode_vocab
 from ngram_dask.schema import catalog_tables, top_table
 
 from catalog_corpus import CHUNKS, RES, TELOME, VOCAB_SIZE

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ngram_dask.build import aggregate, counting
-from ngram_dask.build.aggregate import AggregateSettings, aggregate_chunk, marker_url
-from ngram_dask.build.explode import ExplodeSettings, explode_shard
 from ngram_dask.mds import list_shards
+from ngram_dask.ngrams import aggregate, counting
+from ngram_dask.ngrams.aggregate import AggregateSettings, aggregate_chunk, marker_url
+from ngram_dask.ngrams.explode import ExplodeSettings, explode_shard
 
 from helpers import oracle, oracle_prefixes, write_mds
 

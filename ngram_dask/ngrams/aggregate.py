@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ngram_dask.build.counting import KEY_DTYPE, Counts, add_sorted, sum_runs, unpack_keys
-from ngram_dask.build.explode import explode_dir
 from ngram_dask.errors import WorkDirError
+from ngram_dask.ngrams.counting import KEY_DTYPE, Counts, add_sorted, sum_runs, unpack_keys
+from ngram_dask.ngrams.explode import explode_dir
 from ngram_dask.runtime import resumable
 from ngram_dask.schema import id_columns
 from ngram_dask.storage import get_fs, glob, is_local, join, local_path, read_marker, sql_string, write_marker

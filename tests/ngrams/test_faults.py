@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import free_port
 
-from ngram_dask.build.pipeline import run_build
 from ngram_dask.catalog.verify import verify
 from ngram_dask.config import load_config
+from ngram_dask.ngrams.pipeline import run_build
 
 from helpers import run_cli, table_dump, write_mds
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ngram_dask.build import counting
 from ngram_dask.mds import ShardRef, ShardTokens, read_shard
+from ngram_dask.ngrams import counting
 from ngram_dask.runtime import resumable
 from ngram_dask.storage import atomic_write_parquet, join
 

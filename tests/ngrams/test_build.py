@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ngram_dask.build.pipeline import run_build
 from ngram_dask.catalog.verify import verify
 from ngram_dask.config import load_config
 from ngram_dask.errors import DatabaseError
+from ngram_dask.ngrams.pipeline import run_build
 from ngram_dask.schema import id_columns, ngram_table, prefix_table
 
 from helpers import db_rows, oracle, oracle_prefixes, run_cli, table_dump, write_mds, write_mds_subfolders

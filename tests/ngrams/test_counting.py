@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ngram_dask.build import counting
+from ngram_dask.ngrams import counting
 
 from helpers import oracle
 
