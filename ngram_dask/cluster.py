@@ -1,12 +1,14 @@
 """Decide where the work runs: a LocalCluster on this machine, or a running scheduler.
 
 ``get_client(cfg.cluster)`` is the only place that knows the difference; every stage
-just receives a ``distributed.Client``.
+just receives a ``distributed.Client``. ``stage_cluster`` sizes a LocalCluster for a
+stage whose tasks load a model (one worker per GPU), the one policy for all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from typing import TYPE_CHECKING, Iterator
@@ -195,6 +197,30 @@ def get_client(cfg: ClusterConfig, announce=print) -> Iterator[Client]:
             yield client
     finally:
         cluster.close()
+
+
+def local_gpus(device: str) -> int:
+    """CUDA devices this machine would give tasks that ask for ``device`` (0 for cpu)."""
+    if device == "cpu":
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def stage_cluster(cfg: ClusterConfig, uses_gpu: bool, device: str = "auto",
+                  cpu_workers: int | None = None) -> ClusterConfig:
+    """The LocalCluster a stage gets. A stage whose tasks load a model runs one worker per
+    GPU (each worker holds the model once; more would each load it again), or
+    ``cpu_workers`` without a GPU. The user's ``n_workers`` or scheduler always wins."""
+    if cfg.scheduler or cfg.n_workers or not uses_gpu:
+        return cfg
+    gpus = local_gpus(device)
+    if gpus:
+        return dataclasses.replace(cfg, n_workers=gpus)
+    return dataclasses.replace(cfg, n_workers=cpu_workers) if cpu_workers else cfg
 
 
 def performance_report(filename: str | None):

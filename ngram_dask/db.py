@@ -2,14 +2,17 @@
 
 Every stage that reads or writes the catalog database goes through here:
 
-* ``connect`` / ``read_only``: open a file, turning DuckDB's errors (a lock held by
-  another process, a file that is not a database) into one-line ``DatabaseError``\\ s;
+* ``connect`` / ``read_only`` / ``writer``: open a file, turning DuckDB's errors (a lock
+  held by another process, a file that is not a database) into one-line
+  ``DatabaseError``\\ s; ``writer`` also holds the writer lock for the stage that writes;
+* ``memory``: an in-memory DuckDB for a computation (counting, aggregating, deduplicating);
 * ``transaction``: BEGIN, then COMMIT, or ROLLBACK on any exception (a killed or
   failing writer leaves nothing half-written);
 * ``check_owner`` / ``check_existing``: refuse, untouched, a database of another tool,
   another schema version or another build;
 * ``writer_lock``: ``<db>.lock``, held by the one process that writes the database
-  (DuckDB allows a single writer), so a second writer is refused at once;
+  (DuckDB allows a single writer), so a second writer is refused at once with a message
+  naming the stage and process that hold it;
 * ``catalog_info`` helpers: the key/value table that says whose database it is.
 """
 
@@ -48,6 +51,57 @@ def read_only(path: str) -> Iterator:
         yield con
     finally:
         con.close()
+
+
+class Writer:
+    """The one read-write connection of a stage, opened on first use (``con``)."""
+
+    def __init__(self, path: str, settings: Mapping[str, object] | None = None):
+        self.path, self.settings, self._con = path, dict(settings or {}), None
+
+    @property
+    def con(self):
+        if self._con is None:
+            self._con = connect(self.path)
+            for key, value in self.settings.items():
+                self._con.execute(f"SET {key} = {_sql_value(value)}")
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+@contextmanager
+def writer(path: str, holder: str = "ngram-dask", settings: Mapping[str, object] | None = None) -> Iterator[Writer]:
+    """``with writer(db, "build") as w: w.con...``: the database's single writer.
+
+    The writer lock is taken at once and held for the block (``holder`` names the stage
+    in the message a second writer gets); the connection opens on first use of ``w.con``
+    (``settings``: DuckDB ``SET`` options for it) and closes with the block.
+    """
+    with writer_lock(path, holder):
+        w = Writer(path, settings)
+        try:
+            yield w
+        finally:
+            w.close()
+
+
+def memory(**config):
+    """An in-memory DuckDB connection (``config``: DuckDB settings such as threads)."""
+    import duckdb
+
+    return duckdb.connect(config=config)
+
+
+def _sql_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 @contextmanager
@@ -137,8 +191,11 @@ def check_existing(path: str, identity: Mapping[str, str] | None = None) -> dict
 
 
 @contextmanager
-def writer_lock(db_path: str) -> Iterator[None]:
-    """Hold ``<db>.lock`` while writing, so a second writer is refused at once (not blocked)."""
+def writer_lock(db_path: str, holder: str = "ngram-dask") -> Iterator[None]:
+    """Hold ``<db>.lock`` while writing, so a second writer is refused at once (not blocked).
+
+    The lock file holds ``<pid> <holder>``: the refusal names the stage writing now.
+    """
     lock_path = db_path + ".lock"
     parent = os.path.dirname(os.path.abspath(db_path))
     os.makedirs(parent, exist_ok=True)
@@ -147,12 +204,12 @@ def writer_lock(db_path: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            pid, _, who = os.pread(fd, 256, 0).decode(errors="replace").strip().partition(" ")
             raise DatabaseError(
-                f"another ngram-dask build (pid {holder}) is writing {db_path}; wait for it to finish"
+                f"ngram-dask {who or 'ngram-dask'} (pid {pid or '?'}) is writing {db_path}; wait for it to finish"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {holder}".encode(), 0)
         yield
     finally:
         os.close(fd)

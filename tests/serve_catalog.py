@@ -26,6 +26,7 @@ def add_scores_and_scan(good: Path, dest: Path) -> Path:
     import duckdb
     import pyarrow as pa
 
+    from ngram_dask.db import writer
     from ngram_dask.lm.scan import write_scan_table
     from ngram_dask.lm.scan_gather import OUTPUT_COLUMNS
 
@@ -58,5 +59,6 @@ def add_scores_and_scan(good: Path, dest: Path) -> Path:
         for c in OUTPUT_COLUMNS:
             cols[c].append(row[c])
     table = pa.table(cols)
-    write_scan_table(str(dest), 4, table, {"model": "test", "seq_len": 4})
+    with writer(str(dest), "scan") as w:
+        write_scan_table(w.con, 4, table, {"model": "test", "seq_len": 4})
     return dest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import duckdb
 import pytest
 
@@ -71,3 +73,18 @@ def test_the_writer_lock_refuses_a_second_writer_at_once(tmp_path):
                 pass
     with writer_lock(db):  # released on exit
         pass
+
+
+def test_a_second_writer_is_told_which_stage_holds_the_database(tmp_path):
+    from ngram_dask.db import writer
+
+    db = str(tmp_path / "c.duckdb")
+    with writer(db, "score") as w:
+        assert not os.path.exists(db)  # the connection opens on first use, the lock at once
+        with pytest.raises(DatabaseError, match=rf"^ngram-dask score \(pid {os.getpid()}\) is writing .*c\.duckdb"):
+            with writer(db, "scan"):
+                pass
+        w.con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    with writer(db, "build", settings={"memory_limit": "256MiB", "preserve_insertion_order": False}) as w:
+        assert w.con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0] is False
+        assert w.con.execute("SELECT x FROM t").fetchall() == [(1,)]

@@ -304,3 +304,38 @@ def test_local_cluster_workers_keep_freed_heap_unless_the_user_said_otherwise(mo
             (env,) = c.run(_malloc_env).values()
     assert env == {"MALLOC_MMAP_THRESHOLD_": str(WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]),
                    "MALLOC_TRIM_THRESHOLD_": "12345"}
+
+
+def test_scan_reads_s3_through_the_storage_settings_and_records_no_credentials(tmp_path, s3_server,
+                                                                               make_tiny_model, bpe_tokenizer_path):
+    """scan goes through the same runtime as build: ``--s3-endpoint-url`` reaches its workers,
+    and the input it records (work dir manifest, scan_<L>'s catalog_info entry) is redacted."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    endpoint, env, fs = s3_server
+    rng = np.random.default_rng(11)
+    write_mds(tmp_path / "mds", [rng.integers(0, 400, 24).tolist() for _ in range(5)], compression=None)
+    fs.put(str(tmp_path / "mds"), "ngram/scan-mds", recursive=True)
+    out, db = tmp_path / "scan.parquet", tmp_path / "scan.duckdb"
+    r = run_cli("scan", "--input", "s3://ngram/scan-mds", "--model", make_tiny_model(vocab_size=512),
+                "--seq-len", "4", "--out", str(out), "--db", str(db), "--tokenizer", bpe_tokenizer_path,
+                "--device", "cpu", "--min-p-long", "0", "--min-sym-kl", "0", "--s3-endpoint-url", endpoint,
+                "--n-workers", "1", env=env)
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(out).num_rows > 0
+    info = dict(db_rows(db, "SELECT key, value FROM catalog_info"))
+    assert json.loads(info["scan_4"])["input"] == "s3://ngram/scan-mds"
+    secret = env["AWS_SECRET_ACCESS_KEY"]
+    manifests = list((tmp_path / "scan.work").glob("*/manifest.json"))
+    assert manifests and all(secret not in m.read_text() for m in manifests)
+    assert secret not in r.stdout + r.stderr
+
+
+def test_a_scan_records_its_input_without_credentials():
+    from ngram_dask.config import load_config
+    from ngram_dask.lm.scan import scan_identity
+
+    cfg = load_config(overrides={"input": "s3://AKIAEXAMPLE:VerySecret@bucket/mds"})
+    assert scan_identity(cfg, "m", "uint16", [])["input"] == "s3://***@bucket/mds"

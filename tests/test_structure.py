@@ -120,3 +120,24 @@ def test_ruff_finds_nothing():
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def duckdb_connects(edited: dict[Path, str] | None = None) -> list[str]:
+    """``duckdb.connect`` calls outside ``db.py``: every connection goes through that one module."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "db.py":
+            continue
+        text = (edited or {}).get(path) or path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "duckdb":
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_only_db_py_connects_to_duckdb():
+    assert duckdb_connects() == []
+    path = PACKAGE / "ngrams" / "aggregate.py"  # the check sees a connect in a spill path
+    edited = path.read_text() + "\n\ndef spill():\n    import duckdb\n    return duckdb.connect(config={})\n"
+    assert duckdb_connects({path: edited}) == [f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]

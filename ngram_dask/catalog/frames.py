@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ngram_dask.errors import UserError
 from ngram_dask.schema import ngram_columns, ngram_table, prefix_columns, prefix_table
-from ngram_dask.storage import get_fs, join, read_marker
+from ngram_dask.storage import get_fs, join
 
 _SQL_TO_NUMPY = {"USMALLINT": "uint16", "UINTEGER": "uint32", "UBIGINT": "uint64", "DOUBLE": "float64"}
 TABLES = ("ngrams", "prefixes")
@@ -58,6 +58,13 @@ def _meta(columns: list[tuple[str, str]]):
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns})
 
 
+def work_dir_manifest(work_dir: str) -> dict | None:
+    """What the build recorded in its work dir (``ngrams.pipeline.work_dir_manifest``)."""
+    from ngram_dask.runtime import Manifest
+
+    return Manifest(join(work_dir, "manifest.json"), {}, f"work dir {work_dir}").read()
+
+
 def _open_source(source: str) -> _Source:
     if source.endswith(".duckdb") and "://" not in source:
         from ngram_dask.db import read_info, read_only, table_names
@@ -71,7 +78,7 @@ def _open_source(source: str) -> _Source:
         if "chunks" not in info:
             raise UserError(f"{source} is not an ngram-dask catalog (catalog_info has no chunks)")
         return _Source("catalog", source, int(info["chunks"]), int(info["vocab_size"]), tables)
-    manifest = read_marker(join(source, "manifest.json"))
+    manifest = work_dir_manifest(source)
     if manifest is None:
         raise UserError(f"{source} is neither a catalog (.duckdb) nor a work dir of ngram-dask (no manifest.json)")
     return _Source("work_dir", source, int(manifest["chunks"]), int(manifest["vocab_size"]))
@@ -153,12 +160,14 @@ def counts(source: str, n: int = 3, table: str = "ngrams", s3_endpoint_url: str 
 
 def _finished_chunk_files(work_dir: str, n: int, table: str, chunks: int) -> dict[int, str]:
     """Chunk -> final file, from the aggregate markers; every chunk must be aggregated."""
-    from ngram_dask.ngrams.aggregate import marker_url
+    from ngram_dask.ngrams.aggregate import AggregateSettings, aggregate_chunk
+    from ngram_dask.runtime import completed
 
     urls: dict[int, str] = {}
     missing = []
+    settings = AggregateSettings(work_dir=work_dir)
     for c in range(chunks):
-        marker = read_marker(marker_url(work_dir, n, c))
+        marker = completed(aggregate_chunk, n, c, settings)
         if marker is None:
             missing.append(c)
             continue

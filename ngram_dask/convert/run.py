@@ -24,21 +24,19 @@ import fsspec
 
 from ngram_dask.config import Config, parse_size
 from ngram_dask.convert.settings import ConvertSettings, SourceShard
-from ngram_dask.convert.shard import MARKER, STAGING, convert_shard, is_finished
+from ngram_dask.convert.shard import MARKER, STAGING, convert_shard
 from ngram_dask.convert.sources import discover_shards
 from ngram_dask.errors import ConfigError, UserError
 from ngram_dask.mds import SIDECAR
-from ngram_dask.runtime import DiskFull, map_tasks
+from ngram_dask.runtime import DiskFull, Manifest, Stage, Step, completed, run_stage
 from ngram_dask.storage import (
     atomic_write_bytes,
     get_fs,
     is_local,
     join,
     local_path,
-    read_marker,
     redact_url,
     use_storage,
-    write_marker,
 )
 
 Announce = Callable[[str], None]
@@ -110,29 +108,15 @@ def _special_id(tokenizer, configured: str | None, which: str) -> int | None:
     return int(token_id)
 
 
-def _check_sidecar(s: ConvertSettings, source: str) -> dict:
-    """out/ngram_dask.json: refuse an out folder converted with other settings, else (re)write it."""
-    sidecar = {**s.identity_dict, "source": source}
-    url = join(s.out, SIDECAR)
-    existing = read_marker(url)
-    if existing is None and fs_exists(join(s.out, "index.json")):
-        raise UserError(f"{s.out} holds an MDS dataset that `ngram-dask convert` did not write; "
-                        "use a fresh --out")
+def sidecar_manifest(s: ConvertSettings, source: str) -> Manifest:
+    """out/ngram_dask.json: the settings the out folder's samples were made with. It binds
+    once a source shard is finished there; the build reads its token_dtype."""
     fs, path = get_fs(s.out)
-    if existing is not None and fs.glob(posixpath.join(path, "*", MARKER)):  # else nothing to mix with
-        for key, value in sidecar.items():
-            if existing.get(key) != value:
-                raise UserError(
-                    f"{s.out} holds a conversion with {key} = {existing.get(key)!r}, not {value!r}; "
-                    "use a fresh --out (or delete this one)"
-                )
-    if existing == sidecar:
-        return sidecar
-    try:
-        write_marker(url, sidecar)
-    except OSError as exc:
-        raise UserError(f"cannot write to {s.out}: {exc}") from None
-    return sidecar
+    return Manifest(
+        join(s.out, SIDECAR), {**s.identity_dict, "source": source}, f"{s.out}",
+        refusal=lambda key, old, new: (f"{s.out} holds a conversion with {key} = {old!r}, not {new!r}; "
+                                       "use a fresh --out (or delete this one)"),
+        binds=lambda: bool(fs.glob(posixpath.join(path, "*", MARKER))))
 
 
 def fs_exists(url: str) -> bool:
@@ -159,8 +143,7 @@ def write_root_index(s: ConvertSettings, shards: list[SourceShard]) -> list[Sour
     """
     merged, included = [], []
     for shard in shards:
-        done = read_marker(join(s.out, shard.name, MARKER))
-        if done is None or not is_finished(done, shard, s):
+        if completed(convert_shard, shard, s) is None:
             continue
         with fsspec.open(join(s.out, shard.name, "index.json"), "rb") as f:
             index = json.load(f)
@@ -175,12 +158,11 @@ def write_root_index(s: ConvertSettings, shards: list[SourceShard]) -> list[Sour
 
 
 def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
-    from ngram_dask.cluster import get_client, install_storage_options, performance_report
     from ngram_dask.tokenizer import load_tokenizer
 
     cfg.check("convert")
     c = cfg.convert
-    options = use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
+    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the source is listed here first
     shards = discover_shards(c)
     if c.begin_shard >= len(shards):
         raise ConfigError(f"--begin-shard {c.begin_shard}: the source has {len(shards)} shard(s) "
@@ -193,25 +175,35 @@ def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
 
     fs, out_path = get_fs(s.out)
     fs.makedirs(out_path, exist_ok=True)
-    _check_sidecar(s, redact_url(c.source))
+    manifest = sidecar_manifest(s, redact_url(c.source))
+    if manifest.read() is None and fs_exists(join(s.out, "index.json")):
+        raise UserError(f"{s.out} holds an MDS dataset that `ngram-dask convert` did not write; "
+                        "use a fresh --out")
+    manifest.claim()  # before any task: the build reads the token_dtype from it
     _remove_staging_leftovers(s.out)
     sep = f"BOS {s.bos_id}, EOS {s.eos_id}"
     announce(f"convert: {len(todo)} of {len(shards)} source shard(s) -> {redact_url(s.out)} "
              f"({cfg.tokenizer}, {s.token_dtype}, seq_len {s.seq_len}{'' if s.wrap else ', no wrap'}, {sep})")
 
+    done_here = [0]
+
+    def on_result(st: dict, ctx) -> None:
+        _tally(report, st)
+        done_here[0] += 1
+        what = "already done" if st["skipped"] else (
+            f"{st['documents']:,} docs, {st['tokens']:,} tokens, {st['samples']:,} samples, "
+            f"{st['bytes'] / 1e6:.2f} MB, {st['seconds']:.1f} s")
+        bad = f", {st['invalid_utf8']} invalid UTF-8 skipped" if st.get("invalid_utf8") else ""
+        announce(f"  [{done_here[0]}/{len(todo)}] {st['name']}: {what}{bad}")
+
+    def steps(ctx):
+        yield Step("convert", todo, convert_shard, kwargs={"s": s}, unit="shards",
+                   disk=DiskFull(f"the output {redact_url(s.out)}"), on_result=on_result)
+
     t0 = time.perf_counter()
-    with get_client(cfg.cluster, announce) as client:
-        report.dashboard = client.dashboard_link
-        install_storage_options(client, options)
-        with performance_report(cfg.cluster.performance_report):
-            disk = DiskFull(f"the output {redact_url(s.out)}")
-            for i, st in enumerate(map_tasks(client, convert_shard, todo, disk, s=s), 1):
-                _tally(report, st)
-                what = "already done" if st["skipped"] else (
-                    f"{st['documents']:,} docs, {st['tokens']:,} tokens, {st['samples']:,} samples, "
-                    f"{st['bytes'] / 1e6:.2f} MB, {st['seconds']:.1f} s")
-                bad = f", {st['invalid_utf8']} invalid UTF-8 skipped" if st.get("invalid_utf8") else ""
-                announce(f"  [{i}/{len(todo)}] {st['name']}: {what}{bad}")
+    ctx = run_stage(Stage(name="convert", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
+                          manifest=manifest), announce)
+    report.dashboard = ctx.dashboard
     report.seconds = time.perf_counter() - t0
     _remove_staging_leftovers(s.out)
     report.indexed_shards = len(write_root_index(s, shards))

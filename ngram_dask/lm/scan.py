@@ -27,8 +27,8 @@ import numpy as np
 
 from ngram_dask import faults
 from ngram_dask.config import Config
-from ngram_dask.db import check_existing, connect, ensure_info, transaction, write_info, writer_lock
-from ngram_dask.errors import BadInputError, ConfigError, WorkDirError
+from ngram_dask.db import ensure_info, transaction, write_info
+from ngram_dask.errors import BadInputError, ConfigError
 from ngram_dask.lm.scan_gather import (
     batch_name,
     decode_candidates,
@@ -39,8 +39,8 @@ from ngram_dask.lm.scan_gather import (
 )
 from ngram_dask.lm.scan_stats import FLOAT_STATS, candidate_mask, context_bounds, position_statistics
 from ngram_dask.mds import ShardRef, list_shards, read_shard, resolve_token_dtype
-from ngram_dask.runtime import DiskFull, Progress, gpu_resources, map_tasks, resumable
-from ngram_dask.storage import atomic_write_parquet, join, read_marker, write_marker
+from ngram_dask.runtime import DiskFull, Manifest, Stage, Step, resumable, run_stage
+from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
 
 Announce = Callable[[str], None]
 
@@ -198,7 +198,7 @@ def default_work_dir(out: str) -> str:
 def scan_identity(cfg: Config, model: str, token_dtype: str, shards: Sequence[ShardRef]) -> dict:
     s = cfg.scan
     return {
-        "input": cfg.input,
+        "input": redact_url(cfg.input),
         "model": model,
         "seq_len": s.seq_len,
         "samples_per_batch": s.samples_per_batch,
@@ -211,26 +211,8 @@ def scan_identity(cfg: Config, model: str, token_dtype: str, shards: Sequence[Sh
     }
 
 
-def _check_scan_dir(scan_dir: str, identity: dict) -> None:
-    url = join(scan_dir, "manifest.json")
-    try:
-        existing = read_marker(url)
-        if existing is None:
-            write_marker(url, identity)
-            return
-    except OSError as exc:
-        raise WorkDirError(f"cannot use scan work dir {scan_dir}: {exc}") from None
-    for key, value in identity.items():
-        if existing.get(key) != value:
-            what = "input shards" if key == "shards" else key
-            raise WorkDirError(
-                f"scan work dir {scan_dir} holds a scan with a different {what} "
-                f"({existing.get(key)!r} there, {value!r} now); use another --work-dir or delete it"
-            )
-
-
 def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
-    from ngram_dask.cluster import get_client, performance_report
+    """Scan every batch (resumable), gather the candidates into ``--out`` (and ``scan_<L>``)."""
     from ngram_dask.lm.models import expand_model_name
     from ngram_dask.tokenizer import load_tokenizer
 
@@ -238,9 +220,10 @@ def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
     s = cfg.scan
     report = ScanReport(out=s.out)
     model = expand_model_name(s.model)
+    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
     shards = list_shards(cfg.input)
     if not shards or sum(r.samples for r in shards) == 0:
-        raise BadInputError(f"input dataset {cfg.input} is empty: no samples in {len(shards)} shard(s)")
+        raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: no samples in {len(shards)} shard(s)")
     token_dtype = resolve_token_dtype(cfg.build.token_dtype, cfg.input)
     model_vocab, model_cfg = _model_config(model)
     max_pos = getattr(model_cfg, "max_position_embeddings", None)
@@ -248,100 +231,74 @@ def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
         raise ConfigError(f"--seq-len {s.seq_len} needs {s.seq_len + 1}-token windows; "
                           f"{model} takes at most {max_pos} positions")
     tokenizer = load_tokenizer(cfg.tokenizer)  # fail before the scan, not after
-    if s.to_db:
-        check_existing(cfg.db)
 
     batches = make_batches(shards, s.samples_per_batch, s.batches)
     work_dir = cfg.work_dir or default_work_dir(s.out)
     scan_dir = join(work_dir, f"scan-{s.seq_len}-{_safe(model)}")
-    _check_scan_dir(scan_dir, scan_identity(cfg, model, token_dtype, shards))
     settings = ScanSettings(
         scan_dir=scan_dir, model=model, seq_len=s.seq_len, micro_batch=s.micro_batch,
         min_p_long=s.min_p_long, min_sym_kl=s.min_sym_kl, device=s.device, dtype=s.dtype,
         token_dtype=token_dtype, model_vocab=model_vocab, verify_hashes=cfg.build.verify_hashes,
     )
     report.batches = len(batches)
-    stats: dict[int, dict] = {}
-    for b in batches:
-        m = read_marker(marker_url(scan_dir, b.index))
-        if m is not None:
-            stats[b.index] = m
-    todo = [b for b in batches if b.index not in stats]
-    report.skipped = len(batches) - len(todo)
-    announce(f"scan: {model}, L = {s.seq_len}, {len(batches)} batch(es) of <= {s.samples_per_batch} "
-             f"samples ({report.skipped} already done) -> {scan_dir}")
 
-    t0 = time.perf_counter()
-    if todo:
-        cluster_cfg = cfg.cluster
-        if not cluster_cfg.scheduler and cluster_cfg.n_workers is None:
-            from ngram_dask.lm.models import resolve_device
-
-            if resolve_device(s.device).startswith("cuda"):
-                # One local GPU: one worker holds the model; several would each load it.
-                from dataclasses import replace
-
-                cluster_cfg = replace(cluster_cfg, n_workers=1)
-        with get_client(cluster_cfg, announce) as client, \
-                performance_report(cfg.cluster.performance_report):
-            resources = gpu_resources(client)
-            if resources:
-                announce("  tasks ask for a GPU resource")
-            progress = Progress("scan", len(todo), "batches", announce)
-            disk = DiskFull(f"the scan work dir {scan_dir}")
-            for res in map_tasks(client, scan_batch, todo, disk, resources=resources, s=settings):
-                stats[res["batch"]] = res
-                report.scanned_positions += 0 if res.get("skipped") else res["positions"]
-                progress.step(tokens=res.get("tokens", 0))
-    report.seconds["scan"] = time.perf_counter() - t0
-
-    for m in stats.values():
-        report.samples += m["samples"]
-        report.tokens += m["tokens"]
-        report.positions += m["positions"]
-        report.kept += m["kept"]
-    if report.positions == 0:
-        longest = max((m["max_len"] for m in stats.values()), default=0)
-        raise BadInputError(
-            f"--seq-len {s.seq_len} is larger than the samples: a position needs {s.seq_len + 1} tokens, "
-            f"the longest of the {report.samples} scanned sample(s) has {longest}"
-        )
-
-    t0 = time.perf_counter()
-    parts = read_parts(scan_dir, [b.index for b in batches])
-    table = decode_candidates(parts, tokenizer)
-    report.rows = table.num_rows
-    atomic_write_parquet(s.out, table, compression="zstd")
-    report.seconds["gather"] = time.perf_counter() - t0
-    announce(f"gather: {report.kept:,} candidate(s), {report.rows:,} after dedup on text -> {s.out}")
-    if s.to_db:
+    def gather(stats: list[dict], ctx) -> None:
+        report.skipped = ctx.skipped["scan"]
+        report.seconds["scan"] = ctx.seconds["scan"]
+        for m in stats:
+            report.samples += m["samples"]
+            report.tokens += m["tokens"]
+            report.positions += m["positions"]
+            report.kept += m["kept"]
+            report.scanned_positions += 0 if m.get("skipped") else m["positions"]
+        if report.positions == 0:
+            longest = max((m["max_len"] for m in stats), default=0)
+            raise BadInputError(
+                f"--seq-len {s.seq_len} is larger than the samples: a position needs {s.seq_len + 1} tokens, "
+                f"the longest of the {report.samples} scanned sample(s) has {longest}"
+            )
         t0 = time.perf_counter()
-        report.table = write_scan_table(cfg.db, s.seq_len, table, {
-            "model": model, "input": cfg.input, "seq_len": s.seq_len, "batches": len(batches),
-            "samples_per_batch": s.samples_per_batch, "min_p_long": s.min_p_long,
-            "min_sym_kl": s.min_sym_kl, "rows": report.rows,
-        })
-        report.seconds["db"] = time.perf_counter() - t0
-        announce(f"database: table {report.table} ({report.rows:,} rows) in {cfg.db}")
+        parts = read_parts(scan_dir, [b.index for b in batches])
+        table = decode_candidates(parts, tokenizer)
+        report.rows = table.num_rows
+        atomic_write_parquet(s.out, table, compression="zstd")
+        report.seconds["gather"] = time.perf_counter() - t0
+        announce(f"gather: {report.kept:,} candidate(s), {report.rows:,} after dedup on text -> {s.out}")
+        if s.to_db:
+            t0 = time.perf_counter()
+            report.table = write_scan_table(ctx.db(), s.seq_len, table, {
+                "model": model, "input": redact_url(cfg.input), "seq_len": s.seq_len, "batches": len(batches),
+                "samples_per_batch": s.samples_per_batch, "min_p_long": s.min_p_long,
+                "min_sym_kl": s.min_sym_kl, "rows": report.rows,
+            })
+            report.seconds["db"] = time.perf_counter() - t0
+            announce(f"database: table {report.table} ({report.rows:,} rows) in {cfg.db}")
+
+    def steps(ctx):
+        announce(f"scan: {model}, L = {s.seq_len}, {len(batches)} batch(es) of <= {s.samples_per_batch} "
+                 f"samples -> {scan_dir}")
+        yield Step("scan", batches, scan_batch, args=lambda b: (b, settings), unit="batches", gpu=True,
+                   disk=DiskFull(f"the scan work dir {scan_dir}"), finish=gather)
+
+    run_stage(Stage(
+        name="scan", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
+        manifest=Manifest(join(scan_dir, "manifest.json"), scan_identity(cfg, model, token_dtype, shards),
+                          f"scan work dir {scan_dir}", describe={"shards": "input shards"}),
+        db=cfg.db if s.to_db else None, access=(cfg.input, work_dir), uses_gpu=True, device=s.device,
+    ), announce)
     return report
 
 
-def write_scan_table(db: str, seq_len: int, table, info: dict) -> str:
-    """Replace ``scan_<L>`` in the catalog database in one transaction (the single writer)."""
+def write_scan_table(con, seq_len: int, table, info: dict) -> str:
+    """Replace ``scan_<L>`` in the catalog database in one transaction (``con``: the stage's writer)."""
     name = scan_table(seq_len)
-    with writer_lock(db):
-        check_existing(db)
-        con = connect(db)
-        try:
-            with transaction(con):
-                ensure_info(con)
-                con.register("_scan_arrow", table)
-                con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _scan_arrow")
-                con.unregister("_scan_arrow")
-                stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-                write_info(con, {name: json.dumps({**info, "written_at": stamp}, sort_keys=True)})
-        finally:
-            con.close()
+    with transaction(con):
+        ensure_info(con)
+        con.register("_scan_arrow", table)
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _scan_arrow")
+        con.unregister("_scan_arrow")
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        write_info(con, {name: json.dumps({**info, "written_at": stamp}, sort_keys=True)})
     return name
 
 

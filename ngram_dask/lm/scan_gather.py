@@ -73,8 +73,9 @@ def decode_candidates(parts, tokenizer):
     """Parts (``part_schema``) -> the output table: text columns added, deduplicated on ``text``
     (the first occurrence in (batch, sample, start) order stays), sorted by ``p_long`` desc
     (ties by batch, sample, start)."""
-    import duckdb
     import pyarrow as pa
+
+    from ngram_dask.db import memory
 
     dec = _Decoder(tokenizer)
     long_ids = parts.column("long_ids").to_pylist()
@@ -88,7 +89,7 @@ def decode_candidates(parts, tokenizer):
         "context", pa.array(dec.many(parts.column("context_ids").to_pylist()), pa.string()))
     floats = set(FLOAT_STATS)
     select = ", ".join(f"CAST({c} AS DOUBLE) AS {c}" if c in floats else c for c in OUTPUT_COLUMNS)
-    con = duckdb.connect()
+    con = memory()
     try:
         con.register("_parts", decoded)
         return con.sql(

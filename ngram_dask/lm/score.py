@@ -21,12 +21,10 @@ How the work is split:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,20 +32,10 @@ import numpy as np
 
 from ngram_dask import faults
 from ngram_dask.config import Config, ScoreConfig
-from ngram_dask.db import (
-    check_existing,
-    columns,
-    connect,
-    read_info,
-    read_only,
-    table_names,
-    transaction,
-    write_info,
-    writer_lock,
-)
+from ngram_dask.db import check_existing, columns, read_info, read_only, table_names, transaction, write_info
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
-from ngram_dask.runtime import DiskFull, Progress, as_finished, gpu_resources
+from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage
 from ngram_dask.schema import INFO
 from ngram_dask.storage import sql_identifier
 
@@ -210,48 +198,51 @@ def _placement_of(client) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def _local_cluster_config(cfg: Config):
-    """A LocalCluster for scoring: one worker per GPU (or one CPU worker), not one per core."""
-    c = cfg.cluster
-    if c.scheduler or c.n_workers:
-        return c
-    gpus = 0
-    if cfg.score.device != "cpu":
-        import torch
+@dataclass(frozen=True)
+class RowsPart:
+    """Rows ``[start, stop)`` of one top table, with their ids: one scoring task's unit."""
 
-        gpus = torch.cuda.device_count()
-    return dataclasses.replace(c, n_workers=max(1, gpus))
+    table: str
+    start: int
+    stop: int
+    ids: np.ndarray
 
 
-def _score_model(client, plan: ModelPlan, rows: dict[str, TableRows], cfg: Config, resources,
-                 placement, announce: Announce) -> tuple[dict[str, np.ndarray], ModelRun]:
-    """Run one model's tasks; returns the probabilities per table, in the order of ``rows``."""
+def score_rows(part: RowsPart, s: TaskSettings) -> dict:
+    """One Dask task: the probabilities of one part of a table (``score_worker.score_partition``)."""
+    return {**score_partition(part.ids, s), "table": part.table, "start": part.start, "stop": part.stop}
+
+
+def _model_step(plan: ModelPlan, rows: dict[str, TableRows], cfg: Config, report: ScoreReport,
+                ctx) -> Step:
+    """One model over its tables: tasks of ``rows_per_task`` rows; the writer fills the column."""
     s = cfg.score
     settings = TaskSettings(model=plan.model, device=s.device, dtype=s.dtype, batch_size=plan.batch_size,
-                            cpu_threads=s.cpu_threads, placement=placement)
-    token = uuid.uuid4().hex[:12]
-    futures, where = [], {}
-    for table in plan.tables:
-        for i, (a, b) in enumerate(partitions(rows[table].rows, s.rows_per_task)):
-            fut = client.submit(score_partition, rows[table].ids[a:b], settings, resources=resources,
-                                key=f"score:{plan.column}:{table}-{i:06d}-{token}", pure=False)
-            futures.append(fut)
-            where[fut.key] = (table, a, b)
-    out = {t: np.full(rows[t].rows, np.nan) for t in plan.tables}
-    run = ModelRun(plan.column)
-    total = sum(rows[t].rows for t in plan.tables)
-    progress = Progress(plan.column, total, "rows", announce, show_rate=True)
-    # Scoring tasks write nothing; a full disk can only be the model cache on a worker.
-    disk = DiskFull("a worker's model cache", advice="free space (or set HF_HOME to a larger disk)")
-    for fut, res in as_finished(futures, disk, release=True):
-        table, a, b = where[fut.key]
-        out[table][a:b] = res["p"]
+                            cpu_threads=s.cpu_threads, placement=_placement_of(ctx.client))
+    parts = [RowsPart(table, a, b, rows[table].ids[a:b])
+             for table in plan.tables for a, b in partitions(rows[table].rows, s.rows_per_task)]
+    probs = {t: np.full(rows[t].rows, np.nan) for t in plan.tables}
+    run = ModelRun(plan.column, rows=sum(rows[t].rows for t in plan.tables))
+    ctx.announce(f"{plan.column}: {plan.model} on {', '.join(plan.tables)} "
+                 f"(batch {plan.batch_size}, {s.rows_per_task:,} rows per task)")
+
+    def on_result(res: dict, ctx) -> None:
+        probs[res["table"]][res["start"]:res["stop"]] = res["p"]
         run.device, run.dtype = res["device"], res["dtype"]
         run.batch_size = max(run.batch_size, res["batch_size"])
-        progress.step(b - a)
         faults.crash_point(faults.CRASH_IN_SCORE, plan.column)
-    run.rows, run.seconds = total, progress.seconds
-    return out, run
+
+    def finish(_, ctx) -> None:
+        run.seconds = ctx.seconds[plan.column]
+        write_model(ctx.db(), plan, rows, probs, run)
+        report.runs[plan.column] = run
+        ctx.announce(f"  {plan.column}: {run.rows:,} rows in {run.seconds:.1f} s "
+                     f"({run.rows / max(run.seconds, 1e-9):,.0f} rows/s) on {run.device} {run.dtype}; written")
+
+    # Scoring tasks write nothing; a full disk can only be the model cache on a worker.
+    disk = DiskFull("a worker's model cache", advice="free space (or set HF_HOME to a larger disk)")
+    return Step(plan.column, parts, score_rows, kwargs={"s": settings}, unit="tasks", gpu=True, release=True,
+                disk=disk, on_result=on_result, finish=finish)
 
 
 def _prune(con, scored: dict) -> dict:
@@ -321,8 +312,6 @@ def _means(con, report: ScoreReport) -> None:
 
 def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
     """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``."""
-    from ngram_dask.cluster import get_client, performance_report
-
     cfg.check("score")
     s: ScoreConfig = cfg.score
     db = cfg.db
@@ -332,38 +321,30 @@ def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
     if not info:
         raise DatabaseError(f"database {db} holds no catalog: run `ngram-dask build --tokenizer ...` first")
     report = ScoreReport(db=db, tables=list(s.tables))
-    with writer_lock(db):
-        rows, info = read_rows(db, s.tables)
+
+    def steps(ctx):
+        rows, info = read_rows(db, s.tables)  # under the writer lock: nothing changes them now
         report.plans = plans = plan_models(cfg, rows, info)
         for plan in plans:
             if plan.done:
                 announce(f"{plan.column}: already scored on {', '.join(plan.done)}; skipped (--force rescores)")
         todo = [p for p in plans if p.tables]
-        if not todo:
+        if todo:
+            total = {t: rows[t].rows for t in s.tables}
+            announce(f"score {db}: {len(todo)} model(s) x " + ", ".join(f"{t} {r:,} rows" for t, r in total.items()))
+            ctx.db()  # opened (and held) before any model runs: a reader cannot block the writes later
+            if not gpu_resources(ctx.client):
+                announce("  no worker advertises a GPU resource: tasks run anywhere")
+        for plan in todo:
+            yield _model_step(plan, rows, cfg, report, ctx)
+        if todo:
+            _means(ctx.db(), report)
+        else:
             with read_only(db) as con:
                 _means(con, report)
-            return report
-        total = {t: rows[t].rows for t in s.tables}
-        announce(f"score {db}: {len(todo)} model(s) x " + ", ".join(f"{t} {r:,} rows" for t, r in total.items()))
-        con = connect(db)  # held from here: a reader cannot block the writes later
-        try:
-            with get_client(_local_cluster_config(cfg), announce) as client, \
-                    performance_report(cfg.cluster.performance_report):
-                resources = gpu_resources(client)
-                placement = _placement_of(client)
-                announce("  workers advertise GPU: each task asks for GPU=1" if resources
-                         else "  no worker advertises a GPU resource: tasks run anywhere")
-                for plan in todo:
-                    announce(f"{plan.column}: {plan.model} on {', '.join(plan.tables)} "
-                             f"(batch {plan.batch_size}, {s.rows_per_task:,} rows per task)")
-                    probs, run = _score_model(client, plan, rows, cfg, resources, placement, announce)
-                    write_model(con, plan, rows, probs, run)
-                    report.runs[plan.column] = run
-                    announce(f"  {plan.column}: {run.rows:,} rows in {run.seconds:.1f} s "
-                             f"({run.rows / max(run.seconds, 1e-9):,.0f} rows/s) on {run.device} {run.dtype}; written")
-            _means(con, report)
-        finally:
-            con.close()
+
+    run_stage(Stage(name="score", cluster=cfg.cluster, storage=cfg.storage, steps=steps, db=db,
+                    uses_gpu=True, device=s.device, cpu_workers=1), announce)
     return report
 
 

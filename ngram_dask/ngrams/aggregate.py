@@ -40,7 +40,7 @@ from ngram_dask.ngrams.counting import KEY_DTYPE, Counts, add_sorted, sum_runs, 
 from ngram_dask.ngrams.explode import explode_dir
 from ngram_dask.runtime import resumable
 from ngram_dask.schema import id_columns
-from ngram_dask.storage import get_fs, glob, is_local, join, local_path, read_marker, sql_string, write_marker
+from ngram_dask.storage import get_fs, glob, is_local, join, local_path, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -170,21 +170,15 @@ def aggregate_chunk(n: int, chunk: int, s: AggregateSettings) -> dict:
             done = _aggregate_duckdb(chain, chunk, parts, outs, s, limit, threads, scratch)
         for m in chain:
             stats[m].update(done[m], path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget)
-    for m in chain[1:]:
-        write_marker(marker_url(s.work_dir, m, chunk), {**stats[m], "derived_from": m + 1})
-    return stats[n]
+    # The derived n's markers are written by the runtime, before this chunk's own.
+    also = {marker_url(s.work_dir, m, chunk): {**stats[m], "derived_from": m + 1} for m in chain[1:]}
+    return {**stats[n], "also": also}
 
 
-def derived_results(n: int, chunk: int, s: AggregateSettings, skipped: bool) -> list[dict]:
-    """The statistics of the n derived below ``n`` in this chunk, from their markers."""
-    out = []
-    for m in s.chain(n)[1:]:
-        res = read_marker(marker_url(s.work_dir, m, chunk))
-        if res is None:  # cannot happen unless a marker was deleted by hand: redo the chunk
-            raise WorkDirError(f"chunk {chunk} of n={m} lost its marker in {s.work_dir}; "
-                               f"delete {marker_url(s.work_dir, n, chunk)} and rerun")
-        out.append({**res, "skipped": skipped})
-    return out
+def chunk_results(top: dict) -> list[dict]:
+    """A chunk task's statistics, then those of the n derived in it (the same ``skipped``)."""
+    also = top.get("also", {})
+    return [{k: v for k, v in top.items() if k != "also"}] + list(also.values())
 
 
 def _aggregate_duckdb(chain: list[int], chunk: int, parts: dict[int, list[str]], outs: dict[int, dict[str, str]],
@@ -204,14 +198,14 @@ def _aggregate_duckdb(chain: list[int], chunk: int, parts: dict[int, list[str]],
 
 def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], outs: dict[int, dict[str, str]],
                   s: AggregateSettings, limit: int | None, threads: int | None, scratch: str | None) -> dict:
-    import duckdb
+    from ngram_dask.db import memory
 
     results = {}
     if s.spill_dir:
         os.makedirs(s.spill_dir, exist_ok=True)
     tmp_root = tempfile.mkdtemp(prefix=f"agg-n{chain[0]}-c{chunk}-", dir=s.spill_dir or scratch)
     try:
-        con = duckdb.connect(config={
+        con = memory(**{
             "threads": s.threads or threads or 1,
             "temp_directory": os.path.join(tmp_root, "spill"),
             "preserve_insertion_order": False,
@@ -463,8 +457,7 @@ def aggregate_partition(part, s: AggregateSettings):
 
     rows = []
     for n, chunk in zip(part["n"].tolist(), part["id0_chunk"].tolist()):
-        top = aggregate_chunk(int(n), int(chunk), s)
-        for res in [top] + derived_results(int(n), int(chunk), s, bool(top["skipped"])):
+        for res in chunk_results(aggregate_chunk(int(n), int(chunk), s)):
             rows.append(_result_row(res))
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
         {k: v for k, v in RESULT_COLUMNS.items() if v != "object"})

@@ -14,7 +14,7 @@ build is refused untouched.
 from __future__ import annotations
 
 from ngram_dask import faults
-from ngram_dask.db import connect, ensure_info, transaction, write_info
+from ngram_dask.db import ensure_info, transaction, write_info
 from ngram_dask.schema import (
     LEDGER,
     create_sql,
@@ -25,25 +25,23 @@ from ngram_dask.schema import (
 )
 from ngram_dask.storage import get_fs, is_local
 
-LOAD_MEMORY_LIMIT = "1GiB"
+# Rows need not keep the scan's order across threads: each thread appends whole runs of a
+# sorted chunk file, so zone maps on id0 still narrow lookups, and the insert runs on every
+# core. The memory limit keeps the client's footprint small (an INSERT ... SELECT from
+# Parquet streams; it needs no more).
+WRITER_SETTINGS = {"preserve_insertion_order": False, "memory_limit": "1GiB"}
 
 
 class CatalogWriter:
     """The single writer of the catalog database."""
 
-    def __init__(self, path: str, ngrams: list[int], vocab_size: int, chunks: int, info: dict,
+    def __init__(self, con, ngrams: list[int], vocab_size: int, chunks: int, info: dict,
                  work_dir: str | None = None):
-        self.path = path
+        """``con``: the stage's writer connection (``db.writer``), opened with ``WRITER_SETTINGS``."""
         self.ngrams = list(ngrams)
         self.vocab_size = vocab_size
         self.chunks = chunks
-        self.con = connect(path)
-        # Rows need not keep the scan's order across threads: each thread appends whole
-        # runs of a sorted chunk file, so zone maps on id0 still narrow lookups, and the
-        # insert runs on every core. The memory limit keeps the client's footprint small
-        # (an INSERT ... SELECT from Parquet streams; it needs no more).
-        self.con.execute("SET preserve_insertion_order = false")
-        self.con.execute(f"SET memory_limit = '{LOAD_MEMORY_LIMIT}'")
+        self.con = con
         if work_dir and not is_local(work_dir):
             self.con.register_filesystem(get_fs(work_dir)[0])  # chunk files live on remote storage
         # Tables and the build's identity appear together, so a database is never
@@ -54,9 +52,6 @@ class CatalogWriter:
         # Rows the ledger does not account for (a ledger row deleted by hand) are found
         # once per build; only then does each chunk's load first delete its stray rows.
         self._stray = {n: self._stray_rows(n) for n in self.ngrams}
-
-    def close(self) -> None:
-        self.con.close()
 
     def _ensure_schema(self) -> None:
         c = self.con

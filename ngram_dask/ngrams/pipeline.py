@@ -1,8 +1,9 @@
 """The build: explode (a Dask bag of shard groups) -> aggregate (a Dask DataFrame of id0
 chunks) -> load (the client, the database's one writer) -> catalog (the top tables).
 
-The stages are plain functions; this module submits them (through ``runtime``) and
-checks, before any work, that the input, the work dir and the database belong together.
+The stage's steps are declared here; ``runtime.run_stage`` runs them: it checks, before
+any work, that the input, the work dir and the database belong together, starts the
+cluster, skips done units and holds the database's single writer.
 """
 
 from __future__ import annotations
@@ -16,26 +17,18 @@ from pathlib import Path
 from typing import Callable
 
 from ngram_dask import __version__
-from ngram_dask.cluster import (
-    check_worker_access,
-    get_client,
-    install_storage_options,
-    package_versions,
-    performance_report,
-)
+from ngram_dask.cluster import package_versions
 from ngram_dask.config import Config
-from ngram_dask.db import check_existing, read_info, table_names, writer_lock
-from ngram_dask.errors import BadInputError, WorkDirError
+from ngram_dask.db import read_info, table_names
+from ngram_dask.errors import BadInputError
 from ngram_dask.mds import ShardRef, list_shards, resolve_token_dtype
 from ngram_dask.ngrams.aggregate import AggregateSettings
-from ngram_dask.ngrams.aggregate import marker_url as aggregate_marker_url
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
-from ngram_dask.ngrams.explode import marker_url as explode_marker_url
-from ngram_dask.ngrams.load import CatalogWriter
-from ngram_dask.runtime import DiskFull, Progress, as_finished
+from ngram_dask.ngrams.load import WRITER_SETTINGS, CatalogWriter
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
 from ngram_dask.schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
-from ngram_dask.storage import is_local, join, local_path, read_marker, redact_url, use_storage, write_marker
+from ngram_dask.storage import is_local, join, local_path, redact_url, use_storage
 
 Announce = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -70,10 +63,9 @@ def build_identity(cfg: Config) -> dict[str, str]:
     }
 
 
-def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str, claim: bool = False) -> None:
-    """Refuse a work dir that holds intermediate results of another input or layout;
-    with ``claim``, record this build's manifest there (once the cluster is known good)."""
-    manifest = {
+def work_dir_manifest(cfg: Config, shards: list[ShardRef], token_dtype: str) -> Manifest:
+    """What the work dir's intermediate results depend on: another input or layout is refused."""
+    identity = {
         **build_identity(cfg),
         "token_dtype": token_dtype,
         "shards": [[s.basename, s.samples, s.raw_bytes] for s in shards],
@@ -82,37 +74,20 @@ def _check_work_dir(cfg: Config, shards: list[ShardRef], token_dtype: str, claim
         # The n whose part files hold only the samples' last n-grams.
         "derived": list(derived_in_aggregate(cfg.build.ngrams, cfg.build.drop_eos)),
     }
-    url = join(cfg.work_dir, "manifest.json")
-    try:
-        existing = read_marker(url)
-    except OSError as exc:
-        raise WorkDirError(f"cannot read work dir {cfg.work_dir}: {exc}") from None
-    if existing is None:
-        if not claim:
-            return
-        try:
-            write_marker(url, manifest)
-        except OSError as exc:
-            raise WorkDirError(f"cannot write to work dir {cfg.work_dir}: {exc}") from None
-        return
-    for key, value in manifest.items():
-        if existing.get(key) != value:
-            what = {"shards": "the input shards",
-                    "explode_task_tokens": f"shard groups (build.explode_task_tokens {existing.get(key)}, "
-                                           f"not {value})",
-                    "derived": "partial files (written by another version of ngram-dask)"}.get(key, key)
-            raise WorkDirError(
-                f"work dir {cfg.work_dir} holds results for different {what}; "
-                "use a fresh --work-dir (or delete this one)"
-            )
+    return Manifest(join(cfg.work_dir, "manifest.json"), identity, f"work dir {cfg.work_dir}", describe={
+        "shards": "the input shards",
+        "explode_task_tokens": lambda old, new: f"shard groups (build.explode_task_tokens {old}, not {new})",
+        "derived": "partial files (written by another version of ngram-dask)",
+    })
 
 
 def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
+    """explode -> aggregate -> load -> catalog, as one stage of the runtime."""
     cfg.check("build")
     b = cfg.build
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    options = use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
+    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
 
     shards = list_shards(cfg.input)
     if not shards or sum(s.samples for s in shards) == 0:
@@ -125,9 +100,6 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
 
         tokenizer = load_tokenizer(cfg.tokenizer)
     identity = build_identity(cfg)
-    check_existing(cfg.db, identity)
-    _check_work_dir(cfg, shards, token_dtype)
-
     xs = ExplodeSettings(
         work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
@@ -138,27 +110,42 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
                             threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir,
                             derived=xs.derived)
 
-    with writer_lock(cfg.db), get_client(cfg.cluster, announce) as client:
-        report.dashboard = client.dashboard_link
-        install_storage_options(client, options)
-        check_worker_access(client, cfg.input, cfg.work_dir)
-        _check_work_dir(cfg, shards, token_dtype, claim=True)
-        workers_at_start = set(client.scheduler_info()["workers"])
-        with performance_report(cfg.cluster.performance_report):
-            _run_explode(client, shards, xs, b.steps, announce, report)
-            if not {"aggregate", "load"} & set(b.steps):
-                return report
-            _run_aggregate_and_load(client, cfg, xs, ags, identity, started, announce, report, tokenizer)
-        _warn_lost_workers(client, workers_at_start, announce)
+    def steps(ctx: StageContext):
+        yield _explode_step(shards, xs, b.steps, announce)
+        _tally(report, ctx.results["explode"])
+        report.skipped["explode"] = sum(len(s["shards"]) for s in ctx.results["explode"] if s.get("skipped"))
+        if "explode" in b.steps:
+            report.seconds["explode"] = ctx.seconds["explode"]
+        if not {"aggregate", "load"} & set(b.steps):
+            return
+        if report.tokens == 0:
+            raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: its samples hold no tokens")
+        writer = None
+        if "load" in b.steps:
+            info = {**identity, "tool": TOOL, "schema_version": str(SCHEMA_VERSION),
+                    "ngram_dask_version": __version__, "versions": package_versions(),
+                    "shards": str(report.shards), "samples": str(report.samples), "tokens": str(report.tokens),
+                    **{f"ngram_total_{n}": str(v) for n, v in report.ngrams.items()},
+                    "token_dtype": xs.token_dtype, "started_at": started}
+            writer = CatalogWriter(ctx.db(), b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
+        yield _aggregate_step(cfg, ags, writer, announce, report)
+        if writer is None:
+            return
+        if report.loaded_chunks:
+            writer.write_info({"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        if tokenizer is not None:
+            _run_catalog(writer, cfg, tokenizer, announce, report)
+        for n in sorted(b.ngrams):
+            for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
+                report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    ctx = run_stage(Stage(
+        name="build", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
+        manifest=work_dir_manifest(cfg, shards, token_dtype),
+        db=cfg.db, db_identity=identity, db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir),
+    ), announce)
+    report.dashboard = ctx.dashboard
     return report
-
-
-def _warn_lost_workers(client, at_start: set, announce: Announce) -> None:
-    lost = at_start - set(client.scheduler_info()["workers"])
-    if lost:
-        log.warning("%d worker(s) left during the build (%s); Dask re-ran their tasks elsewhere",
-                    len(lost), ", ".join(sorted(lost)))
-        announce(f"warning: {len(lost)} worker(s) were lost during the build; their tasks were re-run")
 
 
 def _disk(work_dir: str) -> DiskFull:
@@ -183,34 +170,23 @@ def _space_hint(work_dir: str) -> str:
             f"about {max(needed, 0) / 2**20:.1f} MiB more needed)")
 
 
-def _run_explode(client, shards, xs: ExplodeSettings, steps, announce, report: BuildReport) -> list[dict]:
+def _explode_step(shards, xs: ExplodeSettings, steps, announce) -> Step:
+    """A Dask bag of shard groups (descriptors, never data): one partition, one task, per group."""
     import dask.bag as db
 
     token_bytes = 4 if xs.token_dtype == "uint32" else 2
     groups = group_shards(shards, xs.task_tokens, token_bytes)
-    if "explode" not in steps:
-        stats = [read_marker(explode_marker_url(xs.work_dir, g.name)) for g in groups]
-        missing = [g.name for g, st in zip(groups, stats) if st is None]
-        if missing:
-            raise WorkDirError(f"shard group {missing[0]} has not been exploded yet: run the explode step first")
-        report.skipped["explode"] = len(shards)
-        _tally(report, stats)
-        return stats
+    if "explode" in steps:
+        announce(f"explode: {len(shards)} shard(s) in {len(groups)} task(s) -> {xs.chunks} chunk(s), "
+                 f"n = {', '.join(map(str, xs.ngrams))}")
 
-    announce(f"explode: {len(shards)} shard(s) in {len(groups)} task(s) -> {xs.chunks} chunk(s), "
-             f"n = {', '.join(map(str, xs.ngrams))}")
-    # A bag of shard groups (descriptors, never data): one partition, one task, per group.
-    bag = db.from_sequence(groups, partition_size=1).map(explode_group, xs)
-    futures = client.compute(bag.to_delayed(), optimize_graph=False)
-    progress = Progress("explode", len(futures), "tasks", announce)
-    stats: list[dict] = []
-    for _, part in as_finished(futures, _disk(xs.work_dir)):
-        stats.extend(part)
-        progress.step(tokens=sum(p["tokens"] for p in part))
-    report.seconds["explode"] = progress.seconds
-    report.skipped["explode"] = sum(len(s["shards"]) for s in stats if s.get("skipped"))
-    _tally(report, stats)
-    return stats
+    def submit(client, todo):
+        bag = db.from_sequence(todo, partition_size=1).map(explode_group, xs)
+        return client.compute(bag.to_delayed(), optimize_graph=False)
+
+    return Step("explode", groups, explode_group, args=lambda g: (g, xs), submit=submit, unpack=list,
+                disk=_disk(xs.work_dir), run="explode" in steps,
+                not_run=lambda g: f"shard group {g.name} has not been exploded yet: run the explode step first")
 
 
 def _tally(report: BuildReport, stats: list[dict]) -> None:
@@ -223,72 +199,52 @@ def _tally(report: BuildReport, stats: list[dict]) -> None:
     report.ngrams = totals
 
 
-def _run_aggregate_and_load(client, cfg: Config, xs: ExplodeSettings, ags: AggregateSettings,
-                            identity: dict, started: str, announce: Announce,
-                            report: BuildReport, tokenizer=None) -> None:
+def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter | None, announce: Announce,
+                    report: BuildReport) -> Step:
+    """A Dask DataFrame of id0 chunks (one partition per chunk); the writer loads each n
+    as soon as its last chunk is aggregated."""
+    from ngram_dask.ngrams.aggregate import aggregate_chunk, aggregate_frame, chunk_results
+
     b = cfg.build
-    steps = set(b.steps)
-    if report.tokens == 0:
-        raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: its samples hold no tokens")
-    info = {
-        **identity,
-        "tool": TOOL,
-        "schema_version": str(SCHEMA_VERSION),
-        "ngram_dask_version": __version__,
-        "versions": package_versions(),
-        "shards": str(report.shards),
-        "samples": str(report.samples),
-        "tokens": str(report.tokens),
-        **{f"ngram_total_{n}": str(v) for n, v in report.ngrams.items()},
-        "token_dtype": xs.token_dtype,
-        "started_at": started,
-    }
-    writer = (CatalogWriter(cfg.db, b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
-              if "load" in steps else None)
-    try:
-        loaded = writer.loaded() if writer else set()
-        todo = [(n, c) for n in sorted(b.ngrams) for c in range(b.chunks) if (n, c) not in loaded]
-        announce(f"aggregate: {len(todo)} chunk(s) to do, {len(loaded)} already loaded")
-        progress = Progress("aggregate+load" if writer else "aggregate", len(todo), "chunks", announce)
-        t0 = time.perf_counter()
-        if "aggregate" in steps:
-            # One task per chunk of each n not derived: it writes the derived n of its chunk too.
-            tops = sorted({(ags.top(n), c) for n, c in todo})
-            wanted = set(todo)
-            results = (r for r in _aggregate_results(client, tops, ags, cfg.work_dir)
-                       if (int(r["n"]), int(r["chunk"])) in wanted)
-        else:
-            results = (_aggregated(cfg.work_dir, n, c) for n, c in todo)
-        # Each n is loaded in one transaction (its rows and its ledger rows together) as
-        # soon as its last chunk is aggregated: a few large INSERTs per table are as fast
-        # as loading the finished files at once. (An n aggregated by its own tasks, not
-        # derived, loads while a larger one still aggregates.)
-        waiting = {n: sum(1 for m, _ in todo if m == n) for n in sorted(b.ngrams)}
-        ready: dict[int, list[dict]] = {n: [] for n in waiting}
-        new_aggregates = 0
-        for res in results:
-            n = int(res["n"])
-            new_aggregates += 0 if res.get("skipped") else 1
-            ready[n].append(res)
-            progress.step()
-            if len(ready[n]) == waiting[n] and writer:
-                t_load = time.perf_counter()
-                report.loaded_chunks += writer.append_chunks(ready[n])
-                report.load_seconds += time.perf_counter() - t_load
-                ready[n] = []
-        report.skipped["aggregate_new"] = new_aggregates
+    loaded = writer.loaded() if writer else set()
+    todo = [(n, c) for n in sorted(b.ngrams) for c in range(b.chunks) if (n, c) not in loaded]
+    announce(f"aggregate: {len(todo)} chunk(s) to do, {len(loaded)} already loaded")
+    # One task per chunk of each n not derived: it writes the derived n of its chunk too.
+    tops = sorted({(ags.top(n), c) for n, c in todo})
+    wanted = set(todo)
+    # Each n is loaded in one transaction (its rows and its ledger rows together) as soon as
+    # its last chunk is aggregated: a few large INSERTs per table are as fast as loading the
+    # finished files at once. (An n aggregated by its own tasks, not derived, loads while a
+    # larger one still aggregates.)
+    waiting = {n: sum(1 for m, _ in todo if m == n) for n in sorted(b.ngrams)}
+    ready: dict[int, list[dict]] = {n: [] for n in waiting}
+    report.skipped["aggregate_new"] = 0
+    t0 = time.perf_counter()
+
+    def on_result(res: dict, ctx) -> None:
+        n = int(res["n"])
+        if (n, int(res["chunk"])) not in wanted:
+            return  # a derived n of a chunk loaded before
+        report.skipped["aggregate_new"] += 0 if res.get("skipped") else 1
+        ready[n].append(res)
+        if len(ready[n]) == waiting[n] and writer:
+            t_load = time.perf_counter()
+            report.loaded_chunks += writer.append_chunks(ready[n])
+            report.load_seconds += time.perf_counter() - t_load
+            ready[n] = []
+
+    def finish(results, ctx) -> None:
         report.seconds["aggregate+load"] = time.perf_counter() - t0
-        if writer:
-            if report.loaded_chunks:
-                writer.write_info({"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-            if tokenizer is not None:
-                _run_catalog(writer, cfg, tokenizer, announce, report)
-            for n in sorted(b.ngrams):
-                for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
-                    report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    finally:
-        if writer:
-            writer.close()
+
+    def submit(client, units):
+        return client.compute(aggregate_frame(units, ags).to_delayed())
+
+    return Step("aggregate+load" if writer else "aggregate", tops, aggregate_chunk, args=lambda u: (*u, ags),
+                unit="chunks", submit=submit, unpack=lambda frame: [json.loads(r) for r in frame["result"]],
+                expand=chunk_results, disk=_disk(cfg.work_dir), run="aggregate" in b.steps,
+                not_run=lambda u: f"chunk {u[1]} of n={u[0]} has not been aggregated yet: "
+                                  "run the aggregate step first",
+                on_result=on_result, finish=finish)
 
 
 def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announce,
@@ -307,26 +263,6 @@ def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announ
     writer.write_info({"tokenizer": cfg.tokenizer})
     report.seconds["catalog"] = time.perf_counter() - t0
     announce(f"catalog: {', '.join(f'{t} {r:,} rows' for t, r in rows.items())}")
-
-
-def _aggregate_results(client, todo: list[tuple[int, int]], ags: AggregateSettings, work_dir: str):
-    """Compute the aggregate DataFrame (one partition per chunk); yield each chunk's
-    statistics as its partition finishes."""
-    from ngram_dask.ngrams.aggregate import aggregate_frame
-
-    if not todo:
-        return
-    futures = client.compute(aggregate_frame(todo, ags).to_delayed())
-    for _, frame in as_finished(futures, _disk(work_dir)):
-        for res in frame["result"]:
-            yield json.loads(res)
-
-
-def _aggregated(work_dir: str, n: int, c: int) -> dict:
-    res = read_marker(aggregate_marker_url(work_dir, n, c))
-    if res is None:
-        raise WorkDirError(f"chunk {c} of n={n} has not been aggregated yet: run the aggregate step first")
-    return {**res, "skipped": True}
 
 
 def summary_lines(report: BuildReport) -> list[str]:

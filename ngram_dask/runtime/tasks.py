@@ -6,6 +6,11 @@ statistics, last. A rerun finds the marker and returns those statistics without
 redoing the work, so a build killed at any point resumes where it stopped and never
 counts a unit twice. A torn marker reads as missing: the unit is redone.
 
+A task may complete other units on the way (the aggregate of the trigrams of a chunk
+writes the chunk's bigrams too): it returns their statistics under ``"also"``
+(``{marker URL: stats}``); their markers are written before its own, so a unit whose
+marker exists has all of them, and a skipped task returns them again under ``"also"``.
+
 Every marker returned carries ``skipped``: True when it came from an earlier run.
 """
 
@@ -15,9 +20,11 @@ import functools
 import time
 from typing import Any, Callable
 
+from ngram_dask.errors import WorkDirError
 from ngram_dask.storage import read_marker, write_marker
 
 Stats = dict[str, Any]
+ALSO = "also"
 
 
 def resumable(marker: Callable[..., str], accept: Callable[..., bool] | None = None):
@@ -31,17 +38,41 @@ def resumable(marker: Callable[..., str], accept: Callable[..., bool] | None = N
     def decorate(work: Callable[..., Stats]) -> Callable[..., Stats]:
         @functools.wraps(work)
         def run(*args, **kwargs) -> Stats:
-            url = marker(*args, **kwargs)
-            done = read_marker(url)
-            if done is not None and (accept is None or accept(done, *args, **kwargs)):
-                return {**done, "skipped": True}
+            done = completed(run, *args, **kwargs)
+            if done is not None:
+                return done
             t0 = time.perf_counter()
             stats = work(*args, **kwargs)
             stats.setdefault("seconds", round(time.perf_counter() - t0, 4))
-            write_marker(url, stats)  # last: from here on the unit counts as done
+            also = stats.pop(ALSO, {})
+            for url, extra in also.items():
+                write_marker(url, extra)
+            if also:
+                stats[ALSO] = list(also)  # in the order the work gave them
+            write_marker(marker(*args, **kwargs), stats)  # last: from here on the unit counts as done
+            if also:
+                stats[ALSO] = {u: {**s, "skipped": False} for u, s in also.items()}
             return {**stats, "skipped": False}
 
         run.marker = marker
+        run.accept = accept
         return run
 
     return decorate
+
+
+def completed(task: Callable[..., Stats], *args, **kwargs) -> Stats | None:
+    """The recorded statistics of ``task(*args)`` if an earlier run finished it, else None."""
+    url = task.marker(*args, **kwargs)
+    done = read_marker(url)
+    if done is None or (task.accept is not None and not task.accept(done, *args, **kwargs)):
+        return None
+    if ALSO not in done:
+        return {**done, "skipped": True}
+    also = {}
+    for extra in done[ALSO]:
+        got = read_marker(extra)
+        if got is None:  # deleted by hand: the unit must be redone to write it again
+            raise WorkDirError(f"{extra} is missing although {url} says it was written; delete {url} and rerun")
+        also[extra] = {**got, "skipped": True}
+    return {**done, ALSO: also, "skipped": True}

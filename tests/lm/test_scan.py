@@ -386,7 +386,7 @@ def test_worker_killed_mid_scan_then_rerun_gives_the_uninterrupted_output(
     thread.join(240)
     assert not thread.is_alive()
     assert "error" not in outcome, outcome.get("error")
-    assert "  tasks ask for a GPU resource" in said
+    assert "  workers advertise GPU: each task asks for GPU=1" in said
     assert pq.read_table(out).to_pylist() == want
 
     rerun = scan(out, work, procs.address, [])

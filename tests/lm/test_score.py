@@ -352,12 +352,15 @@ def test_names_and_settings():
     assert partitions(0, 4) == []
 
 
-def test_a_local_cluster_for_scoring_has_one_worker_per_gpu_or_one_on_cpu():
+def test_a_local_cluster_for_a_model_stage_has_one_worker_per_gpu_or_the_stages_cpu_workers():
+    from ngram_dask.cluster import stage_cluster
     from ngram_dask.config import load_config
-    from ngram_dask.lm.score import _local_cluster_config
 
-    cpu = load_config(overrides={"score.device": "cpu"})
-    assert _local_cluster_config(cpu).n_workers == 1  # not one per core: each would load the model
-    assert _local_cluster_config(load_config(overrides={"score.device": "cpu", "cluster.n_workers": 3})).n_workers == 3
-    attach = load_config(overrides={"cluster.scheduler": "tcp://h:8786"})
-    assert _local_cluster_config(attach) is attach.cluster
+    cpu = load_config(overrides={"score.device": "cpu"}).cluster
+    assert stage_cluster(cpu, True, "cpu", cpu_workers=1).n_workers == 1  # not one per core: each loads the model
+    assert stage_cluster(cpu, True, "cpu").n_workers is None  # scan on CPU: one worker per core
+    assert stage_cluster(cpu, False, "auto") is cpu  # no model: the cluster as configured
+    three = load_config(overrides={"cluster.n_workers": 3}).cluster
+    assert stage_cluster(three, True, "cpu", cpu_workers=1).n_workers == 3  # the user's choice wins
+    attach = load_config(overrides={"cluster.scheduler": "tcp://h:8786"}).cluster
+    assert stage_cluster(attach, True, "auto", cpu_workers=1) is attach

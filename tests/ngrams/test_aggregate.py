@@ -177,7 +177,7 @@ def test_derived_n_come_out_of_the_top_n_task_exact(exploded_derived, method):
             p.unlink()
     for chunk in range(CHUNKS):
         top = aggregate_chunk(3, chunk, s)
-        results = [top] + aggregate.derived_results(3, chunk, s, skipped=False)
+        results = aggregate.chunk_results(top)
         assert [r["n"] for r in results] == [3, 2, 1]
         for res in results:
             n = res["n"]
@@ -192,5 +192,6 @@ def test_derived_n_come_out_of_the_top_n_task_exact(exploded_derived, method):
             assert json.loads(open(marker_url(str(work), n, chunk)).read())["rows"] == len(want)
         again = aggregate_chunk(3, chunk, s)  # resumed: the derived markers come back as they were
         assert again["skipped"]
-        assert [r["rows"] for r in aggregate.derived_results(3, chunk, s, skipped=True)] == \
-               [r["rows"] for r in results[1:]]
+        again_results = aggregate.chunk_results(again)
+        assert [r["rows"] for r in again_results[1:]] == [r["rows"] for r in results[1:]]
+        assert all(r["skipped"] for r in again_results)

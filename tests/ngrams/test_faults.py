@@ -110,11 +110,11 @@ def test_second_build_on_the_same_database_is_refused(tmp_path, corpus, local_cl
     args = [sys.executable, "-m", "ngram_dask.cli", *_cli_args(tmp_path, corpus, "--scheduler", local_cluster)]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "catalog.duckdb.lock"
-    _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 60, "the first build's lock")
+    _wait_for(lambda: lock.exists() and lock.read_text().strip() == f"{first.pid} build", 60, "the first build's lock")
     second = run_cli(*_cli_args(tmp_path, corpus, "--scheduler", local_cluster))
     assert first.poll() is None, "the first build ended before the second was tried"
     assert second.returncode == 2
-    assert second.stderr.strip() == (f"ngram-dask: error: another ngram-dask build (pid {first.pid}) is "
+    assert second.stderr.strip() == (f"ngram-dask: error: ngram-dask build (pid {first.pid}) is "
                                      f"writing {tmp_path / 'catalog.duckdb'}; wait for it to finish")
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
