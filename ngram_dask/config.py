@@ -120,7 +120,19 @@ class BuildConfig:
     chunks: int = setting(64, "K: n-grams go to chunk id0 % K (aggregated, loaded and exported per chunk)")
     ngrams: list[int] = setting([2, 3], "which n to count: any n whose ids fit one 64-bit key (n <= 4 for 16-bit ids)")
     steps: list[str] = setting(list(STEPS), "steps to run, of " + ", ".join(STEPS))
-    token_dtype: str = setting("auto", "uint16 or uint32; auto reads the dataset's ngram_dask.json, else uint16")
+    token_dtype: str = setting("auto", "uint16 or uint32: how a flat .bin stores ids; auto: MDS reads the "
+                                       "dataset's ngram_dask.json, Megatron/.npy/Parquet their own headers, "
+                                       ".bin takes uint16")
+    input_format: str = setting("auto", "auto (detected from the files), mds, megatron (.bin + .idx), bin "
+                                        "(flat ids), npy or parquet (a list column of ids)")
+    seq_len: int = setting(2048, "stream files (megatron, .bin, .npy) are cut into samples of this many tokens, "
+                                 "from the start of each file, the last one shorter (as MDS samples of "
+                                 "`convert` are): no n-gram crosses a sample")
+    samples: str = setting("seq-len", "seq-len: cut streams into samples of seq_len tokens; documents: each "
+                                      "Megatron document (or Parquet row) is one sample, so no n-gram crosses "
+                                      "a document")
+    token_column: Optional[str] = setting(None, "Parquet: the list column of ids (default: the first of "
+                                                "input_ids, tokens, token_ids)")
     drop_eos: bool = setting(False, "extension: skip n-grams that contain eos_id (document-aware counts)")
     eos_id: int = setting(0, "the token id drop_eos skips")
     verify_hashes: bool = setting(True, "check shard hashes listed in index.json")
@@ -145,6 +157,9 @@ class BuildConfig:
         if unknown:
             raise ConfigError(f"unknown step {unknown[0]!r}; steps are {', '.join(STEPS)}")
         _one_of("build.token_dtype", self.token_dtype, ("auto", "uint16", "uint32"))
+        _one_of("build.input_format", self.input_format, ("auto", "mds", "megatron", "bin", "npy", "parquet"))
+        _one_of("build.samples", self.samples, ("seq-len", "documents"))
+        _at_least("build.seq_len", self.seq_len, 1)
         _one_of("build.aggregate_method", self.aggregate_method, ("auto", "numpy", "duckdb"))
         _one_of("build.count_engine", self.count_engine, ("duckdb", "numpy"))
         if not 0 < self.duckdb_memory_fraction <= 1:
@@ -276,8 +291,10 @@ REQUIRED = {
 
 @dataclass
 class Config:
-    input: Optional[str] = setting(None, "the MDS dataset: a local path or fsspec URL (s3://...); a root index.json, "
-                                          "also one whose shards live in subfolders, or subfolders with their own")
+    input: Optional[str] = setting(None, "the tokenized corpus: a local path or fsspec URL (s3://...), one file, "
+                                          "a folder or a glob: an MDS dataset (a root index.json, also one whose "
+                                          "shards live in subfolders), Megatron .bin/.idx pairs, flat .bin or "
+                                          ".npy token files, or Parquet with a list column of ids")
     work_dir: Optional[str] = setting(None, "intermediate Parquet; every worker must reach it")
     db: Optional[str] = setting(None, "the catalog database (a local DuckDB file)")
     tokenizer: str = setting("EleutherAI/gpt-neox-20b", "hub id or local folder of the tokenizer")

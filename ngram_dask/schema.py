@@ -84,7 +84,8 @@ def check_key_fits(n: int, bits: int) -> None:
         raise ValueError(f"n must be >= 1, got {n}")
     if n * bits > 64:
         raise ValueError(
-            f"{n}-grams of {bits}-bit ids need {n * bits} bits, more than one 64-bit key holds"
+            f"{n}-grams of {bits}-bit ids need {n * bits} bits, more than one 64-bit key holds; "
+            f"ids of {bits} bits fit n <= {64 // bits}"
         )
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from benchkit.corpus import REPO, VOCAB, make_corpus
 
-from ngram_dask.mds import list_shards
+from ngram_dask.inputs import plan_input
 from ngram_dask.ngrams import counting
 from ngram_dask.ngrams.explode import ExplodeSettings, _write_part, counts_table, group_shards, read_group
 
@@ -151,9 +151,9 @@ def main() -> None:
     args = ap.parse_args()
 
     mds, info = make_corpus(Path(args.cache), int(args.tokens), args.shard_mib << 20, False, print, args.real_tokens)
-    shards = list_shards(str(mds))
+    shards = plan_input(str(mds)).pieces
     s = ExplodeSettings(work_dir="", ngrams=(2, 3), chunks=64, vocab_size=VOCAB, token_dtype="uint16")
-    groups = group_shards(shards, s.task_tokens, 2)
+    groups = group_shards(shards, s.task_tokens)
     picks = [groups[i] for i in np.linspace(0, len(groups) - 1, min(args.groups, len(groups))).astype(int)]
     out_dir = tempfile.mkdtemp(prefix="bench-kernels-")
     try:

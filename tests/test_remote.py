@@ -339,3 +339,28 @@ def test_a_scan_records_its_input_without_credentials():
 
     cfg = load_config(overrides={"input": "s3://AKIAEXAMPLE:VerySecret@bucket/mds"})
     assert scan_identity(cfg, "m", "uint16", [])["input"] == "s3://***@bucket/mds"
+
+
+def test_a_megatron_file_on_s3_builds_in_several_tasks_identical_to_local(tmp_path, s3_server, local_cluster):
+    """One .bin/.idx pair on S3, cut into byte-range tasks read with ranged requests."""
+    from helpers_formats import write_megatron_with_megatron
+
+    endpoint, env, fs = s3_server
+    rng = np.random.default_rng(8)
+    stream = rng.integers(0, 5000, 6000).tolist()
+    write_megatron_with_megatron(tmp_path / "pile", [[stream[:2000]], [stream[2000:]]])
+    fs.put(str(tmp_path / "pile.bin"), "ngram/meg/pile.bin")
+    fs.put(str(tmp_path / "pile.idx"), "ngram/meg/pile.idx")
+    common = ["--chunks", "4", "--steps", "explode,aggregate,load", "--seq-len", "256",
+              "--explode-task-tokens", "1024"]
+    local = run_cli("build", "--input", str(tmp_path / "pile.bin"), "--work-dir", str(tmp_path / "lw"),
+                    "--db", str(tmp_path / "local.duckdb"), "--scheduler", local_cluster, *common)
+    assert local.returncode == 0, local.stderr
+    r = run_cli("build", "--input", "s3://ngram/meg", "--work-dir", "s3://ngram/meg-work",
+                "--db", str(tmp_path / "s3.duckdb"), "--s3-endpoint-url", endpoint, "--n-workers", "2",
+                *common, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "explode: 6 piece(s) of input in 6 task(s)" in r.stdout
+    assert len(fs.find("ngram/meg-work/explode/_done")) == 6
+    tables = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
+    assert table_dump(tmp_path / "s3.duckdb", tables) == table_dump(tmp_path / "local.duckdb", tables)

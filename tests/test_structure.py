@@ -20,7 +20,7 @@ from helpers import REPO
 PACKAGE = REPO / "ngram_dask"
 LAYERS = [
     {"errors", "schema", "faults", "tokenizer"},
-    {"config", "storage", "db", "mds"},
+    {"config", "storage", "db", "mds", "inputs"},
     {"runtime", "cluster"},
     {"ngrams", "convert", "lm"},
     {"catalog"},

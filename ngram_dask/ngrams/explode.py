@@ -1,6 +1,8 @@
-"""Stage 1, explode: MDS shards -> partial n-gram counts in Parquet, split by ``id0 % K``.
+"""Stage 1, explode: the input's pieces -> partial n-gram counts in Parquet, split by ``id0 % K``.
 
-Each task takes a *group* of consecutive shards (as many as fit ``task_tokens``),
+A piece (``ngram_dask.inputs``) is an MDS shard, or a byte range of a Megatron, flat
+``.bin``/``.npy`` or Parquet file of about ``task_tokens`` tokens. Each task takes a
+*group* of consecutive pieces (as many as fit ``task_tokens``),
 counts every n-gram inside each sample of all of them at once (sort + run length,
 in numpy), and writes, per n and per chunk, one file::
 
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ngram_dask.mds import ShardRef, ShardTokens, read_shard
+from ngram_dask.inputs import Piece, read_piece
+from ngram_dask.mds import ShardTokens
 from ngram_dask.ngrams import counting
 from ngram_dask.runtime import resumable
 from ngram_dask.storage import atomic_write_parquet, join
@@ -57,9 +60,10 @@ class ExplodeSettings:
 
 @dataclass(frozen=True)
 class ShardGroup:
-    """Consecutive shards exploded by one task; small, so it travels in the task graph."""
+    """Consecutive pieces of input (MDS shards, byte ranges of a token file) exploded by one
+    task; small, so it travels in the task graph."""
 
-    shards: tuple[ShardRef, ...]
+    shards: tuple[Piece, ...]
 
     @property
     def name(self) -> str:
@@ -67,22 +71,22 @@ class ShardGroup:
         return first if len(self.shards) == 1 else f"{first}+{len(self.shards) - 1}"
 
 
-def group_shards(shards: list[ShardRef], task_tokens: int, token_bytes: int) -> list[ShardGroup]:
-    """Consecutive shards, greedily, until the next would pass ``task_tokens`` tokens.
+def group_shards(pieces: list[Piece], task_tokens: int) -> list[ShardGroup]:
+    """Consecutive pieces, greedily, until the next would pass ``task_tokens`` tokens.
 
-    Token counts are estimated from the index's raw byte sizes (an upper bound: headers
-    count too); a shard larger than the budget is a group of its own.
+    A piece's tokens are exact for token files and estimated from the index's raw byte
+    sizes for MDS (an upper bound: headers count too); a piece larger than the budget is
+    a group of its own (token files are cut into pieces of about the budget already).
     """
     groups: list[ShardGroup] = []
-    current: list[ShardRef] = []
+    current: list[Piece] = []
     tokens = 0
-    for ref in shards:
-        est = ref.raw_bytes // max(1, token_bytes)
-        if current and tokens + est > task_tokens:
+    for piece in pieces:
+        if current and tokens + piece.tokens > task_tokens:
             groups.append(ShardGroup(tuple(current)))
             current, tokens = [], 0
-        current.append(ref)
-        tokens += est
+        current.append(piece)
+        tokens += piece.tokens
     if current:
         groups.append(ShardGroup(tuple(current)))
     return groups
@@ -140,8 +144,8 @@ def _workspace(tokens: int) -> np.ndarray:
 
 
 def read_group(group: ShardGroup, s: ExplodeSettings) -> ShardTokens:
-    """Every sample of the group's shards, concatenated (boundaries kept: n-grams never cross them)."""
-    parts = [read_shard(ref, s.token_dtype, s.vocab_size, s.verify_hashes) for ref in group.shards]
+    """Every sample of the group's pieces, concatenated (boundaries kept: n-grams never cross them)."""
+    parts = [read_piece(piece, s.vocab_size, s.verify_hashes) for piece in group.shards]
     if len(parts) == 1:
         return parts[0]
     tokens = np.concatenate([p.tokens for p in parts])
@@ -194,6 +198,6 @@ def explode_group(group: ShardGroup, s: ExplodeSettings) -> dict:
     return stats
 
 
-def explode_shard(shard: ShardRef, s: ExplodeSettings) -> dict:
-    """One shard as a group of its own (tests and tools that explode a single shard)."""
-    return explode_group(ShardGroup((shard,)), s)
+def explode_shard(piece: Piece, s: ExplodeSettings) -> dict:
+    """One piece as a group of its own (tests and tools that explode a single shard)."""
+    return explode_group(ShardGroup((piece,)), s)

@@ -21,7 +21,7 @@ from ngram_dask.cluster import package_versions
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, table_names
 from ngram_dask.errors import BadInputError
-from ngram_dask.mds import ShardRef, list_shards, resolve_token_dtype
+from ngram_dask.inputs import InputPlan, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
@@ -63,12 +63,14 @@ def build_identity(cfg: Config) -> dict[str, str]:
     }
 
 
-def work_dir_manifest(cfg: Config, shards: list[ShardRef], token_dtype: str) -> Manifest:
+def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
     """What the work dir's intermediate results depend on: another input or layout is refused."""
     identity = {
         **build_identity(cfg),
-        "token_dtype": token_dtype,
-        "shards": [[s.basename, s.samples, s.raw_bytes] for s in shards],
+        "token_dtype": plan.token_dtype,
+        "input_format": plan.format,
+        "samples": plan.samples,
+        "shards": [piece.identity() for piece in plan.pieces],
         # Part files are named after their shard group: another grouping must not mix in.
         "explode_task_tokens": cfg.build.explode_task_tokens,
         # The n whose part files hold only the samples' last n-grams.
@@ -89,11 +91,11 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
 
-    shards = list_shards(cfg.input)
-    if not shards or sum(s.samples for s in shards) == 0:
-        raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: no samples in {len(shards)} shard(s)")
+    plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
+                      samples=b.samples, token_column=b.token_column, task_tokens=b.explode_task_tokens)
+    shards = plan.pieces
     report.shards = len(shards)
-    token_dtype = resolve_token_dtype(b.token_dtype, cfg.input)
+    token_dtype = plan.token_dtype
     tokenizer = None
     if "catalog" in b.steps:  # fail before hours of work, not after
         from ngram_dask.tokenizer import load_tokenizer
@@ -141,7 +143,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
 
     ctx = run_stage(Stage(
         name="build", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-        manifest=work_dir_manifest(cfg, shards, token_dtype),
+        manifest=work_dir_manifest(cfg, plan),
         db=cfg.db, db_identity=identity, db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir),
     ), announce)
     report.dashboard = ctx.dashboard
@@ -174,10 +176,9 @@ def _explode_step(shards, xs: ExplodeSettings, steps, announce) -> Step:
     """A Dask bag of shard groups (descriptors, never data): one partition, one task, per group."""
     import dask.bag as db
 
-    token_bytes = 4 if xs.token_dtype == "uint32" else 2
-    groups = group_shards(shards, xs.task_tokens, token_bytes)
+    groups = group_shards(shards, xs.task_tokens)
     if "explode" in steps:
-        announce(f"explode: {len(shards)} shard(s) in {len(groups)} task(s) -> {xs.chunks} chunk(s), "
+        announce(f"explode: {len(shards)} piece(s) of input in {len(groups)} task(s) -> {xs.chunks} chunk(s), "
                  f"n = {', '.join(map(str, xs.ngrams))}")
 
     def submit(client, todo):

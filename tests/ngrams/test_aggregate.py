@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ngram_dask.mds import list_shards
+from ngram_dask.inputs import plan_input
 from ngram_dask.ngrams import aggregate, counting
 from ngram_dask.ngrams.aggregate import AggregateSettings, aggregate_chunk, marker_url
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_shard
@@ -37,7 +37,7 @@ def exploded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agg")
     samples = _samples(1) + [[5, 5, 5, 5, 5, 5], [0], [1, 2]]
     mds = write_mds(tmp / "mds", samples, size_limit=1200)  # small shards: several partials per chunk
-    shards = list_shards(str(mds))
+    shards = plan_input(str(mds)).pieces
     assert 3 <= len(shards) <= 8, len(shards)
     xs = ExplodeSettings(work_dir=str(tmp / "work"), ngrams=(1, 2, 3), chunks=CHUNKS,
                          vocab_size=512, token_dtype="uint16")
@@ -161,7 +161,7 @@ def exploded_derived(tmp_path_factory):
     assert derived == (1, 2)
     xs = ExplodeSettings(work_dir=str(tmp / "work"), ngrams=ns, chunks=CHUNKS, vocab_size=512,
                          token_dtype="uint16", derived=derived)
-    for ref in list_shards(str(mds)):
+    for ref in plan_input(str(mds)).pieces:
         explode_shard(ref, xs)
     return tmp, samples, derived
 

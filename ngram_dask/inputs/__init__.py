@@ -1,0 +1,141 @@
+"""The corpora a build reads, as *pieces*: small descriptors of about ``task_tokens`` tokens
+that a worker turns into samples (``ShardTokens``: token ids and sample boundaries).
+
+======== ====================================== ================================== ==========================
+format   files                                  a piece is                         samples
+======== ====================================== ================================== ==========================
+mds      index.json + shards (``convert``'s)    one shard                          MDS samples
+megatron <name>.idx + <name>.bin (MMIDIDX)      a byte range of the .bin           seq_len cuts, or documents
+bin      raw little-endian ids (token_dtype)    a byte range                       seq_len cuts
+npy      a 1-D integer .npy                     a byte range after the header      seq_len cuts
+parquet  a list column of integer ids           consecutive row groups             one row each
+======== ====================================== ================================== ==========================
+
+A stream file (megatron in ``seq-len`` mode, ``.bin``, ``.npy``) is all of its tokens in
+order, cut into samples of ``seq_len`` tokens from the start of each file, the last one
+shorter: the same stream written as MDS samples of ``seq_len`` tokens gives the same
+samples, so the same catalog. ``samples="documents"`` makes each Megatron document (the
+sequences between two document indices) one sample; Parquet rows are samples either way,
+and MDS, ``.bin`` and ``.npy`` have no documents (refused in one line).
+
+Pieces of a stream file start and end on sample boundaries and are read with ranged
+reads: no worker reads a whole file, and no byte is read by two pieces. Every error is a
+one-line ``BadInputError`` naming the file (and the sample, document or offset).
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ngram_dask.errors import BadInputError, ConfigError
+from ngram_dask.inputs import flat, megatron, parquet
+from ngram_dask.inputs.base import FORMATS, InputPlan, Piece, ShardTokens, checked
+from ngram_dask.storage import get_fs, is_local, redact_url
+
+__all__ = ["FORMATS", "InputPlan", "Piece", "ShardTokens", "detect_format", "plan_input", "read_piece"]
+
+_SUFFIX = {".bin": "bin", ".npy": "npy", ".parquet": "parquet", ".idx": "megatron"}
+
+
+def _url(fs, url: str, path: str) -> str:
+    if is_local(url):
+        return path
+    return f"{url.split('://', 1)[0]}://{path}"
+
+
+def _files(url: str) -> tuple[list[str], bool]:
+    """``(data files, mds)``: the sorted files of a file, folder or glob; ``mds`` when it is an MDS root."""
+    fs, path = get_fs(url)
+    if any(c in path for c in "*?["):
+        found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        if not found:
+            raise BadInputError(f"input dataset not found: {redact_url(url)} matches no file")
+        return [_url(fs, url, p) for p in found], False
+    if not fs.exists(path):
+        raise BadInputError(f"input dataset not found: {redact_url(url)}")
+    if fs.isfile(path):
+        return [url], posixpath.basename(path) == "index.json"
+    if fs.exists(posixpath.join(path, "index.json")) or fs.glob(posixpath.join(path, "*", "index.json")):
+        return [], True
+    found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
+    return [_url(fs, url, p) for p in found], False
+
+
+def _with_indexes(files: list[str]) -> list[str]:
+    """A ``.bin`` named alone (a file, a glob) brings its Megatron ``.idx`` when one lies beside it."""
+    have = set(files)
+    out = list(files)
+    for f in files:
+        if f.endswith(".bin") and f[:-4] + ".idx" not in have:
+            fs, path = get_fs(f)
+            if fs.exists(path[:-4] + ".idx"):
+                out.append(f[:-4] + ".idx")
+    return sorted(out)
+
+
+def detect_format(files: list[str]) -> str:
+    """The one format of these files; a mixed or unknown set is a one-line error naming a file."""
+    kinds: dict[str, str] = {}
+    stems_idx = {f[:-4] for f in files if f.endswith(".idx")}
+    for f in files:
+        suffix = posixpath.splitext(f)[1].lower()
+        if suffix not in _SUFFIX:
+            raise BadInputError(f"{redact_url(f)} is not a file ngram-dask reads (.bin/.idx, .npy, .parquet "
+                                "or an MDS index.json); pass --input-format, or remove it from the input")
+        kind = _SUFFIX[suffix]
+        if kind == "bin" and f[:-4] in stems_idx:
+            kind = "megatron"
+        kinds.setdefault(kind, f)
+    if not kinds:
+        raise BadInputError("the input holds no data files")
+    if len(kinds) > 1:
+        (a, fa), (b, fb) = sorted(kinds.items())[:2]
+        raise BadInputError(f"the input mixes formats: {redact_url(fa)} is {a}, {redact_url(fb)} is {b}; "
+                            "give one format (a folder or glob of one kind)")
+    return next(iter(kinds))
+
+
+def plan_input(url: str, *, input_format: str = "auto", token_dtype: str = "auto", seq_len: int = 2048,
+               samples: str = "seq-len", token_column: str | None = None,
+               task_tokens: int = 34_000_000) -> InputPlan:
+    """The pieces of ``url`` (a local path or fsspec URL: one file, a folder or a glob)."""
+    if input_format not in ("auto",) + FORMATS:
+        raise ConfigError(f"unknown input format {input_format!r}: use auto, {', '.join(FORMATS)}")
+    files, is_mds = _files(url)
+    if input_format in ("auto", "megatron"):
+        files = _with_indexes(files)
+    fmt = input_format
+    if fmt == "auto":
+        # MDS shard files without an index: the MDS reader says what is missing
+        shards_only = any(".mds" in posixpath.basename(f) for f in files)
+        fmt = "mds" if is_mds or shards_only else detect_format(files)
+    if samples == "documents" and fmt in ("mds", "bin", "npy"):
+        raise ConfigError(f"--samples documents needs documents: {fmt} input has none (Megatron and Parquet do); "
+                          "use --samples seq-len")
+    if fmt == "mds":
+        from ngram_dask.inputs import mds
+
+        return mds.plan(url, token_dtype)
+    if fmt == "megatron":
+        bins = sorted({f[:-4] + ".bin" for f in files if f.endswith((".idx", ".bin"))})
+        return megatron.plan(bins, seq_len, samples, task_tokens)
+    if fmt in ("bin", "npy"):
+        chosen = [f for f in files if f.lower().endswith("." + fmt)]
+        return flat.plan(chosen, fmt, token_dtype, seq_len, task_tokens)
+    chosen = [f for f in files if f.lower().endswith(".parquet")]
+    return parquet.plan(chosen, token_column, samples, task_tokens)
+
+
+def read_piece(piece: Piece, vocab_size: int | None = None, verify_hashes: bool = True) -> ShardTokens:
+    """The samples of one piece, ids checked against ``vocab_size``."""
+    if piece.format == "mds":
+        from ngram_dask.inputs import mds
+
+        return mds.read(piece, vocab_size, verify_hashes)
+    if piece.format == "megatron":
+        data = megatron.read(piece)
+    elif piece.format in ("bin", "npy"):
+        data = flat.read(piece)
+    else:
+        data = parquet.read(piece)
+    return checked(piece, data, vocab_size)
