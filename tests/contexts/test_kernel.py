@@ -50,7 +50,8 @@ def test_find_is_every_occurrence(seed, n):
     ptuples = [tuple(int(c[i]) for c in p.ids) for i in range(len(p))]
     for exclude in (None, 0):
         occ = kernel.find(tokens, offsets, p, vocab, exclude)
-        got = sorted((ptuples[pr], int(s), int(pos - offsets[s])) for pr, pos, s in zip(occ.prompt, occ.pos, occ.sample))
+        got = sorted((ptuples[pr], int(s), int(pos - offsets[s]))
+                     for pr, pos, s in zip(occ.prompt, occ.pos, occ.sample))
         want = sorted((pt, s, i) for pt, s, i, _ in oracle_occurrences(samples, set(ptuples), n, exclude))
         assert got == want
 

@@ -1,0 +1,238 @@
+"""The client of ``ngram-dask contexts``: check, plan, run the pieces, write.
+
+Written in the style of today's ``lm/scan.py`` (markers read here, ``runtime.map_tasks``,
+parts in Parquet, one writer transaction); the stage's parts are separate functions
+(``plan``, the task ``task.contexts_piece``, the writer ``write.ContextsWriter``) so it
+maps onto a declared ``runtime`` stage one to one.
+
+Before any work: the database must be an ngram-dask catalog with top tables; the input
+is the one ``catalog_info`` recorded (``--input``, when given, must be that one) and
+must have its shards and samples; the settings and the prompts name the contexts dir
+(``<work dir>/contexts-<digest>``), so parts of other settings never mix. When the
+database already holds contexts of these settings and prompts, nothing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from ngram_dask.config import Config
+from ngram_dask.contexts.pieces import Piece, make_pieces
+from ngram_dask.contexts.task import ContextsSettings, contexts_piece, marker_url, prompts_table
+from ngram_dask.contexts.write import ContextsWriter
+from ngram_dask.db import check_existing, connect, read_info, read_only, table_names, writer_lock
+from ngram_dask.errors import BadInputError, DatabaseError
+from ngram_dask.mds import list_shards
+from ngram_dask.runtime import DiskFull, Progress, map_tasks
+from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
+from ngram_dask.storage import atomic_write_parquet, join, read_marker, redact_url, use_storage, write_marker
+
+Announce = Callable[[str], None]
+
+
+@dataclass
+class ContextsReport:
+    pieces: int = 0
+    skipped: int = 0
+    tokens: int = 0
+    occurrences: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    prompts: dict[str, int] = field(default_factory=dict)
+    present: bool = False  # the database held these contexts already: nothing ran
+    dir: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    db: str
+    input: str
+    settings: ContextsSettings
+    identity: dict  # what the database's contexts must have been written with
+    prompts: pa.Table
+    sum_counts: np.ndarray
+    pieces: list[Piece]
+    present: bool
+
+
+def default_work_dir(db: str) -> str:
+    base = db[:-len(".duckdb")] if db.endswith(".duckdb") else db
+    return base + ".contexts-work"
+
+
+def _read_prompts(db: str, con, info: dict) -> tuple[pa.Table, np.ndarray, dict[str, int]]:
+    tables = table_names(con)
+    tops = [n for n in TOP_NGRAMS if top_table(n) in tables]
+    if not tops:
+        raise DatabaseError(f"database {db} has no top tables ({', '.join(top_table(n) for n in TOP_NGRAMS)}): "
+                            "run `ngram-dask build --tokenizer ...` with its catalog step first")
+    from ngram_dask.contexts.kernel import Prompts
+
+    bits = int(int(info["vocab_size"]) - 1).bit_length()
+    families, sums, sizes = {}, [], {}
+    for n in tops:
+        ids = ", ".join(f"id{j}" for j in range(n - 1))
+        rows = con.execute(f"SELECT {ids}, id{n - 1}, sum_count FROM {top_table(n)} ORDER BY {ids}").fetchnumpy()
+        families[n] = Prompts(n, tuple(np.asarray(rows[f"id{j}"], np.int64) for j in range(n - 1)),
+                              np.asarray(rows[f"id{n - 1}"], np.int64), bits)
+        sums.append(np.asarray(rows["sum_count"], np.int64))
+        sizes[top_table(n)] = len(families[n])
+    return prompts_table(families), np.concatenate(sums), sizes
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
+    """Everything checked before any work: database, input, prompts, settings, pieces."""
+    db = cfg.db
+    info = check_existing(db)
+    if info is None:
+        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build` first")
+    if not info or "input" not in info:
+        raise DatabaseError(f"database {db} holds no build: run `ngram-dask build` first")
+    recorded = info["input"]
+    if cfg.input and redact_url(cfg.input) != recorded:
+        raise DatabaseError(f"database {db} was built from input {recorded}, not {redact_url(cfg.input)}: "
+                            "give the build's input (or leave --input out)")
+    source = cfg.input or recorded
+    if "***@" in source:
+        raise DatabaseError(f"database {db} records its input without credentials ({recorded}): give it as --input")
+    with read_only(db) as con:
+        prompts, sum_counts, sizes = _read_prompts(db, con, info)
+        have_tables = CONTEXTS in table_names(con)
+    shards = list_shards(source)
+    samples = sum(r.samples for r in shards)
+    if str(len(shards)) != info.get("shards") or str(samples) != info.get("samples"):
+        raise DatabaseError(f"the input {redact_url(source)} has {len(shards)} shard(s) and {samples:,} samples; "
+                            f"database {db} was built from {info.get('shards')} shard(s) and "
+                            f"{int(info.get('samples', 0)):,} samples: the input changed since the build")
+    c = cfg.contexts
+    token_dtype = info.get("token_dtype") or "uint16"
+    drop_eos = json.loads(info.get("drop_eos", "false"))
+    prompt_digest = hashlib.sha256(b"".join(
+        np.ascontiguousarray(prompts.column(k).to_numpy(zero_copy_only=False)).tobytes()
+        for k in ("n", "id0", "expected")) + np.asarray(
+        prompts.column("id1").fill_null(-1).to_numpy(), np.int64).tobytes()).hexdigest()
+    identity = {"input": recorded, "seed": c.seed, "per_task": c.per_task, "before": c.before, "after": c.after,
+                "drop_eos": drop_eos, "eos_id": cfg.build.eos_id if drop_eos else None,
+                "prompts": prompt_digest[:16]}
+    present = have_tables and _recorded(info) == identity
+    task_tokens = cfg.build.explode_task_tokens
+    work = cfg.work_dir or default_work_dir(db)
+    digest = _digest({**identity, "task_tokens": task_tokens, "token_dtype": token_dtype,
+                      "shards": [[r.basename, r.samples, r.raw_bytes] for r in shards]})[:12]
+    settings = ContextsSettings(
+        dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
+        per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
+        eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
+    pieces = make_pieces(shards, task_tokens, 4 if token_dtype == "uint32" else 2)
+    return Plan(db, source, settings, identity, prompts, sum_counts, pieces, present), sizes
+
+
+def _recorded(info: dict) -> dict | None:
+    try:
+        got = json.loads(info.get(CONTEXTS_INFO) or "null")
+    except json.JSONDecodeError:
+        return None
+    return {k: got.get(k) for k in ("input", "seed", "per_task", "before", "after", "drop_eos", "eos_id",
+                                    "prompts")} if isinstance(got, dict) else None
+
+
+def _prepare_dir(p: Plan) -> None:
+    """The contexts dir's manifest and prompts, written once (before any task reads them)."""
+    s = p.settings
+    if read_marker(join(s.dir, "manifest.json")) is None:
+        atomic_write_parquet(s.prompts_url, p.prompts, compression="zstd")
+        write_marker(join(s.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]})
+
+
+def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
+    from ngram_dask.cluster import check_worker_access, get_client, install_storage_options, performance_report
+
+    cfg.check("contexts")
+    options = use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
+    p, sizes = plan(cfg)
+    report = ContextsReport(pieces=len(p.pieces), prompts=sizes, dir=p.settings.dir)
+    prompts_line = ", ".join(f"{t} {k:,}" for t, k in sizes.items())
+    if p.present:
+        report.present = True
+        with read_only(p.db) as con:
+            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
+        announce(f"contexts: {p.db} holds them already ({report.rows:,} examples of {prompts_line} prompts, "
+                 f"seed {p.identity['seed']}): nothing to do")
+        return report
+    s = p.settings
+    with writer_lock(p.db):
+        _prepare_dir(p)
+        stats: dict[str, dict] = {}
+        for piece in p.pieces:
+            m = read_marker(marker_url(s, piece.name))
+            if m is not None:
+                stats[piece.name] = m
+        todo = [x for x in p.pieces if x.name not in stats]
+        report.skipped = len(p.pieces) - len(todo)
+        announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
+                 f"{len(p.pieces)} piece(s) of {redact_url(p.input)} ({report.skipped} already done) -> {s.dir}")
+        t0 = time.perf_counter()
+        if todo:
+            with get_client(cfg.cluster, announce) as client, performance_report(cfg.cluster.performance_report):
+                install_storage_options(client, options)
+                check_worker_access(client, p.input, s.dir)
+                progress = Progress("contexts", len(todo), "pieces", announce)
+                disk = DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)")
+                for res in map_tasks(client, contexts_piece, todo, disk, s=s):
+                    stats[res["piece"]] = res
+                    progress.step(tokens=res.get("tokens", 0))
+        report.seconds["contexts"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        con = connect(p.db)
+        try:
+            writer = ContextsWriter(con, s, p.prompts, p.sum_counts)
+            for piece in p.pieces:
+                writer.add(stats[piece.name])
+            _tally(report, stats.values())
+            info = read_info(con)
+            if str(report.tokens) != info.get("tokens"):
+                raise BadInputError(f"the input holds {report.tokens:,} tokens, database {p.db} counted "
+                                    f"{int(info.get('tokens', 0)):,}: it was built from other data")
+            writer.check_counts(p.db)
+            report.rows = writer.commit({**p.identity, "pieces": len(p.pieces)})
+        finally:
+            con.close()
+        report.seconds["write"] = time.perf_counter() - t0
+    announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
+    return report
+
+
+def _tally(report: ContextsReport, stats) -> None:
+    for m in stats:
+        report.tokens += int(m["tokens"])
+        for n, v in m["occurrences"].items():
+            report.occurrences[n] = report.occurrences.get(n, 0) + int(v)
+
+
+def summary_lines(report: ContextsReport) -> list[str]:
+    lines = ["", "summary:"]
+    if report.present:
+        return lines + [f"  contexts already present: {report.rows:,} examples (nothing ran)"]
+    lines.append(f"  pieces {report.pieces} ({report.skipped} already done), tokens {report.tokens:,}")
+    for n, v in sorted(report.occurrences.items()):
+        lines.append(f"  {top_table(int(n)):<13} {report.prompts.get(top_table(int(n)), 0):>10,} prompts, "
+                     f"{v:,} occurrences")
+    lines.append(f"  examples      {report.rows:>10,}")
+    for stage, sec in report.seconds.items():
+        lines.append(f"  {stage:<13} {sec:8.2f} s")
+    sec = report.seconds.get("contexts", 0)
+    if sec and report.tokens and report.skipped < report.pieces:
+        lines.append(f"  {report.tokens / sec / 1e6:.2f}M tokens/s")
+    return lines
+
