@@ -1,9 +1,11 @@
 """The client of ``ngram-dask contexts``: check, plan, run the pieces, write.
 
-Written in the style of today's ``lm/scan.py`` (markers read here, ``runtime.map_tasks``,
-parts in Parquet, one writer transaction); the stage's parts are separate functions
-(``plan``, the task ``task.contexts_piece``, the writer ``write.ContextsWriter``) so it
-maps onto a declared ``runtime`` stage one to one.
+A stage of the runtime (``runtime.run_stage``): it checks and claims the contexts dir's
+manifest, holds the database's single writer, starts the cluster only when a piece is
+left to do and skips pieces whose marker exists. This module declares the rest: the
+``plan`` (checked before any work), one step of pieces (the task
+``task.contexts_piece``), and the writer (``write.ContextsWriter``), which merges each
+piece's parts as its result arrives and writes everything in one transaction at the end.
 
 Before any work: the database must be an ngram-dask catalog with top tables; the input
 is the one ``catalog_info`` recorded (``--input``, when given, must be that one) and
@@ -25,14 +27,14 @@ import pyarrow as pa
 
 from ngram_dask.config import Config
 from ngram_dask.contexts.pieces import Piece, make_pieces
-from ngram_dask.contexts.task import ContextsSettings, contexts_piece, marker_url, prompts_table
+from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
-from ngram_dask.db import check_existing, connect, read_info, read_only, table_names, writer_lock
+from ngram_dask.db import check_existing, read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
 from ngram_dask.mds import list_shards
-from ngram_dask.runtime import DiskFull, Progress, map_tasks
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
-from ngram_dask.storage import atomic_write_parquet, join, read_marker, redact_url, use_storage, write_marker
+from ngram_dask.storage import atomic_write_parquet, join, read_marker, redact_url, use_storage
 
 Announce = Callable[[str], None]
 
@@ -147,19 +149,17 @@ def _recorded(info: dict) -> dict | None:
                                     "prompts")} if isinstance(got, dict) else None
 
 
-def _prepare_dir(p: Plan) -> None:
-    """The contexts dir's manifest and prompts, written once (before any task reads them)."""
-    s = p.settings
-    if read_marker(join(s.dir, "manifest.json")) is None:
-        atomic_write_parquet(s.prompts_url, p.prompts, compression="zstd")
-        write_marker(join(s.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]})
+def _write_prompts(p: Plan) -> None:
+    """The prompts every task reads, written once into the contexts dir (before any task runs)."""
+    if read_marker(join(p.settings.dir, "manifest.json")) is None:
+        atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd")
 
 
 def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
-    from ngram_dask.cluster import check_worker_access, get_client, install_storage_options, performance_report
-
+    """Plan, then one runtime stage: a step of pieces whose results the single writer merges
+    as they arrive and writes in one transaction when all are in."""
     cfg.check("contexts")
-    options = use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
+    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
     p, sizes = plan(cfg)
     report = ContextsReport(pieces=len(p.pieces), prompts=sizes, dir=p.settings.dir)
     prompts_line = ", ".join(f"{t} {k:,}" for t, k in sizes.items())
@@ -171,44 +171,36 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
                  f"seed {p.identity['seed']}): nothing to do")
         return report
     s = p.settings
-    with writer_lock(p.db):
-        _prepare_dir(p)
-        stats: dict[str, dict] = {}
-        for piece in p.pieces:
-            m = read_marker(marker_url(s, piece.name))
-            if m is not None:
-                stats[piece.name] = m
-        todo = [x for x in p.pieces if x.name not in stats]
-        report.skipped = len(p.pieces) - len(todo)
+
+    def steps(ctx: StageContext):
+        _write_prompts(p)
+        writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts)
         announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
-                 f"{len(p.pieces)} piece(s) of {redact_url(p.input)} ({report.skipped} already done) -> {s.dir}")
-        t0 = time.perf_counter()
-        if todo:
-            with get_client(cfg.cluster, announce) as client, performance_report(cfg.cluster.performance_report):
-                install_storage_options(client, options)
-                check_worker_access(client, p.input, s.dir)
-                progress = Progress("contexts", len(todo), "pieces", announce)
-                disk = DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)")
-                for res in map_tasks(client, contexts_piece, todo, disk, s=s):
-                    stats[res["piece"]] = res
-                    progress.step(tokens=res.get("tokens", 0))
-        report.seconds["contexts"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        con = connect(p.db)
-        try:
-            writer = ContextsWriter(con, s, p.prompts, p.sum_counts)
-            for piece in p.pieces:
-                writer.add(stats[piece.name])
-            _tally(report, stats.values())
-            info = read_info(con)
+                 f"{len(p.pieces)} piece(s) of {redact_url(p.input)} -> {s.dir}")
+
+        def finish(stats: list[dict], ctx: StageContext) -> None:
+            report.skipped = ctx.skipped["contexts"]
+            report.seconds["contexts"] = ctx.seconds["contexts"]
+            t0 = time.perf_counter()
+            _tally(report, stats)
+            info = read_info(ctx.db())
             if str(report.tokens) != info.get("tokens"):
                 raise BadInputError(f"the input holds {report.tokens:,} tokens, database {p.db} counted "
                                     f"{int(info.get('tokens', 0)):,}: it was built from other data")
             writer.check_counts(p.db)
             report.rows = writer.commit({**p.identity, "pieces": len(p.pieces)})
-        finally:
-            con.close()
-        report.seconds["write"] = time.perf_counter() - t0
+            report.seconds["write"] = time.perf_counter() - t0
+
+        yield Step("contexts", p.pieces, contexts_piece, args=lambda piece: (piece, s), unit="pieces",
+                   disk=DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)"),
+                   on_result=lambda stats, ctx: writer.add(stats), finish=finish)
+
+    run_stage(Stage(
+        name="contexts", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
+        manifest=Manifest(join(s.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]},
+                          f"contexts dir {s.dir}"),
+        db=p.db, access=(p.input, s.dir),
+    ), announce)
     announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
     return report
 
