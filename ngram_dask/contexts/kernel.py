@@ -7,9 +7,10 @@ against a brute-force oracle (``tests/contexts/test_kernel.py``).
 at ``i`` lies inside the sample, its first ``n - 1`` ids are the prompt and (with
 ``drop_eos``) none of its ``n`` ids is the EOS id: exactly the n-grams that the prompt's
 ``sum_count`` counts. They are found in one vectorised pass per family: for n = 2 a
-lookup table indexed by id, for n = 3 a lookup table of first ids, then
-``np.searchsorted`` of the packed two-id keys of those candidates in the prompts' sorted
-keys. No Python loop runs per position.
+lookup table indexed by id, for n = 3 a hashed filter of every position's packed two-id
+key (``Prompts.filter``), then ``np.searchsorted`` of the few left in the prompts'
+sorted keys. No Python loop runs
+per position.
 
 *Choice.* Every occurrence gets a priority, a 64-bit hash (splitmix64) of ``(seed, n,
 file, sample in file, offset in sample)``: it depends on nothing but the occurrence, so
@@ -22,6 +23,7 @@ broken by the location, so the order is total.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +73,7 @@ def priorities(sample_hash: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 # --- prompts -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prompts:
     """The prompts of one family: ``n`` (2 or 3), their ids (``ids[j]`` is column ``id{j}``,
     sorted by the ids), packed into ``keys`` (``bits`` per id, ``id0`` first), and the
@@ -101,6 +103,17 @@ class Prompts:
     def __len__(self) -> int:
         return len(self.expected)
 
+    @functools.cached_property
+    def filter(self) -> tuple[int, np.ndarray]:
+        """``(shift, table)``: ``table[(key * golden) >> shift]`` is True for every prompt's key
+        and for few others (a one-hash Bloom filter of at least 64 slots per prompt, at most
+        64 MiB), so only those candidates pay for the binary search."""
+        bits = min(26, max(20, int(64 * max(len(self), 1) - 1).bit_length()))
+        table = np.zeros(1 << bits, bool)
+        with np.errstate(over="ignore"):
+            table[(self.keys * U64(_GOLDEN)) >> U64(64 - bits)] = True
+        return 64 - bits, table
+
     @classmethod
     def make(cls, n: int, ids, expected, bits: int) -> "Prompts":
         """Prompts from unsorted columns (sorted here)."""
@@ -122,27 +135,47 @@ class Occurrences:
     sample: np.ndarray
 
 
-def _lookup(tokens: np.ndarray, width: int, p: Prompts, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(tokens: np.ndarray, width: int, p: Prompts, vocab: int,
+            workspace: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(candidate positions, their prompt index) where the first n-1 ids are a prompt."""
-    first = np.zeros(max(vocab, int(p.ids[0].max()) + 1 if len(p) else 1), bool)
     if p.n == 2:
-        index = np.full(len(first), -1, np.int32)
-        index[p.ids[0]] = np.arange(len(p), dtype=np.int32)
-        hit = index[tokens[:width]]
-        pos = np.flatnonzero(hit >= 0)
-        return pos, hit[pos].astype(np.int64)
-    first[p.ids[0]] = True
-    pos = np.flatnonzero(first[tokens[:width]])
+        first = np.zeros(max(vocab, int(p.ids[0].max()) + 1), bool)
+        first[p.ids[0]] = True
+        pos = np.flatnonzero(first[tokens[:width]])
+        index = np.full(len(first), -1, np.int64)
+        index[p.ids[0]] = np.arange(len(p))
+        return pos, index[tokens[pos]]
+    # Every position's packed key, hashed in place (contiguous passes, no gathers by index),
+    # through the filter; the few positions left are looked up exactly.
+    shift, table = p.filter
+    if workspace is not None and len(workspace) >= width and workspace.dtype == U64:
+        h = workspace[:width]  # a buffer kept between tasks: no page faults for a fresh array
+        h[...] = tokens[:width]
+    else:
+        h = tokens[:width].astype(U64)
+    h <<= U64(p.bits)
+    h |= tokens[1:width + 1]
+    with np.errstate(over="ignore"):
+        h *= U64(_GOLDEN)
+    h >>= U64(shift)
+    pos = np.flatnonzero(table[h])
+    del h
     key = (tokens[pos].astype(U64) << U64(p.bits)) | tokens[pos + 1].astype(U64)
     keys = p.keys
     j = np.searchsorted(keys, key)
     j[j == len(keys)] = 0
     ok = keys[j] == key
-    return pos[ok], j[ok].astype(np.int64)
+    return pos[ok], j[ok]
+
+
+def _samples_of(pos: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The sample of each (ascending) position: O(samples log positions + positions)."""
+    ends = np.searchsorted(pos, offsets[1:], side="left")
+    return np.repeat(np.arange(len(offsets) - 1), np.diff(np.concatenate(([0], ends))))
 
 
 def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
-         exclude_id: int | None = None) -> Occurrences:
+         exclude_id: int | None = None, workspace: np.ndarray | None = None) -> Occurrences:
     """Every occurrence of the prompts ``p`` in the samples ``tokens[offsets[s]:offsets[s+1]]``
     that is followed by a token inside its sample (and, with ``exclude_id``, whose n-gram
     does not contain that id)."""
@@ -152,8 +185,8 @@ def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
     if total < n or len(p) == 0:
         return empty
     width = total - n + 1  # positions whose n-gram fits the concatenation
-    pos, prompt = _lookup(tokens, width, p, vocab)
-    sample = np.searchsorted(offsets, pos, side="right") - 1
+    pos, prompt = _lookup(tokens, width, p, vocab, workspace)
+    sample = _samples_of(pos, offsets)
     ok = pos + (n - 1) < offsets[sample + 1]  # the next token is inside the sample
     if exclude_id is not None:
         for j in range(n):
@@ -228,12 +261,14 @@ class Found:
 
 
 def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np.ndarray, p: Prompts,
-         vocab: int, k: int, seed: int, before: int, after: int, exclude_id: int | None = None) -> Found:
+         vocab: int, k: int, seed: int, before: int, after: int, exclude_id: int | None = None,
+         workspace: np.ndarray | None = None) -> Found:
     """Count every occurrence of ``p``'s prompts in the piece and keep the ``k`` of smallest
     priority per prompt. ``files[s]`` and ``samples[s]``: where sample ``s`` of the piece
-    comes from (file index in the dataset, sample index in that file)."""
+    comes from (file index in the dataset, sample index in that file). ``workspace``: an
+    optional uint64 buffer of at least ``len(tokens)`` entries, reused between calls."""
     offsets = np.asarray(offsets, np.int64)
-    occ = find(tokens, offsets, p, vocab, exclude_id)
+    occ = find(tokens, offsets, p, vocab, exclude_id, workspace)
     counts = np.bincount(occ.prompt, minlength=len(p)).astype(np.int64)
     in_sample = occ.pos - offsets[occ.sample]
     prio = priorities(sample_hashes(seed, p.n, files, samples)[occ.sample], in_sample)

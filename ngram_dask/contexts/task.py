@@ -15,6 +15,7 @@ Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +154,18 @@ def _table(cols: dict[str, list], types: dict) -> pa.Table:
                      for name, arrays in cols.items()}, schema=pa.schema(list(types.items())))
 
 
+# One key buffer per worker thread, kept between tasks (as the explode's): a fresh 270 MB
+# array per task costs as much in page faults as the pass that fills it.
+_workspaces = threading.local()
+
+
+def _workspace(tokens: int) -> np.ndarray:
+    buf = getattr(_workspaces, "keys", None)
+    if buf is None or len(buf) < tokens:
+        buf = _workspaces.keys = np.empty(tokens, np.uint64)
+    return buf
+
+
 @resumable(lambda piece, s: marker_url(s, piece.name))
 def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
     """Count and choose the examples of one piece; write its parts; return its statistics."""
@@ -160,7 +173,8 @@ def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
     data = read_piece(piece, s.token_dtype, s.vocab_size, s.verify_hashes)
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
-                         s.seed, s.before, s.after, exclude) for _, p in sorted(families.items())]
+                         s.seed, s.before, s.after, exclude, _workspace(len(data.tokens)))
+             for _, p in sorted(families.items())]
     base, row = {}, 0
     for n, p in sorted(families.items()):
         base[n], row = row, row + len(p)
