@@ -121,9 +121,8 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
     token_dtype = info.get("token_dtype") or "uint16"
     drop_eos = json.loads(info.get("drop_eos", "false"))
     prompt_digest = hashlib.sha256(b"".join(
-        np.ascontiguousarray(prompts.column(k).to_numpy(zero_copy_only=False)).tobytes()
-        for k in ("n", "id0", "expected")) + np.asarray(
-        prompts.column("id1").fill_null(-1).to_numpy(), np.int64).tobytes()).hexdigest()
+        np.ascontiguousarray(prompts.column(k).to_numpy()).tobytes() for k in ("n", "id0", "id1", "expected"))
+    ).hexdigest()
     identity = {"input": recorded, "seed": c.seed, "per_task": c.per_task, "before": c.before, "after": c.after,
                 "drop_eos": drop_eos, "eos_id": cfg.build.eos_id if drop_eos else None,
                 "prompts": prompt_digest[:16]}

@@ -130,8 +130,8 @@ class ContextsWriter:
                     ORDER BY n, id0, id1 NULLS FIRST, rank""")
                 faults.crash_point(faults.CRASH_IN_CONTEXTS, "write")
                 con.execute(typed_create_sql(CONTEXT_COUNTS, context_counts_columns(s.vocab_size), replace=True))
-                con.execute(f"INSERT INTO {CONTEXT_COUNTS} SELECT n, id0, id1, occurrences FROM _contexts_counts "
-                            "ORDER BY n, id0, id1 NULLS FIRST")
+                con.execute(f"INSERT INTO {CONTEXT_COUNTS} SELECT n, id0, CASE WHEN n = 3 THEN id1 END, occurrences "
+                            "FROM _contexts_counts ORDER BY n, id0, id1")
                 con.execute(typed_create_sql(CONTEXTS_LEDGER, contexts_ledger_columns(), replace=True))
                 con.execute(f"INSERT INTO {CONTEXTS_LEDGER} SELECT * FROM _contexts_ledger ORDER BY piece")
                 rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
