@@ -54,7 +54,8 @@ def test_export_tasks(with_contexts, tmp_path):
         lines = [json.loads(x) for x in (tmp_path / "tasks" / f"{name}.jsonl").read_text().splitlines()]
         assert rows == lines and rows
         for row in rows:
-            assert row["text"].endswith(row["prompt"]) and row["input_ids"][-len(row["prompt_ids"]):] == row["prompt_ids"]
+            assert row["text"].endswith(row["prompt"])
+            assert row["input_ids"][-len(row["prompt_ids"]):] == row["prompt_ids"]
     tri = pq.read_table(tmp_path / "tasks" / "trigram_prompts.parquet").to_pylist()
     common = [x for x in tri if x["prompt"] == ", or"]
     assert len(common) == 5 and all(x["expected"] == " common" for x in common)
@@ -64,6 +65,7 @@ def test_export_tasks(with_contexts, tmp_path):
 
 
 def test_report_tokens_show_whitespace():
-    assert token_html("    ") == "<span class=tok title=\"&#x27;    &#x27;\">" + "<span class=ws>·</span>" * 4 + "</span>"
+    four = "<span class=ws>·</span>" * 4
+    assert token_html("    ") == "<span class=tok title=\"&#x27;    &#x27;\">" + four + "</span>"
     assert ">tuple<" in token_html("tuple") and "<span class=ws>·</span>tuple" in token_html(" tuple")
     assert "<span class=ws>↵</span>" in token_html("\n") and "∅" in token_html("")
