@@ -1,8 +1,8 @@
 """One config object for every command: defaults < YAML file < command-line flags.
 
 A YAML file mirrors the dataclasses below: shared keys at the top level, and one
-section per stage (``cluster``, ``storage``, ``build``, ``catalog``, ``convert``,
-``score``, ``scan``).
+section per stage (``cluster``, ``storage``, ``build``, ``catalog``, ``contexts``,
+``convert``, ``score``, ``scan``).
 
 Every setting is declared once, with ``setting(default, help)``: its type, its
 default and its help text, which the command line shows for its flag. Every value
@@ -28,7 +28,8 @@ import yaml
 from ngram_dask.errors import ConfigError
 from ngram_dask.schema import check_key_fits, key_bits
 
-STEPS = ("explode", "aggregate", "load", "catalog")
+STEPS = ("explode", "aggregate", "load", "catalog", "contexts")
+DEFAULT_STEPS = ("explode", "aggregate", "load", "catalog")  # contexts: on request
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 TORCH_DTYPES = ("float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32", "float")
 # MDSWriter's compressions, with their levels.
@@ -119,7 +120,8 @@ class BuildConfig:
 
     chunks: int = setting(64, "K: n-grams go to chunk id0 % K (aggregated, loaded and exported per chunk)")
     ngrams: list[int] = setting([2, 3], "which n to count: any n whose ids fit one 64-bit key (n <= 4 for 16-bit ids)")
-    steps: list[str] = setting(list(STEPS), "steps to run, of " + ", ".join(STEPS))
+    steps: list[str] = setting(list(DEFAULT_STEPS), "steps to run, of " + ", ".join(STEPS)
+                               + " (contexts: `ngram-dask contexts` after the build)")
     token_dtype: str = setting("auto", "uint16 or uint32: how a flat .bin stores ids; auto: MDS reads the "
                                        "dataset's ngram_dask.json, Megatron/.npy/Parquet their own headers, "
                                        ".bin takes uint16")
@@ -177,6 +179,26 @@ class CatalogConfig:
     top_bigram_min_count: int = setting(0, "... and sum_count above this")
     top_trigram_min_frac: float = setting(0.5, "top_trigrams keeps prefixes with frac_max above this")
     top_trigram_min_count: int = setting(1000, "... and sum_count above this")
+
+
+@dataclass
+class ContextsConfig:
+    """`contexts`: real examples of every prompt of the top tables (the build's input, read again)."""
+
+    per_task: int = setting(5, "examples kept per prompt: min(per_task, occurrences), chosen uniformly at random")
+    seed: int = setting(0, "the choice's seed: the same seed gives the same examples, however the work is split")
+    before: int = setting(32, "ids kept before the prompt (clipped at the sample's start)")
+    after: int = setting(8, "ids kept after the prompt's next id (clipped at the sample's end)")
+
+    def __post_init__(self) -> None:
+        _at_least("contexts.per_task", self.per_task, 1)
+        if self.per_task > 65535:
+            raise ConfigError(f"contexts.per_task must be at most 65535, got {self.per_task}")
+        _at_least("contexts.seed", self.seed, 0)
+        _at_least("contexts.before", self.before, 0)
+        _at_least("contexts.after", self.after, 0)
+        if self.before + self.after > 60000:
+            raise ConfigError("contexts.before + contexts.after must be at most 60000 ids")
 
 
 @dataclass
@@ -286,6 +308,7 @@ REQUIRED = {
     "convert": {"convert.source": "--source", "convert.out": "--out"},
     "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
     "score": {"db": "--db"},
+    "contexts": {"db": "--db"},
 }
 
 
@@ -303,6 +326,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    contexts: ContextsConfig = field(default_factory=ContextsConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)

@@ -19,6 +19,10 @@ variable                                what it does
 ``NGRAM_DASK_SCAN_TEST_DELAY=<seconds>``
                                         each scan task sleeps this long before writing its
                                         part (so a test can kill a worker mid-scan)
+``NGRAM_DASK_CRASH_IN_CONTEXTS=write``  ``contexts`` exits inside its write transaction, after
+                                        the contexts rows are inserted (nothing commits)
+``NGRAM_DASK_CONTEXTS_TEST_DELAY=<s>``  each contexts task sleeps this long before writing its
+                                        parts (so a test can kill the client mid-stage)
 =====================================  =====================================================
 
 A crash is ``os._exit(86)``: no ``finally`` block, no atexit handler, no flush, as
@@ -36,6 +40,8 @@ CRASH_IN_LOAD = "NGRAM_DASK_CRASH_IN_LOAD"
 CRASH_AFTER_LOAD = "NGRAM_DASK_CRASH_AFTER_LOAD"
 CRASH_IN_SCORE = "NGRAM_DASK_CRASH_IN_SCORE"
 SCAN_TEST_DELAY = "NGRAM_DASK_SCAN_TEST_DELAY"
+CRASH_IN_CONTEXTS = "NGRAM_DASK_CRASH_IN_CONTEXTS"
+CONTEXTS_TEST_DELAY = "NGRAM_DASK_CONTEXTS_TEST_DELAY"
 
 
 def crash_point(variable: str, where: str) -> None:

@@ -92,3 +92,50 @@ def check_key_fits(n: int, bits: int) -> None:
 def id_dtype(vocab_size: int) -> np.dtype:
     """The narrowest unsigned dtype that holds every id (``uint16`` for GPT-NeoX)."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+# --- contexts: real examples of every task (``ngram-dask contexts``) ---------------------
+
+CONTEXTS = "contexts"  # up to per_task examples per prompt of the top tables
+CONTEXT_COUNTS = "context_counts"  # per prompt: occurrences counted (= its sum_count)
+CONTEXTS_LEDGER = "contexts_ledger"  # one row per piece of input the tables hold
+CONTEXTS_INFO = "contexts"  # catalog_info key: the settings the tables were written with
+
+
+def prompt_columns(vocab_size: int) -> list[tuple[str, str]]:
+    """A prompt of a top table: ``n`` (2: top_bigrams, 3: top_trigrams) and its ids;
+    ``id1`` is NULL for a bigram prompt (one id)."""
+    t = id_sql_type(vocab_size)
+    return [("n", "UTINYINT NOT NULL"), ("id0", f"{t} NOT NULL"), ("id1", t)]
+
+
+def contexts_columns(vocab_size: int) -> list[tuple[str, str]]:
+    t = id_sql_type(vocab_size)
+    return prompt_columns(vocab_size) + [
+        ("rank", "USMALLINT NOT NULL"),  # 1..per_task within the prompt, by priority
+        ("expected", f"{t} NOT NULL"),  # the top table's next id
+        ("actual", f"{t} NOT NULL"),  # the id that follows here
+        ("shard", "UINTEGER NOT NULL"),  # the file's index in the input's shard list
+        ("shard_file", "VARCHAR NOT NULL"),  # its path relative to the input root
+        ("sample", "UINTEGER NOT NULL"),  # the sample's index in that file
+        ("pos", "UINTEGER NOT NULL"),  # offset of the prompt's first id in the sample
+        ("window_start", "UINTEGER NOT NULL"),  # offset of window_ids[1] in the sample
+        ("prompt_at", "USMALLINT NOT NULL"),  # pos - window_start: the prompt's place in window_ids (0-based)
+        ("window_ids", f"{t}[] NOT NULL"),  # before, the prompt, the next id, after
+        ("priority", "UBIGINT NOT NULL"),  # the hash that chose it (smallest first)
+    ]
+
+
+def context_counts_columns(vocab_size: int) -> list[tuple[str, str]]:
+    return prompt_columns(vocab_size) + [("occurrences", "UBIGINT NOT NULL")]
+
+
+def contexts_ledger_columns() -> list[tuple[str, str]]:
+    return [("piece", "VARCHAR NOT NULL"), ("samples", "UBIGINT NOT NULL"), ("tokens", "UBIGINT NOT NULL"),
+            ("occurrences", "UBIGINT NOT NULL"), ("kept", "UBIGINT NOT NULL")]
+
+
+def typed_create_sql(table: str, columns: list[tuple[str, str]], replace: bool = False) -> str:
+    """CREATE TABLE with the columns' full types (constraints included)."""
+    cols = ", ".join(f"{name} {typ}" for name, typ in columns)
+    return f"CREATE {'OR REPLACE ' if replace else ''}TABLE {table} ({cols})"

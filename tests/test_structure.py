@@ -1,10 +1,10 @@
 """The package's imports run one way: from the command line down to the foundations.
 
-    cli -> catalog -> ngrams | convert | lm -> runtime, cluster -> config, db, storage, mds
+    cli -> catalog -> ngrams | convert | lm | contexts -> runtime, cluster -> config, db, storage, mds
         -> errors, schema, faults, tokenizer
 
 A module may import from its own layer and the layers below it, never above; the
-three stage families (ngrams, convert, lm) never import each other. Imports inside
+four stage families (ngrams, convert, lm, contexts) never import each other. Imports inside
 functions count too: a lazy import that runs upward is still an upward import.
 """
 
@@ -22,11 +22,11 @@ LAYERS = [
     {"errors", "schema", "faults", "tokenizer"},
     {"config", "storage", "db", "mds", "inputs"},
     {"runtime", "cluster"},
-    {"ngrams", "convert", "lm"},
+    {"ngrams", "convert", "lm", "contexts"},
     {"catalog"},
     {"cli"},
 ]
-FAMILIES = {"ngrams", "convert", "lm"}
+FAMILIES = {"ngrams", "convert", "lm", "contexts"}
 
 
 def layer_of(unit: str) -> int:

@@ -342,20 +342,38 @@ def _h(text) -> str:
     return html.escape(str(text))
 
 
+WS_MARKS = {" ": "·", "\t": "⇥", "\n": "↵", "\r": "␍", "\u00a0": "⍽", "\u3000": "□"}
+
+
+class Html(str):
+    """Markup that ``_table_html`` puts in a cell as is (everything else is escaped)."""
+
+
+def token_html(text: str) -> Html:
+    """A token as the page shows it: whitespace as marks (``' tuple'`` vs ``'tuple'``, four
+    spaces as four dots), the exact string (its repr) on hover."""
+    marked = "".join(f"<span class=ws>{WS_MARKS[c]}</span>" if c in WS_MARKS else _h(c) for c in text)
+    return Html(f"<span class=tok title=\"{_h(repr(text))}\">{marked or '<span class=ws>∅</span>'}</span>")
+
+
+def _cell(c) -> str:
+    return c if isinstance(c, Html) else _h(c)
+
+
 def _table_html(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{_h(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _examples(cat: OpenCatalog, n: int, models: list[str], limit: int = 20) -> str:
     table = top_table(n)
-    ctx = " || ".join(f"token{j}" for j in range(n - 1))
+    ctx = ", ".join(f"token{j}" for j in range(n - 1))
     extra = "".join(f", {c}" for c in models)
     rows = cat.con.execute(
-        f"SELECT {ctx}, token{n - 1}, frac_max, sum_count{extra} FROM {table} "
+        f"SELECT [{ctx}], token{n - 1}, frac_max, sum_count{extra} FROM {table} "
         f"ORDER BY sum_count DESC, frac_max DESC LIMIT {limit}").fetchall()
-    shown = [[repr(r[0]), repr(r[1]), f"{r[2]:.3f}", f"{int(r[3]):,}",
+    shown = [[Html("".join(token_html(t) for t in r[0])), token_html(r[1]), f"{r[2]:.3f}", f"{int(r[3]):,}",
               *[("" if v is None else f"{v:.3f}") for v in r[4:]]] for r in rows]
     labels = model_labels(cat, models)
     return _table_html(["context", "next", "frac_max", "sum_count", *[f"p ({labels[c]})" for c in models]], shown)
@@ -374,7 +392,9 @@ def write_index(cat: OpenCatalog, out: str, images: list[str], covs: list[dict],
         "color:#222}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;"
         "text-align:left;font-size:.9em}th{background:#f3f3f3}td{font-family:ui-monospace,monospace}"
-        "figcaption{color:#555;max-width:60em}.note{color:#a55}</style></head><body>",
+        "figcaption{color:#555;max-width:60em}.note{color:#a55}"
+        ".tok{white-space:pre;border:1px solid #b9cfe8;background:#e7f0fb;border-radius:3px;padding:0 2px;"
+        "margin-right:1px}.ws{color:#9aa4ae}</style></head><body>",
         f"<h1>n-gram catalog: {_h(cat.path)}</h1>",
         f"<p>{int(cat.info.get('tokens', 0) or 0):,} tokens in {int(cat.info.get('samples', 0) or 0):,} "
         f"samples; tokenizer <code>{_h(prov.get('tokenizer', 'unknown'))}</code>. "

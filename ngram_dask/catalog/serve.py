@@ -208,6 +208,12 @@ def create_app(cat: Catalog):
         return json_response(cat.task(table, _ids(q["ids"], "ids"), top=_int(q, "top", 20, 1, MAX_TOP)))
 
     @endpoint
+    def contexts(request, q):
+        _check_known(q, {"prompt", "ids", "limit"})
+        prompt = _prompt(q, text="prompt")
+        return json_response(cat.contexts(prompt, limit=_int(q, "limit", 20, 1, MAX_PAGE)))
+
+    @endpoint
     def download(request, q):
         _check_known(q, (page_params | {"format"}) - {"limit", "offset"}, ("min_", "max_"))
         fmt = q.get("format", "csv")
@@ -238,6 +244,7 @@ def create_app(cat: Catalog):
         Route("/api/prob", prob),
         Route("/api/rows", rows),
         Route("/api/task", task),
+        Route("/api/contexts", contexts),
         Route("/api/download", download),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]

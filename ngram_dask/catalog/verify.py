@@ -12,7 +12,17 @@ from typing import Callable, Iterator
 
 from ngram_dask.db import read_info, read_only, table_names
 from ngram_dask.errors import DatabaseError
-from ngram_dask.schema import INFO, LEDGER, id_columns, ngram_table, prefix_table
+from ngram_dask.schema import (
+    CONTEXT_COUNTS,
+    CONTEXTS,
+    INFO,
+    LEDGER,
+    TOP_NGRAMS,
+    id_columns,
+    ngram_table,
+    prefix_table,
+    top_table,
+)
 
 
 @dataclass
@@ -92,6 +102,54 @@ def checks(con) -> Iterator[Callable[[], Check]]:
                              "(also summed over followers)", bad == 0, f"{bad} prefixes violate it")
 
             yield nested
+    yield from context_checks(con)
+
+
+def context_checks(con) -> Iterator[Callable[[], Check]]:
+    """With ``contexts``: every prompt's counted occurrences are its ``sum_count``, and each
+    prompt has ``min(per_task, occurrences)`` examples, each one an occurrence of it."""
+    tables = table_names(con)
+    if CONTEXT_COUNTS not in tables:
+        return
+    info = json.loads(read_info(con).get("contexts") or "{}")
+    per_task = int(info.get("per_task", 0))
+    tops = [n for n in TOP_NGRAMS if top_table(n) in tables]
+    for n in tops:
+        top = top_table(n)
+        id1 = "t.id1" if n == 3 else "NULL"
+
+        def counts(n=n, top=top, id1=id1) -> Check:
+            rows = con.execute(f"""
+                SELECT t.id0, {id1}, t.sum_count, c.occurrences FROM {top} t
+                FULL JOIN (SELECT * FROM {CONTEXT_COUNTS} WHERE n = {n}) c
+                  ON c.id0 = t.id0 AND c.id1 IS NOT DISTINCT FROM {id1}
+                WHERE t.sum_count IS DISTINCT FROM c.occurrences
+                ORDER BY 1, 2 LIMIT 1""").fetchall()
+            total = _scalar(con, f"SELECT count(*) FROM {top}")
+            if not rows:
+                return Check(f"{CONTEXT_COUNTS}: the occurrences contexts counted = sum_count of {top}", True,
+                             f"{total} prompts")
+            id0, i1, want, got = rows[0]
+            prompt = [id0] + ([i1] if n == 3 else [])
+            return Check(f"{CONTEXT_COUNTS}: the occurrences contexts counted = sum_count of {top}", False,
+                         f"prompt {prompt} has sum_count {want} in {top} but {got} occurrences were counted in "
+                         "the input: the database and the input disagree (rerun `ngram-dask contexts`)")
+
+        def examples(n=n, top=top, id1=id1) -> Check:
+            bad = _scalar(con, f"""
+                WITH k AS (SELECT id0, id1, count(*) AS k,
+                                  count(*) FILTER (WHERE window_ids[prompt_at + 1] != id0
+                                                   OR (n = 3 AND window_ids[prompt_at + 2] != id1)
+                                                   OR window_ids[prompt_at + n] != actual) AS wrong
+                           FROM {CONTEXTS} WHERE n = {n} GROUP BY ALL)
+                SELECT count(*) FROM (SELECT * FROM {CONTEXT_COUNTS} WHERE n = {n}) c
+                LEFT JOIN k ON k.id0 = c.id0 AND k.id1 IS NOT DISTINCT FROM c.id1
+                WHERE coalesce(k.k, 0) != least(c.occurrences, {per_task}) OR coalesce(k.wrong, 0) > 0""")
+            return Check(f"{CONTEXTS}: min(per_task, occurrences) examples per prompt of {top}, each holding it",
+                         bad == 0, f"{bad} prompts disagree")
+
+        yield counts
+        yield examples
 
 
 def verify(db_path: str, announce=print) -> list[Check]:

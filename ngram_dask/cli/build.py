@@ -2,12 +2,16 @@
 
 Explode the MDS samples into partial counts per id0 chunk (a Dask bag of shard
 groups), aggregate each chunk (a Dask DataFrame of chunks), load them into the one
-DuckDB file and write the tokens and top tables. Rerun the same command to resume.
+DuckDB file and write the tokens and top tables. With --steps ...,contexts, then
+find real examples of every task (`ngram-dask contexts`). Rerun the same command to
+resume.
 """
 
 from __future__ import annotations
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, STORAGE_FLAGS, add_switches, command, stage
+import importlib
+
+from ngram_dask.cli.common import CLUSTER_FLAGS, STORAGE_FLAGS, add_switches, announcer, command, config_from
 
 BUILD_FLAGS = {
     "--input": "input",
@@ -30,7 +34,30 @@ BUILD_FLAGS = {
 }
 
 
+def run(args) -> int:
+    cfg = config_from(args)
+    announce = announcer(args)
+    run_build_and_contexts(cfg, announce)
+    return 0
+
+
+def run_build_and_contexts(cfg, announce) -> None:
+    """The build's own steps, then ``contexts`` when the steps name it (the stage families
+    do not import each other, so the two stages meet here)."""
+    steps = list(cfg.build.steps)
+    if [s for s in steps if s != "contexts"]:
+        pipeline = importlib.import_module("ngram_dask.ngrams.pipeline")
+        report = pipeline.run_build(cfg, announce)
+        for line in pipeline.summary_lines(report):
+            announce(line)
+    if "contexts" in steps:
+        contexts = importlib.import_module("ngram_dask.contexts.run")
+        report = contexts.run_contexts(cfg, announce)
+        for line in contexts.summary_lines(report):
+            announce(line)
+
+
 def register(sub) -> None:
     p = command(sub, __doc__, [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
     add_switches(p, {"--drop-eos": ("build.drop_eos", True)})
-    p.set_defaults(_run=stage("ngram_dask.ngrams.pipeline", "run_build"))
+    p.set_defaults(_run=run)

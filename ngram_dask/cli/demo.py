@@ -8,7 +8,18 @@ from ngram_dask.cli.common import announcer
 def run(args) -> int:
     from ngram_dask.ngrams.demo import run_demo
 
-    return run_demo(out_dir=args.out, announce=announcer(args), n_workers=args.n_workers)
+    return run_demo(out_dir=args.out, announce=announcer(args), n_workers=args.n_workers,
+                    after_build=_contexts_step)
+
+
+def _contexts_step(cfg, announce) -> None:
+    """The demo's config has the contexts step: real examples of every task."""
+    if "contexts" not in cfg.build.steps:
+        return
+    from ngram_dask.contexts.run import run_contexts, summary_lines
+
+    for line in summary_lines(run_contexts(cfg, announce)):
+        announce(line)
 
 
 def register(sub) -> None:

@@ -3,7 +3,10 @@
 Write each table of the catalog database to <out>/<table>/train-*.parquet (large
 tables split by id0 % chunks) and a dataset card <out>/README.md; with --layout
 original, one folder per table in the original project's published layout
-(<out>/<table>/README.md + data/<split>-*.parquet).
+(<out>/<table>/README.md + data/<split>-*.parquet). With --tasks, instead, one prompt
+set per task family (<out>/bigram_prompts.*, <out>/trigram_prompts.*, Parquet and
+JSONL) from the examples `ngram-dask contexts` found: text before the prompt and the
+prompt, the expected next token and where it came from.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ def register(sub) -> None:
                         "table's folder as the dataset REPO<table> (REPO is a prefix, e.g. me/pile_)")
     p.add_argument("--private", dest="_private", action="store_true",
                    help="with --push-to-hub: create the repo(s) private")
+    p.add_argument("--tasks", dest="_tasks", action="store_true",
+                   help="write the prompt sets of the task families instead (bigram_prompts, trigram_prompts; "
+                        "Parquet and JSONL), from the examples of `ngram-dask contexts`")
 
     def run(args) -> int:
         from ngram_dask.catalog.export import SPLIT_ROWS, export_catalog
@@ -39,6 +45,16 @@ def register(sub) -> None:
 
         cfg = config_from(args)
         announce = announcer(args)
+        if args._tasks:
+            from ngram_dask.catalog.export_tasks import export_tasks
+
+            if args._repo is not None or args._tables or args._layout != "default":
+                from ngram_dask.errors import UserError
+
+                raise UserError("--tasks writes the prompt sets alone: drop --tables, --layout and --push-to-hub")
+            announce(f"export the task prompts of {cfg.db} -> {args._out}")
+            export_tasks(cfg.db, args._out, announce)
+            return 0
         token = None
         if args._repo is not None:  # fail before the work, not after
             check_hub_name(args._repo, args._layout)

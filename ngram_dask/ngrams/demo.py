@@ -102,7 +102,11 @@ def write_corpus(docs: list[str], tokenizer, mds_dir: Path) -> int:
     return len(stream)
 
 
-def run_demo(out_dir: str = "demo-output", announce=print, n_workers: int | None = None) -> int:
+def run_demo(out_dir: str = "demo-output", announce=print, n_workers: int | None = None,
+             after_build=None) -> int:
+    """Write the corpus, build it; ``after_build(cfg, announce)`` then runs the steps of other
+    stages the demo's config names (the CLI passes ``contexts``: stage families do not
+    import each other)."""
     # No network in the demo: the hub client reads this when first imported, so set it first.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ngram_dask.ngrams.pipeline import run_build, summary_lines
@@ -125,6 +129,8 @@ def run_demo(out_dir: str = "demo-output", announce=print, n_workers: int | None
     report = run_build(cfg, announce)
     for line in summary_lines(report):
         announce(line)
+    if after_build is not None:
+        after_build(cfg, announce)
     first_prompt = show_top(cfg.db, announce)
     exe, db = _command_path(), _relative(Path(cfg.db))
     announce("\nexplore it:")

@@ -70,7 +70,13 @@ class Server:
 def db(tmp_path_factory, local_cluster, neox_tokenizer_path):
     root = tmp_path_factory.mktemp("serve")
     good, _ = build_catalog_db(root, local_cluster, neox_tokenizer_path)
-    return add_scores_and_scan(good, root / "scored.duckdb")
+    scored = add_scores_and_scan(good, root / "scored.duckdb")
+    from ngram_dask.config import load_config
+    from ngram_dask.contexts.run import run_contexts
+
+    run_contexts(load_config(None, {"db": str(scored), "work_dir": str(root / "contexts-work"),
+                                    "cluster.scheduler": local_cluster}), announce=lambda m: None)
+    return scored
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +147,23 @@ def test_task_view_over_http(server):
     assert [(f["token"], f["count"]) for f in task["followers"]] == [(" common", 1100), (" ice", 100)]
     assert [m["column"] for m in task["models"]] == list(MODELS)
     assert [m["p"] for m in task["models"]] == [row[c] for c in MODELS]
+
+
+def test_contexts_over_http(server):
+    status, t, _ = server.get("/api/rows", table="top_trigrams", contains=", or common")
+    row = t["rows"][0]
+    status, res, _ = server.get("/api/contexts", ids=f"{row['id0']},{row['id1']}", limit=3)
+    assert status == 200 and res["table"] == "top_trigrams" and res["occurrences"] == 1200
+    assert [e["rank"] for e in res["examples"]] == [1, 2, 3] and res["note"] is None
+    for e in res["examples"]:
+        assert e["prompt_text"] == ", or" and e["next_text"] in (" common", " ice")
+        assert e["matches"] == (e["actual"]["id"] == e["expected"]["id"] == row["id2"])
+        assert [t["role"] for t in e["tokens"]].count("next") == 1
+    assert server.get("/api/contexts", prompt=" telome")[1]["occurrences"] == 1000
+    status, res, _ = server.get("/api/contexts", ids="7,7")  # not a task: a note, no examples
+    assert status == 200 and res["examples"] == [] and "is not a prompt of top_trigrams" in res["note"]
+    status, res, _ = server.get("/api/contexts", ids="1,2,3")
+    assert status == 400 and "1 token (top_bigrams) or 2 tokens" in res["error"]
 
 
 def test_downloads_hold_the_whole_selection(server):
@@ -235,7 +258,13 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             first = page.locator("#completions table[data-table=bigrams] tbody tr").first
             expect(first.locator(".tok")).to_have_text("res")
             expect(first.locator(".share")).to_have_text("99.8%")
-            expect(page.locator("#tokens .tok")).to_have_text([" telome"])
+            # whitespace is visible: a leading space is a mark, the exact string is on hover
+            expect(page.locator("#tokens .tok")).to_have_text(["·telome"])
+            expect(page.locator("#tokens .tok").first).to_have_attribute("title", f'id {TELOME}: " telome"')
+            assert page.evaluate("() => tok('    ', 50270).textContent") == "····"
+            assert page.evaluate("() => tok('\\n\\t x', 1).textContent") == "↵⇥·x"
+            assert page.evaluate("() => tok('    ', 50270).title") == 'id 50270: "    "'
+            assert page.evaluate("() => tok('', 7).textContent") == "∅"
             first.click()  # a completion appends itself to the prompt
             expect(page.locator("#prompt")).to_have_value(" telomeres")
             expect(page.locator("#tokens .tok")).to_have_count(2)
@@ -262,9 +291,20 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             page.press("#contains", "Enter")
             expect(page.locator("#pageinfo")).to_have_text("rows 1–1 of 1")
             page.locator("#grid tbody tr").first.click()
-            expect(page.locator("#followers tbody tr").first.locator(".tok")).to_have_text(" common")
+            expect(page.locator("#followers tbody tr").first.locator(".tok")).to_have_text("·common")
             expect(page.locator("#followers tbody tr").first.locator(".share")).to_have_text("91.7%")
             expect(page.locator("#models svg circle")).to_have_count(len(MODELS))
+            # its examples from the corpus: the prompt and its next token highlighted
+            examples = page.locator("#examples li.example")
+            expect(examples).to_have_count(5)
+            expect(page.locator("#examples h3")).to_contain_text("5 of 1,200 occurrences")
+            for i in range(5):
+                ex = examples.nth(i)
+                expect(ex.locator(".context .tok.prompt")).to_have_text([",", "·or"])
+                nxt = ex.locator(".context .tok.next").inner_text()
+                assert nxt in ("·common", "·ice")
+                assert ("miss" in ex.get_attribute("class")) == (nxt == "·ice")
+                expect(ex.locator(".where")).to_contain_text("shard.00000.mds.zstd, sample ")
             expect(page.locator("#dl-parquet")).to_have_attribute("href", "/api/download?table=top_trigrams"
                                                                          "&contains=%2C+or+common&sort=-frac_max%2C-sum_count&format=parquet")
 

@@ -27,10 +27,28 @@ function fmtNum(x, type) {
   if (/INT/.test(type || "")) return fmtInt(x);
   return Math.abs(x) >= 1000 ? x.toFixed(1) : Number(x.toPrecision(4)).toString();
 }
-function tok(text, id) {
-  // newlines and tabs drawn as marks, so a token stays one box on one line
-  const shown = text === "" ? "∅" : text.replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/\r/g, "␍");
-  return el("span", { class: "tok", title: id === undefined ? "" : "id " + id }, shown);
+// Whitespace drawn as marks, so ' tuple' and 'tuple' differ at a glance, four spaces are four
+// dots (not an empty box) and a token stays one box on one line; the exact string is on hover.
+const WS_MARKS = { " ": "·", "\t": "⇥", "\n": "↵", "\r": "␍", "\u00a0": "⍽", "\u3000": "□" };
+const WS_RE = /[ \t\n\r\u00a0\u3000]/;
+
+function visible(text) {
+  if (text === "") return [el("span", { class: "ws" }, "∅")];
+  const out = [];
+  let plain = "";
+  for (const ch of text) {
+    if (WS_RE.test(ch)) {
+      if (plain) { out.push(plain); plain = ""; }
+      out.push(el("span", { class: "ws" }, WS_MARKS[ch]));
+    } else plain += ch;
+  }
+  if (plain) out.push(plain);
+  return out;
+}
+
+function tok(text, id, cls) {
+  const title = (id === undefined ? "" : "id " + id + ": ") + JSON.stringify(text);
+  return el("span", { class: "tok" + (cls ? " " + cls : ""), title, "data-text": text }, visible(text));
 }
 
 async function api(path, params) {
@@ -243,8 +261,37 @@ async function openTask(table, row) {
     el("dt", {}, "followers in"), el("dd", {}, `${res.followers_table} (prefix count ${fmtInt(res.prefix_count)})`));
   const parts = [el("div", {}, facts), el("div", {}, el("h3", {}, "follower distribution (exact)"), followers)];
   if (res.models.length) parts.push(el("div", { id: "models" }, el("h3", {}, "p(expected) against model size"), modelChart(res.models)));
-  box.replaceChildren(el("div", { class: "task-grid" }, parts));
+  const examples = el("div", { id: "examples" }, el("h3", {}, "examples from the corpus"),
+    el("div", { class: "muted" }, "loading…"));
+  box.replaceChildren(el("div", { class: "task-grid" }, parts), examples);
   $("#task-section").scrollIntoView();
+  loadExamples(res.context, examples, seq);
+}
+
+async function loadExamples(ids, box, seq) {
+  let res;
+  try {
+    res = await api("/api/contexts", new URLSearchParams({ ids: ids.join(","), limit: "50" }));
+  } catch (e) {
+    if (seq === taskSeq) box.replaceChildren(el("h3", {}, "examples from the corpus"), el("div", { class: "error" }, e.message));
+    return;
+  }
+  if (seq !== taskSeq) return;
+  const head = el("h3", {}, "examples from the corpus",
+    el("span", { class: "muted" }, res.occurrences === null ? "" :
+      ` ${res.examples.length} of ${fmtInt(res.occurrences)} occurrences, chosen at random`));
+  if (!res.examples.length) {
+    box.replaceChildren(head, el("p", { class: "note", id: "no-examples" }, res.note || "no examples"));
+    return;
+  }
+  const rows = res.examples.map((ex) => el("li", { class: "example " + (ex.matches ? "match" : "miss"), "data-rank": ex.rank },
+    el("div", { class: "context" }, ex.tokens.map((t) => tok(t.token, t.id, t.role))),
+    el("div", { class: "where muted" },
+      ex.matches ? "next = expected " : el("span", { class: "differs" }, "next differs: "),
+      tok(ex.actual.token, ex.actual.id, "next"),
+      ex.matches ? "" : [" (expected ", tok(ex.expected.token, ex.expected.id, "expected"), ")"],
+      ` · ${ex.shard_file}, sample ${fmtInt(ex.sample)}, token ${fmtInt(ex.pos)}`)));
+  box.replaceChildren(head, el("ol", { class: "examples" }, rows));
 }
 
 function modelChart(models) {

@@ -1,0 +1,229 @@
+"""The client of ``ngram-dask contexts``: check, plan, run the pieces, write.
+
+A stage of the runtime (``runtime.run_stage``): it checks and claims the contexts dir's
+manifest, holds the database's single writer, starts the cluster only when a piece is
+left to do and skips pieces whose marker exists. This module declares the rest: the
+``plan`` (checked before any work), one step of pieces (the task
+``task.contexts_piece``), and the writer (``write.ContextsWriter``), which merges each
+piece's parts as its result arrives and writes everything in one transaction at the end.
+
+Before any work: the database must be an ngram-dask catalog with top tables; the input
+is the one ``catalog_info`` recorded (``--input``, when given, must be that one) and
+must have its shards and samples; the settings and the prompts name the contexts dir
+(``<work dir>/contexts-<digest>``), so parts of other settings never mix. When the
+database already holds contexts of these settings and prompts, nothing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from ngram_dask.config import Config
+from ngram_dask.contexts.pieces import Piece, make_pieces
+from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_table
+from ngram_dask.contexts.write import ContextsWriter
+from ngram_dask.db import check_existing, read_info, read_only, table_names
+from ngram_dask.errors import BadInputError, DatabaseError
+from ngram_dask.mds import list_shards
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
+from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
+from ngram_dask.storage import atomic_write_parquet, join, read_marker, redact_url, use_storage
+
+Announce = Callable[[str], None]
+
+
+@dataclass
+class ContextsReport:
+    pieces: int = 0
+    skipped: int = 0
+    tokens: int = 0
+    occurrences: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    prompts: dict[str, int] = field(default_factory=dict)
+    present: bool = False  # the database held these contexts already: nothing ran
+    dir: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    db: str
+    input: str
+    settings: ContextsSettings
+    identity: dict  # what the database's contexts must have been written with
+    prompts: pa.Table
+    sum_counts: np.ndarray
+    pieces: list[Piece]
+    present: bool
+
+
+def default_work_dir(db: str) -> str:
+    base = db[:-len(".duckdb")] if db.endswith(".duckdb") else db
+    return base + ".contexts-work"
+
+
+def _read_prompts(db: str, con, info: dict) -> tuple[pa.Table, np.ndarray, dict[str, int]]:
+    tables = table_names(con)
+    tops = [n for n in TOP_NGRAMS if top_table(n) in tables]
+    if not tops:
+        raise DatabaseError(f"database {db} has no top tables ({', '.join(top_table(n) for n in TOP_NGRAMS)}): "
+                            "run `ngram-dask build --tokenizer ...` with its catalog step first")
+    from ngram_dask.contexts.kernel import Prompts
+
+    bits = int(int(info["vocab_size"]) - 1).bit_length()
+    families, sums, sizes = {}, [], {}
+    for n in tops:
+        ids = ", ".join(f"id{j}" for j in range(n - 1))
+        rows = con.execute(f"SELECT {ids}, id{n - 1}, sum_count FROM {top_table(n)} ORDER BY {ids}").fetchnumpy()
+        families[n] = Prompts(n, tuple(np.asarray(rows[f"id{j}"], np.int64) for j in range(n - 1)),
+                              np.asarray(rows[f"id{n - 1}"], np.int64), bits)
+        sums.append(np.asarray(rows["sum_count"], np.int64))
+        sizes[top_table(n)] = len(families[n])
+    return prompts_table(families), np.concatenate(sums), sizes
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
+    """Everything checked before any work: database, input, prompts, settings, pieces."""
+    db = cfg.db
+    info = check_existing(db)
+    if info is None:
+        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build` first")
+    if not info or "input" not in info:
+        raise DatabaseError(f"database {db} holds no build: run `ngram-dask build` first")
+    recorded = info["input"]
+    if cfg.input and redact_url(cfg.input) != recorded:
+        raise DatabaseError(f"database {db} was built from input {recorded}, not {redact_url(cfg.input)}: "
+                            "give the build's input (or leave --input out)")
+    source = cfg.input or recorded
+    if "***@" in source:
+        raise DatabaseError(f"database {db} records its input without credentials ({recorded}): give it as --input")
+    with read_only(db) as con:
+        prompts, sum_counts, sizes = _read_prompts(db, con, info)
+        have_tables = CONTEXTS in table_names(con)
+    shards = list_shards(source)
+    samples = sum(r.samples for r in shards)
+    if str(len(shards)) != info.get("shards") or str(samples) != info.get("samples"):
+        raise DatabaseError(f"the input {redact_url(source)} has {len(shards)} shard(s) and {samples:,} samples; "
+                            f"database {db} was built from {info.get('shards')} shard(s) and "
+                            f"{int(info.get('samples', 0)):,} samples: the input changed since the build")
+    c = cfg.contexts
+    token_dtype = info.get("token_dtype") or "uint16"
+    drop_eos = json.loads(info.get("drop_eos", "false"))
+    prompt_digest = hashlib.sha256(b"".join(
+        np.ascontiguousarray(prompts.column(k).to_numpy()).tobytes() for k in ("n", "id0", "id1", "expected"))
+    ).hexdigest()
+    identity = {"input": recorded, "seed": c.seed, "per_task": c.per_task, "before": c.before, "after": c.after,
+                "drop_eos": drop_eos, "eos_id": cfg.build.eos_id if drop_eos else None,
+                "prompts": prompt_digest[:16]}
+    present = have_tables and _recorded(info) == identity
+    task_tokens = cfg.build.explode_task_tokens
+    work = cfg.work_dir or default_work_dir(db)
+    digest = _digest({**identity, "task_tokens": task_tokens, "token_dtype": token_dtype,
+                      "shards": [[r.basename, r.samples, r.raw_bytes] for r in shards]})[:12]
+    settings = ContextsSettings(
+        dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
+        per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
+        eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
+    pieces = make_pieces(shards, task_tokens, 4 if token_dtype == "uint32" else 2)
+    return Plan(db, source, settings, identity, prompts, sum_counts, pieces, present), sizes
+
+
+def _recorded(info: dict) -> dict | None:
+    try:
+        got = json.loads(info.get(CONTEXTS_INFO) or "null")
+    except json.JSONDecodeError:
+        return None
+    return {k: got.get(k) for k in ("input", "seed", "per_task", "before", "after", "drop_eos", "eos_id",
+                                    "prompts")} if isinstance(got, dict) else None
+
+
+def _write_prompts(p: Plan) -> None:
+    """The prompts every task reads, written once into the contexts dir (before any task runs)."""
+    if read_marker(join(p.settings.dir, "manifest.json")) is None:
+        atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd")
+
+
+def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
+    """Plan, then one runtime stage: a step of pieces whose results the single writer merges
+    as they arrive and writes in one transaction when all are in."""
+    cfg.check("contexts")
+    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
+    p, sizes = plan(cfg)
+    report = ContextsReport(pieces=len(p.pieces), prompts=sizes, dir=p.settings.dir)
+    prompts_line = ", ".join(f"{t} {k:,}" for t, k in sizes.items())
+    if p.present:
+        report.present = True
+        with read_only(p.db) as con:
+            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
+        announce(f"contexts: {p.db} holds them already ({report.rows:,} examples of {prompts_line} prompts, "
+                 f"seed {p.identity['seed']}): nothing to do")
+        return report
+    s = p.settings
+
+    def steps(ctx: StageContext):
+        _write_prompts(p)
+        writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts)
+        announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
+                 f"{len(p.pieces)} piece(s) of {redact_url(p.input)} -> {s.dir}")
+
+        def finish(stats: list[dict], ctx: StageContext) -> None:
+            report.skipped = ctx.skipped["contexts"]
+            report.seconds["contexts"] = ctx.seconds["contexts"]
+            t0 = time.perf_counter()
+            _tally(report, stats)
+            info = read_info(ctx.db())
+            if str(report.tokens) != info.get("tokens"):
+                raise BadInputError(f"the input holds {report.tokens:,} tokens, database {p.db} counted "
+                                    f"{int(info.get('tokens', 0)):,}: it was built from other data")
+            writer.check_counts(p.db)
+            report.rows = writer.commit({**p.identity, "pieces": len(p.pieces)})
+            report.seconds["write"] = time.perf_counter() - t0
+
+        yield Step("contexts", p.pieces, contexts_piece, args=lambda piece: (piece, s), unit="pieces",
+                   disk=DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)"),
+                   on_result=lambda stats, ctx: writer.add(stats), finish=finish)
+
+    run_stage(Stage(
+        name="contexts", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
+        manifest=Manifest(join(s.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]},
+                          f"contexts dir {s.dir}"),
+        db=p.db, access=(p.input, s.dir),
+    ), announce)
+    announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
+    return report
+
+
+def _tally(report: ContextsReport, stats) -> None:
+    for m in stats:
+        report.tokens += int(m["tokens"])
+        for n, v in m["occurrences"].items():
+            report.occurrences[n] = report.occurrences.get(n, 0) + int(v)
+
+
+def summary_lines(report: ContextsReport) -> list[str]:
+    lines = ["", "summary:"]
+    if report.present:
+        return lines + [f"  contexts already present: {report.rows:,} examples (nothing ran)"]
+    lines.append(f"  pieces {report.pieces} ({report.skipped} already done), tokens {report.tokens:,}")
+    for n, v in sorted(report.occurrences.items()):
+        lines.append(f"  {top_table(int(n)):<13} {report.prompts.get(top_table(int(n)), 0):>10,} prompts, "
+                     f"{v:,} occurrences")
+    lines.append(f"  examples      {report.rows:>10,}")
+    for stage, sec in report.seconds.items():
+        lines.append(f"  {stage:<13} {sec:8.2f} s")
+    sec = report.seconds.get("contexts", 0)
+    if sec and report.tokens and report.skipped < report.pieces:
+        lines.append(f"  {report.tokens / sec / 1e6:.2f}M tokens/s")
+    return lines
+

@@ -1,0 +1,193 @@
+"""The contexts task: one piece of input -> its parts, then a marker (``runtime.resumable``).
+
+A task reads its piece (``pieces.read_piece``) and the prompts (``prompts.parquet`` in
+the contexts dir, written by the client before any task runs, read once per worker
+process), runs ``kernel.scan`` for each family and writes two files under names fixed
+by the piece, so a retried task overwrites its own output and nothing counts twice::
+
+    <contexts dir>/examples/<piece>.parquet   the piece's k smallest per prompt, with windows
+    <contexts dir>/counts/<piece>.parquet     per prompt with occurrences: how many
+    <contexts dir>/_done/<piece>.json         the statistics, written last
+
+Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ngram_dask import faults
+from ngram_dask.contexts import kernel
+from ngram_dask.contexts.pieces import Piece, read_piece
+from ngram_dask.runtime import resumable
+from ngram_dask.storage import atomic_write_parquet, get_fs, join
+
+
+@dataclass(frozen=True)
+class ContextsSettings:
+    """What a task needs; small, so it travels in the task graph."""
+
+    dir: str  # the contexts dir of these settings (``<work dir>/contexts-<digest>``)
+    token_dtype: str
+    vocab_size: int
+    per_task: int
+    seed: int
+    before: int
+    after: int
+    drop_eos: bool = False
+    eos_id: int = 0
+    verify_hashes: bool = True
+
+    @property
+    def bits(self) -> int:
+        return int(self.vocab_size - 1).bit_length()
+
+    @property
+    def prompts_url(self) -> str:
+        return join(self.dir, "prompts.parquet")
+
+
+def examples_url(s: ContextsSettings, piece: str) -> str:
+    return join(s.dir, "examples", f"{piece}.parquet")
+
+
+def counts_url(s: ContextsSettings, piece: str) -> str:
+    return join(s.dir, "counts", f"{piece}.parquet")
+
+
+def marker_url(s: ContextsSettings, piece: str) -> str:
+    return join(s.dir, "_done", f"{piece}.json")
+
+
+# --- the prompts ---------------------------------------------------------------------------
+
+def prompts_table(families: dict[int, kernel.Prompts]) -> pa.Table:
+    """``n, id0, id1, expected`` of every prompt, family after family, each sorted by its ids:
+    row ``i`` of family ``n`` is prompt ``i`` of ``families[n]``. ``id1`` is -1 for a bigram
+    prompt (no nulls: the tasks read the columns as plain arrays)."""
+    cols: dict[str, list] = {"n": [], "id0": [], "id1": [], "expected": []}
+    for n, p in sorted(families.items()):
+        cols["n"].append(np.full(len(p), n, np.uint8))
+        cols["id0"].append(np.asarray(p.ids[0], np.int64))
+        cols["id1"].append(np.asarray(p.ids[1], np.int64) if n == 3 else np.full(len(p), -1, np.int64))
+        cols["expected"].append(np.asarray(p.expected, np.int64))
+    return pa.table({
+        "n": pa.array(np.concatenate(cols["n"]) if cols["n"] else [], pa.uint8()),
+        "id0": pa.array(np.concatenate(cols["id0"]) if cols["id0"] else [], pa.int64()),
+        "id1": pa.array(np.concatenate(cols["id1"]) if cols["id1"] else [], pa.int64()),
+        "expected": pa.array(np.concatenate(cols["expected"]) if cols["expected"] else [], pa.int64()),
+    })
+
+
+def families_of(table: pa.Table, bits: int) -> dict[int, kernel.Prompts]:
+    def col(name: str) -> np.ndarray:  # Array.to_numpy: no pandas import (ChunkedArray's needs it)
+        return table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
+
+    n, id0, id1, expected = col("n"), col("id0"), col("id1"), col("expected")
+    out = {}
+    for fam in sorted(set(int(x) for x in n)):
+        rows = np.flatnonzero(n == fam)
+        ids = [id0[rows]] + ([id1[rows]] if fam == 3 else [])
+        out[fam] = kernel.Prompts(fam, tuple(np.asarray(c, np.int64) for c in ids), expected[rows], bits)
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def load_prompts(url: str, bits: int) -> dict[int, kernel.Prompts]:
+    import pyarrow.parquet as pq
+
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:  # ParquetFile, not read_table: no pyarrow.dataset import (~0.9 s)
+        return families_of(pq.ParquetFile(f).read(), bits)
+
+
+# --- the task ------------------------------------------------------------------------------
+
+def found_tables(found: list[kernel.Found], families: dict[int, kernel.Prompts], shard_files: dict[int, str],
+                 base: dict[int, int]) -> tuple[pa.Table, pa.Table]:
+    """The examples and counts of one piece as Arrow tables (``base[n]``: the first row of
+    family n in ``prompts.parquet``)."""
+    ex: dict[str, list] = {k: [] for k in ("prompt", "n", "id0", "id1", "expected", "actual", "shard", "shard_file",
+                                           "sample", "pos", "window_start", "window_ids", "priority")}
+    ct: dict[str, list] = {k: [] for k in ("prompt", "n", "id0", "id1", "occurrences")}
+    for f in found:
+        p = families[f.n]
+        k = len(f.prompt)
+        ex["prompt"].append(pa.array(base[f.n] + f.prompt, pa.int64()))
+        ex["n"].append(pa.array(np.full(k, f.n, np.uint8)))
+        ex["id0"].append(pa.array(p.ids[0][f.prompt], pa.int64()))
+        ex["id1"].append(pa.array(p.ids[1][f.prompt], pa.int64()) if f.n == 3 else pa.nulls(k, pa.int64()))
+        ex["expected"].append(pa.array(p.expected[f.prompt], pa.int64()))
+        ex["actual"].append(pa.array(f.actual, pa.int64()))
+        ex["shard"].append(pa.array(f.file, pa.int64()))
+        ex["shard_file"].append(pa.array([shard_files[int(i)] for i in f.file], pa.string()))
+        ex["sample"].append(pa.array(f.sample, pa.int64()))
+        ex["pos"].append(pa.array(f.offset, pa.int64()))
+        ex["window_start"].append(pa.array(f.window_start, pa.int64()))
+        ex["window_ids"].append(pa.ListArray.from_arrays(pa.array(f.window_offsets, pa.int32()),
+                                                     pa.array(f.window_ids.astype(np.int32), pa.int32())))
+        ex["priority"].append(pa.array(f.priority, pa.uint64()))
+        hit = np.flatnonzero(f.counts)
+        ct["prompt"].append(pa.array(base[f.n] + hit, pa.int64()))
+        ct["n"].append(pa.array(np.full(len(hit), f.n, np.uint8)))
+        ct["id0"].append(pa.array(p.ids[0][hit], pa.int64()))
+        ct["id1"].append(pa.array(p.ids[1][hit], pa.int64()) if f.n == 3 else pa.nulls(len(hit), pa.int64()))
+        ct["occurrences"].append(pa.array(f.counts[hit], pa.int64()))
+    return _table(ex, EXAMPLE_TYPES), _table(ct, COUNT_TYPES)
+
+
+EXAMPLE_TYPES = {"prompt": pa.int64(), "n": pa.uint8(), "id0": pa.int64(), "id1": pa.int64(),
+                 "expected": pa.int64(), "actual": pa.int64(), "shard": pa.int64(), "shard_file": pa.string(),
+                 "sample": pa.int64(), "pos": pa.int64(), "window_start": pa.int64(),
+                 "window_ids": pa.list_(pa.int32()), "priority": pa.uint64()}
+COUNT_TYPES = {"prompt": pa.int64(), "n": pa.uint8(), "id0": pa.int64(), "id1": pa.int64(),
+               "occurrences": pa.int64()}
+
+
+def _table(cols: dict[str, list], types: dict) -> pa.Table:
+    return pa.table({name: pa.concat_arrays(arrays) if arrays else pa.array([], types[name])
+                     for name, arrays in cols.items()}, schema=pa.schema(list(types.items())))
+
+
+# One key buffer per worker thread, kept between tasks (as the explode's): a fresh 270 MB
+# array per task costs as much in page faults as the pass that fills it.
+_workspaces = threading.local()
+
+
+def _workspace(tokens: int) -> np.ndarray:
+    buf = getattr(_workspaces, "keys", None)
+    if buf is None or len(buf) < tokens:
+        buf = _workspaces.keys = np.empty(tokens, np.uint64)
+    return buf
+
+
+@resumable(lambda piece, s: marker_url(s, piece.name))
+def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
+    """Count and choose the examples of one piece; write its parts; return its statistics."""
+    families = load_prompts(s.prompts_url, s.bits)
+    data = read_piece(piece, s.token_dtype, s.vocab_size, s.verify_hashes)
+    exclude = s.eos_id if s.drop_eos else None
+    found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
+                         s.seed, s.before, s.after, exclude, _workspace(len(data.tokens)))
+             for _, p in sorted(families.items())]
+    base, row = {}, 0
+    for n, p in sorted(families.items()):
+        base[n], row = row, row + len(p)
+    examples, counts = found_tables(found, families, {ref.index: ref.basename for ref in piece.shards}, base)
+    faults.delay_point(faults.CONTEXTS_TEST_DELAY)
+    nbytes = atomic_write_parquet(examples_url(s, piece.name), examples, compression="zstd")
+    nbytes += atomic_write_parquet(counts_url(s, piece.name), counts, compression="zstd")
+    return {
+        "piece": piece.name,
+        "shards": [ref.name for ref in piece.shards],
+        "samples": int(len(data.offsets) - 1),
+        "tokens": int(data.offsets[-1] - data.offsets[0]),
+        "occurrences": {str(f.n): int(f.counts.sum()) for f in found},
+        "kept": int(examples.num_rows),
+        "bytes": nbytes,
+    }

@@ -1,0 +1,145 @@
+"""The single writer of ``contexts``: merges the pieces' parts and writes three tables and
+``catalog_info['contexts']`` in one transaction.
+
+Each piece's part holds its k smallest priorities per prompt; the writer keeps the k
+smallest of all of them (``ORDER BY priority, shard, sample, pos``: a total order), in a
+TEMP table of the writer's connection that is pruned as parts arrive, so memory stays
+near ``k x prompts`` rows however many pieces there are. The per-prompt counts are summed
+in an array. Then, in one transaction: ``contexts``, ``context_counts``,
+``contexts_ledger`` (one row per piece) and the settings, or nothing (a killed writer
+leaves the database as it was; the pieces' parts stay, so a rerun only writes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from ngram_dask import faults
+from ngram_dask.contexts.task import ContextsSettings, counts_url, examples_url
+from ngram_dask.db import ensure_info, transaction, write_info
+from ngram_dask.errors import BadInputError
+from ngram_dask.schema import (
+    CONTEXT_COUNTS,
+    CONTEXTS,
+    CONTEXTS_INFO,
+    CONTEXTS_LEDGER,
+    context_counts_columns,
+    contexts_columns,
+    contexts_ledger_columns,
+    id_sql_type,
+    top_table,
+    typed_create_sql,
+)
+from ngram_dask.storage import get_fs
+
+BEST = "_contexts_best"
+ORDER = "priority, shard, sample, pos"
+
+
+def _read(url: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+class ContextsWriter:
+    """Collects the pieces' parts on the writer's connection ``con``; ``commit`` writes them."""
+
+    def __init__(self, con, s: ContextsSettings, prompts: pa.Table, sum_counts: np.ndarray):
+        self.con, self.s, self.prompts = con, s, prompts
+        self.sum_counts = np.asarray(sum_counts, np.int64)
+        self.counts = np.zeros(prompts.num_rows, np.int64)
+        self.ledger: list[tuple] = []
+        self.rows = self.pruned_rows = 0
+        con.execute(f"DROP TABLE IF EXISTS {BEST}")
+        self.created = False
+
+    def add(self, stats: dict) -> None:
+        """One piece's parts (its statistics as the task returned them)."""
+        piece = stats["piece"]
+        examples = _read(examples_url(self.s, piece))
+        counts = _read(counts_url(self.s, piece))
+        np.add.at(self.counts, counts.column("prompt").to_numpy(), counts.column("occurrences").to_numpy())
+        self.con.register("_contexts_part", examples)
+        try:
+            if not self.created:
+                self.con.execute(f"CREATE TEMP TABLE {BEST} AS SELECT * FROM _contexts_part")
+                self.created = True
+            else:
+                self.con.execute(f"INSERT INTO {BEST} SELECT * FROM _contexts_part")
+        finally:
+            self.con.unregister("_contexts_part")
+        self.rows += examples.num_rows
+        if self.rows > max(1_000_000, 2 * self.pruned_rows):
+            self._prune()
+        occ = sum(int(v) for v in stats["occurrences"].values())
+        self.ledger.append((piece, int(stats["samples"]), int(stats["tokens"]), occ, int(stats["kept"])))
+
+    def _prune(self) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {BEST} AS SELECT * FROM {BEST} "
+                         f"QUALIFY row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) <= {self.s.per_task}")
+        self.rows = self.pruned_rows = int(self.con.execute(f"SELECT count(*) FROM {BEST}").fetchone()[0])
+
+    def check_counts(self, db: str) -> None:
+        """The occurrences found must be each prompt's ``sum_count``: else the input is not the build's."""
+        bad = np.flatnonzero(self.counts != self.sum_counts)
+        if len(bad):
+            i = int(bad[0])
+            n = int(self.prompts.column("n")[i].as_py())
+            ids = [self.prompts.column("id0")[i].as_py()] + ([self.prompts.column("id1")[i].as_py()] if n == 3 else [])
+            raise BadInputError(
+                f"the input and database {db} disagree: prompt {ids} of {top_table(n)} occurs "
+                f"{int(self.counts[i])} times in the input, its sum_count is {int(self.sum_counts[i])} "
+                f"({len(bad)} prompt(s) differ); give the input the database was built from")
+
+    def commit(self, info: dict) -> int:
+        """Write the three tables and the settings in one transaction; returns the examples' rows."""
+        s, con = self.s, self.con
+        t = id_sql_type(s.vocab_size)
+        counts = self.prompts.select(["n", "id0", "id1"]).append_column(
+            "occurrences", pa.array(self.counts, pa.int64()))
+        ledger = pa.table(dict(zip(["piece", "samples", "tokens", "occurrences", "kept"],
+                                   map(list, zip(*self.ledger)) if self.ledger else [[]] * 5)),
+                          schema=pa.schema([("piece", pa.string()), ("samples", pa.int64()), ("tokens", pa.int64()),
+                                            ("occurrences", pa.int64()), ("kept", pa.int64())]))
+        if not self.created:  # no piece at all: an empty best table of the parts' shape
+            from ngram_dask.contexts.task import EXAMPLE_TYPES
+
+            con.register("_contexts_part", pa.schema(list(EXAMPLE_TYPES.items())).empty_table())
+            con.execute(f"CREATE TEMP TABLE {BEST} AS SELECT * FROM _contexts_part")
+            con.unregister("_contexts_part")
+            self.created = True
+        con.register("_contexts_counts", counts)
+        con.register("_contexts_ledger", ledger)
+        try:
+            with transaction(con):
+                ensure_info(con)
+                con.execute(typed_create_sql(CONTEXTS, contexts_columns(s.vocab_size), replace=True))
+                con.execute(f"""
+                    INSERT INTO {CONTEXTS}
+                    SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
+                           pos - window_start, window_ids::{t}[], priority
+                    FROM (SELECT *, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank FROM {BEST})
+                    WHERE rank <= {int(s.per_task)}
+                    ORDER BY n, id0, id1 NULLS FIRST, rank""")
+                faults.crash_point(faults.CRASH_IN_CONTEXTS, "write")
+                con.execute(typed_create_sql(CONTEXT_COUNTS, context_counts_columns(s.vocab_size), replace=True))
+                con.execute(f"INSERT INTO {CONTEXT_COUNTS} SELECT n, id0, CASE WHEN n = 3 THEN id1 END, occurrences "
+                            "FROM _contexts_counts ORDER BY n, id0, id1")
+                con.execute(typed_create_sql(CONTEXTS_LEDGER, contexts_ledger_columns(), replace=True))
+                con.execute(f"INSERT INTO {CONTEXTS_LEDGER} SELECT * FROM _contexts_ledger ORDER BY piece")
+                rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
+                stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                write_info(con, {CONTEXTS_INFO: json.dumps({**info, "rows": rows, "written_at": stamp},
+                                                           sort_keys=True)})
+        finally:
+            con.unregister("_contexts_counts")
+            con.unregister("_contexts_ledger")
+            con.execute(f"DROP TABLE IF EXISTS {BEST}")
+        return rows
