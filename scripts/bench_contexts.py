@@ -37,12 +37,12 @@ def task_seconds(pattern: Path) -> tuple[float, int]:
 def warm_tasks(mds: Path, out: Path, ctx_dir: Path, per_task: int) -> dict:
     from ngram_dask.contexts import task as ctask
     from ngram_dask.contexts.pieces import make_pieces
-    from ngram_dask.mds import list_shards
+    from ngram_dask.inputs import plan_input
     from ngram_dask.ngrams.counting import derived_in_aggregate
     from ngram_dask.ngrams.explode import ExplodeSettings, ShardGroup, explode_group
 
-    shards = list_shards(str(mds))
-    piece = make_pieces(shards, 34_000_000, 2)[0]
+    shards = plan_input(str(mds)).pieces
+    piece = make_pieces(shards, 34_000_000)[0]
     xs = ExplodeSettings(work_dir=str(out / "warm-explode"), ngrams=(2, 3), chunks=16, vocab_size=VOCAB,
                          token_dtype="uint16", derived=derived_in_aggregate([2, 3], False))
     cs = ctask.ContextsSettings(dir=str(ctx_dir), token_dtype="uint16", vocab_size=VOCAB, per_task=per_task,

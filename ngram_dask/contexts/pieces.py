@@ -1,11 +1,12 @@
-"""The units of input a contexts task reads: *pieces*, consecutive shards of the build's
-input holding about ``build.explode_task_tokens`` tokens (the explode's task size).
+"""The units of input a contexts task reads: *pieces*, consecutive pieces of the build's
+input (``ngram_dask.inputs``: MDS shards, byte ranges of Megatron / .bin / .npy files,
+Parquet row groups) holding about ``build.explode_task_tokens`` tokens, grouped as the
+explode groups them.
 
 ``read_piece`` is the one function that reads input; it returns the samples
 concatenated with, per sample, the index of its file in the dataset and its index in
 that file (the location the examples record). The choice of examples does not depend
-on how shards are grouped into pieces, so another grouping (or another reader, such as
-``ngram_dask.inputs`` when it lands) changes nothing in the result.
+on how the input is grouped into pieces.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ngram_dask.mds import ShardRef, read_shard
+from ngram_dask import inputs
 
 
 @dataclass(frozen=True)
 class Piece:
-    """Consecutive shards read by one task; small, so it travels in the task graph."""
+    """Consecutive input pieces read by one task; small, so it travels in the task graph."""
 
-    shards: tuple[ShardRef, ...]
+    shards: tuple[inputs.Piece, ...]
 
     @property
     def name(self) -> str:
@@ -30,19 +31,17 @@ class Piece:
         return first if len(self.shards) == 1 else f"{first}+{len(self.shards) - 1}"
 
 
-def make_pieces(shards: Sequence[ShardRef], task_tokens: int, token_bytes: int) -> list[Piece]:
-    """Consecutive shards, greedily, until the next would pass ``task_tokens`` tokens
-    (estimated from the index's raw byte sizes; a larger shard is a piece of its own)."""
+def make_pieces(parts: Sequence[inputs.Piece], task_tokens: int) -> list[Piece]:
+    """Consecutive input pieces, greedily, until the next would pass ``task_tokens`` tokens."""
     pieces: list[Piece] = []
-    current: list[ShardRef] = []
+    current: list[inputs.Piece] = []
     tokens = 0
-    for ref in shards:
-        est = ref.raw_bytes // max(1, token_bytes)
-        if current and tokens + est > task_tokens:
+    for part in parts:
+        if current and tokens + part.tokens > task_tokens:
             pieces.append(Piece(tuple(current)))
             current, tokens = [], 0
-        current.append(ref)
-        tokens += est
+        current.append(part)
+        tokens += part.tokens
     if current:
         pieces.append(Piece(tuple(current)))
     return pieces
@@ -58,10 +57,12 @@ class PieceTokens(NamedTuple):
     samples: np.ndarray
 
 
-def read_piece(piece: Piece, token_dtype: str, vocab_size: int, verify_hashes: bool = True) -> PieceTokens:
-    parts = [read_shard(ref, token_dtype, vocab_size, verify_hashes) for ref in piece.shards]
-    files = np.concatenate([np.full(len(p.offsets) - 1, ref.index, np.int64) for p, ref in zip(parts, piece.shards)])
-    samples = np.concatenate([np.arange(len(p.offsets) - 1, dtype=np.int64) for p in parts])
+def read_piece(piece: Piece, vocab_size: int, verify_hashes: bool = True) -> PieceTokens:
+    parts = [inputs.read_piece(part, vocab_size, verify_hashes) for part in piece.shards]
+    files = np.concatenate([np.full(len(p.offsets) - 1, part.file_index, np.int64)
+                            for p, part in zip(parts, piece.shards)])
+    samples = np.concatenate([part.sample0 + np.arange(len(p.offsets) - 1, dtype=np.int64)
+                              for p, part in zip(parts, piece.shards)])
     if len(parts) == 1:
         return PieceTokens(parts[0].tokens, np.asarray(parts[0].offsets, np.int64), files, samples)
     tokens = np.concatenate([p.tokens for p in parts])

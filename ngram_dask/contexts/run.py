@@ -31,7 +31,7 @@ from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_t
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import check_existing, read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.mds import list_shards
+from ngram_dask.inputs import plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
 from ngram_dask.storage import atomic_write_parquet, join, read_marker, redact_url, use_storage
@@ -111,14 +111,22 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
     with read_only(db) as con:
         prompts, sum_counts, sizes = _read_prompts(db, con, info)
         have_tables = CONTEXTS in table_names(con)
-    shards = list_shards(source)
-    samples = sum(r.samples for r in shards)
-    if str(len(shards)) != info.get("shards") or str(samples) != info.get("samples"):
-        raise DatabaseError(f"the input {redact_url(source)} has {len(shards)} shard(s) and {samples:,} samples; "
-                            f"database {db} was built from {info.get('shards')} shard(s) and "
-                            f"{int(info.get('samples', 0)):,} samples: the input changed since the build")
+    b = cfg.build
+    read_as = plan_input(source, input_format=info.get("input_format", "auto"),
+                         token_dtype=info.get("token_dtype") or b.token_dtype,
+                         seq_len=int(info.get("seq_len", b.seq_len)), samples=info.get("samples_mode", b.samples),
+                         token_column=info.get("token_column") or None, task_tokens=b.explode_task_tokens)
+    shards = read_as.pieces
+    if read_as.format == "mds":
+        size, unit, recorded_size = sum(r.extra.samples for r in shards), "samples", info.get("samples")
+    else:
+        size, unit, recorded_size = sum(r.tokens for r in shards), "tokens", info.get("tokens")
+    if str(len(shards)) != info.get("shards") or str(size) != recorded_size:
+        raise DatabaseError(f"the input {redact_url(source)} has {len(shards)} piece(s) and {size:,} {unit}; "
+                            f"database {db} was built from {info.get('shards')} piece(s) and "
+                            f"{int(recorded_size or 0):,} {unit}: the input changed since the build")
     c = cfg.contexts
-    token_dtype = info.get("token_dtype") or "uint16"
+    token_dtype = read_as.token_dtype
     drop_eos = json.loads(info.get("drop_eos", "false"))
     prompt_digest = hashlib.sha256(b"".join(
         np.ascontiguousarray(prompts.column(k).to_numpy()).tobytes() for k in ("n", "id0", "id1", "expected"))
@@ -130,12 +138,12 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
     task_tokens = cfg.build.explode_task_tokens
     work = cfg.work_dir or default_work_dir(db)
     digest = _digest({**identity, "task_tokens": task_tokens, "token_dtype": token_dtype,
-                      "shards": [[r.basename, r.samples, r.raw_bytes] for r in shards]})[:12]
+                      "shards": [r.identity() for r in shards]})[:12]
     settings = ContextsSettings(
         dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
         per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
         eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
-    pieces = make_pieces(shards, task_tokens, 4 if token_dtype == "uint32" else 2)
+    pieces = make_pieces(shards, task_tokens)
     return Plan(db, source, settings, identity, prompts, sum_counts, pieces, present), sizes
 
 

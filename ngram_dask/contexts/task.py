@@ -170,7 +170,7 @@ def _workspace(tokens: int) -> np.ndarray:
 def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
     """Count and choose the examples of one piece; write its parts; return its statistics."""
     families = load_prompts(s.prompts_url, s.bits)
-    data = read_piece(piece, s.token_dtype, s.vocab_size, s.verify_hashes)
+    data = read_piece(piece, s.vocab_size, s.verify_hashes)
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
                          s.seed, s.before, s.after, exclude, _workspace(len(data.tokens)))
@@ -178,7 +178,7 @@ def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
     base, row = {}, 0
     for n, p in sorted(families.items()):
         base[n], row = row, row + len(p)
-    examples, counts = found_tables(found, families, {ref.index: ref.basename for ref in piece.shards}, base)
+    examples, counts = found_tables(found, families, {part.file_index: part.location for part in piece.shards}, base)
     faults.delay_point(faults.CONTEXTS_TEST_DELAY)
     nbytes = atomic_write_parquet(examples_url(s, piece.name), examples, compression="zstd")
     nbytes += atomic_write_parquet(counts_url(s, piece.name), counts, compression="zstd")

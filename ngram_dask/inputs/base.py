@@ -44,6 +44,11 @@ class Piece:
     column: str | None = None  # parquet: the list column
     extra: Any = field(default=None, compare=False)  # MDS: the ShardRef
 
+    @property
+    def location(self) -> str:
+        """The file as an example's location names it: the MDS shard's path in its dataset, else its name."""
+        return self.extra.basename if self.format == "mds" else posixpath.basename(self.file)
+
     def identity(self) -> list:
         """JSON-able: the work dir manifest refuses another input by these."""
         if self.format == "mds":

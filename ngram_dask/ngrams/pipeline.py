@@ -60,6 +60,11 @@ def build_identity(cfg: Config) -> dict[str, str]:
         "ngrams": json.dumps(sorted(cfg.build.ngrams)),
         "vocab_size": str(cfg.vocab_size),
         "drop_eos": json.dumps(cfg.build.drop_eos),
+        # how the input was read: `contexts` reads it again the same way
+        "input_format": cfg.build.input_format,
+        "seq_len": str(cfg.build.seq_len),
+        "samples_mode": cfg.build.samples,
+        "token_column": cfg.build.token_column or "",
     }
 
 
