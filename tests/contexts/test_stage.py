@@ -249,3 +249,31 @@ def test_client_killed_mid_stage_then_rerun(corpus, tmp_path, local_cluster):
     assert table_dump(db, TABLES) == table_dump(clean, TABLES)
     pieces = db_rows(db, "SELECT count(*), count(DISTINCT piece) FROM contexts_ledger")[0]
     assert pieces[0] == pieces[1] > 1
+
+
+def test_a_parquet_input_gives_the_same_counts_and_examples_at_its_own_locations(corpus, tmp_path, local_cluster,
+                                                                                neox_tokenizer_path):
+    """contexts reads the build's input through ngram_dask.inputs: the same samples as Parquet rows
+    give the same occurrence counts, and the examples name (file 0, row) instead of (shard, sample)."""
+    from helpers_formats import write_parquet
+
+    root, mds_db, samples = corpus
+    write_parquet(tmp_path / "rows.parquet", samples, row_group_size=9)
+    cfg = load_config(None, {"input": str(tmp_path / "rows.parquet"), "work_dir": str(tmp_path / "work"),
+                             "db": str(tmp_path / "pq.duckdb"), "tokenizer": neox_tokenizer_path,
+                             "vocab_size": VOCAB, "build.chunks": 4, "catalog.top_trigram_min_count": 20,
+                             "cluster.scheduler": local_cluster})
+    run_build(cfg, announce=lambda m: None)
+    db = tmp_path / "pq.duckdb"
+    run_contexts(cfg_for(db, local_cluster, **{"contexts.seed": 7}), announce=lambda m: None)
+    (tmp_path / "m").mkdir()
+    mds = fresh(corpus, tmp_path / "m")
+    run_contexts(cfg_for(mds, local_cluster, **{"contexts.seed": 7}), announce=lambda m: None)
+    assert table_dump(db, ["context_counts"]) == table_dump(mds, ["context_counts"])
+    rows = db_rows(db, "SELECT shard, shard_file, sample, pos, n, window_ids, prompt_at FROM contexts")
+    assert rows and {r[0] for r in rows} == {0} and {r[1] for r in rows} == {"rows.parquet"}
+    for _, _, sample, pos, n, window, at in rows:
+        s = samples[sample]
+        assert window == s[max(0, pos - 6):min(len(s), pos + n + 2)] and window[at:at + n - 1] == s[pos:pos + n - 1]
+    checks = verify(str(db), announce=lambda m: None)
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
