@@ -41,8 +41,8 @@ from ngram_dask.schema import (
     scored_models,
     top_table,
 )
+from ngram_dask.tokenizer import DEFAULT_TOKENIZER
 
-DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
 NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
                  "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "REAL"}
 _NESTED = re.compile(r"\[\]$|^(STRUCT|MAP|UNION)\b|\[\d+\]$")
