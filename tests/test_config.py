@@ -41,8 +41,10 @@ def test_bad_config(tmp_path, text, match):
 
 
 def test_shipped_configs_load():
-    for name in ("demo.yaml", "pile.yaml"):
-        cfg = load_config(REPO / "configs" / name)
+    from ngram_dask.ngrams.demo import DEMO_CONFIG
+
+    for path in (DEMO_CONFIG, REPO / "configs" / "pile.yaml"):
+        cfg = load_config(path)
         assert cfg.build.chunks >= 1
 
 
