@@ -2,7 +2,8 @@
 
 A YAML file mirrors the dataclasses below: shared keys at the top level, and one
 section per stage (``cluster``, ``storage``, ``build``, ``catalog``, ``contexts``,
-``convert``, ``score``, ``scan``).
+``convert``, ``score``, ``scan``) and per reader command (``query``, ``serve``, ``export``,
+``report``, ``demo``).
 
 Every setting is declared once, with ``setting(default, help)``: its type, its
 default and its help text, which the command line shows for its flag. Every value
@@ -27,6 +28,7 @@ import yaml
 
 from ngram_dask.errors import ConfigError
 from ngram_dask.schema import check_key_fits, key_bits
+from ngram_dask.tokenizer import DEFAULT_TOKENIZER
 
 STEPS = ("explode", "aggregate", "load", "catalog", "contexts")
 DEFAULT_STEPS = ("explode", "aggregate", "load", "catalog")  # contexts: on request
@@ -302,6 +304,79 @@ class ScanConfig:
         _device_and_dtype("scan", self.device, self.dtype)
 
 
+@dataclass
+class QueryConfig:
+    """`query`: how many completions, and how they are printed."""
+
+    top: int = setting(5, "completions to show per table")
+    json: bool = setting(False, "print the answer as JSON")
+
+    def __post_init__(self) -> None:
+        _at_least("query.top", self.top, 1)
+
+
+@dataclass
+class ServeConfig:
+    """`serve`: where the page and the JSON API listen (not the cluster's host)."""
+
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 exposes the catalog to the network)")
+    port: int = setting(8000, "port to listen on (0: any free port)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port must be between 0 and 65535, got {self.port}")
+
+
+EXPORT_LAYOUTS = ("default", "original")
+EXPORT_COUNTS = ("uint64", "uint32")
+
+
+@dataclass
+class ExportConfig:
+    """`export`: tables -> Parquet + dataset card, and optionally to the Hugging Face hub."""
+
+    out: Optional[str] = setting(None, "folder for the export")
+    tables: list[str] = setting([], "only these tables (default: all but catalog_info and load_ledger)")
+    split_rows: int = setting(1_000_000, "split tables with more rows than this into one file per id0 chunk")
+    layout: str = setting("default", "default: one dataset, one config per table (split train). original: what "
+                                     "the original project published, one dataset folder per table with the "
+                                     "table's name as the split, p_<size> score names, id0_chunk on the n-gram "
+                                     "tables")
+    counts: str = setting("uint64", "with layout original: uint32 writes count and max_count as the original's "
+                                    "uint32 (refused if any does not fit)")
+    push_to_hub: Optional[str] = setting(None, "then upload to the Hugging Face hub (needs HF_TOKEN or "
+                                               "`huggingface-cli login`): the folder as this dataset repo, or "
+                                               "with layout original each table's folder as the dataset "
+                                               "<repo><table> (a prefix, e.g. me/pile_)")
+    private: bool = setting(False, "with push_to_hub: create the repo(s) private")
+    tasks: bool = setting(False, "write the prompt sets of the task families instead (bigram_prompts, "
+                                 "trigram_prompts; Parquet and JSONL), from the examples of `ngram-dask contexts`")
+
+    def __post_init__(self) -> None:
+        self.tables = [t.strip() for t in self.tables if t.strip()]
+        _at_least("export.split_rows", self.split_rows, 0)
+        _one_of("export.layout", self.layout, EXPORT_LAYOUTS)
+        _one_of("export.counts", self.counts, EXPORT_COUNTS)
+
+
+@dataclass
+class ReportConfig:
+    """`report`: plots and a page of the catalog."""
+
+    out: Optional[str] = setting(None, "folder for the PNGs and index.html")
+
+
+@dataclass
+class DemoConfig:
+    """`demo`: where the demo writes, and its cluster (the rest is the packaged demo config)."""
+
+    out: str = setting("demo-output", "folder for the demo's MDS, work dir and database")
+    n_workers: Optional[int] = setting(None, "LocalCluster workers (default: the demo config's cluster.n_workers)")
+
+    def __post_init__(self) -> None:
+        _at_least("demo.n_workers", self.n_workers, 1, optional=True)
+
+
 # What each command needs set, with the flag that sets it.
 REQUIRED = {
     "build": {"input": "--input", "work_dir": "--work-dir", "db": "--db"},
@@ -309,6 +384,9 @@ REQUIRED = {
     "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
     "score": {"db": "--db"},
     "contexts": {"db": "--db"},
+    "verify": {"db": "--db"},
+    "export": {"export.out": "--out"},
+    "report": {"report.out": "--out"},
 }
 
 
@@ -320,7 +398,7 @@ class Config:
                                           ".npy token files, or Parquet with a list column of ids")
     work_dir: Optional[str] = setting(None, "intermediate Parquet; every worker must reach it")
     db: Optional[str] = setting(None, "the catalog database (a local DuckDB file)")
-    tokenizer: str = setting("EleutherAI/gpt-neox-20b", "hub id or local folder of the tokenizer")
+    tokenizer: str = setting(DEFAULT_TOKENIZER, "hub id or local folder of the tokenizer")
     vocab_size: int = setting(50432, "ids are below this (Pythia pads GPT-NeoX's 50277 tokens to 50432)")
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -330,6 +408,11 @@ class Config:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:

@@ -6,6 +6,11 @@ Pure names and arithmetic: every layer may import this module.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from typing import Mapping
+
 import numpy as np
 
 SCHEMA_VERSION = 1
@@ -64,6 +69,66 @@ def top_table(n: int) -> str:
 def catalog_tables(ngrams: list[int]) -> list[str]:
     """The tables the build's catalog step writes for these n."""
     return [TOKENS] + [top_table(n) for n in ngrams if n in TOP_NGRAMS]
+
+
+# --- the scan's tables and the score columns --------------------------------------------
+#
+# Every reader and writer of these names asks here; nothing else parses them.
+
+_SCAN = re.compile(r"scan_(\d+)")
+SCORE_PREFIX = "p_"  # p_<model>: a model's probability of a top table's expected token
+SCORED_MODELS = "scored_models"  # catalog_info key: JSON {column: {model, tables: {table: rows}, ...}}
+
+
+def scan_table(seq_len: int) -> str:
+    """``scan_<L>``: the first-token deletion scan with short windows of L tokens."""
+    return f"scan_{int(seq_len)}"
+
+
+def scan_length(name: str) -> int | None:
+    """L of a ``scan_<L>`` table, else None."""
+    m = _SCAN.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def is_scan_table(name: str) -> bool:
+    return scan_length(name) is not None
+
+
+def score_column(model: str) -> str:
+    """``p_<model>`` as a plain SQL identifier: ``EleutherAI/pythia-1.4b-deduped`` ->
+    ``p_pythia_1_4b_deduped`` (the last part of a path or hub id; short names are expanded
+    by the caller, ``lm.models.column_name``)."""
+    base = os.path.basename(model.strip().rstrip("/")) or "model"
+    return SCORE_PREFIX + re.sub(r"[^0-9a-zA-Z]+", "_", base).strip("_").lower()
+
+
+def is_score_column(column: str) -> bool:
+    """Whether a column of a top table is a score (the scan tables' ``p_long``... are not:
+    ask only of top tables)."""
+    return column.startswith(SCORE_PREFIX) and len(column) > len(SCORE_PREFIX)
+
+
+def score_column_model(column: str) -> str:
+    """The model part of a score column's name: ``p_pythia_70m_deduped`` -> ``pythia_70m_deduped``."""
+    return column[len(SCORE_PREFIX):] if is_score_column(column) else column
+
+
+def scored_models(info: Mapping[str, str]) -> dict[str, dict]:
+    """The ``scored_models`` record of ``catalog_info``: column -> its entry (model, tables, ...).
+    A missing or unreadable record, or an entry that is not a mapping, counts as not there."""
+    try:
+        value = json.loads(info.get(SCORED_MODELS) or "{}")
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {c: e for c, e in value.items() if isinstance(e, dict)}
+
+
+def scored_models_info(scored: Mapping[str, dict]) -> dict[str, str]:
+    """The ``catalog_info`` row that records ``scored`` (the inverse of :func:`scored_models`)."""
+    return {SCORED_MODELS: json.dumps(dict(scored), sort_keys=True)}
 
 
 # --- token ids --------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from ngram_dask.errors import UserError
 
 #: The GPT-NeoX-20B tokenizer (Pythia's) shipped inside the package (Apache-2.0; see its
 #: SOURCE.md), so the demo, the tests and the benchmarks need no network. Real builds
-#: default to the hub id ``EleutherAI/gpt-neox-20b``; this folder loads the same ids.
+#: default to the hub id ``DEFAULT_TOKENIZER``; this folder loads the same ids.
+DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"  # the hub id of the one bundled below
 BUNDLED_GPT_NEOX = Path(__file__).resolve().parent / "tokenizers" / "gpt-neox-20b"
 
 

@@ -41,8 +41,10 @@ def test_bad_config(tmp_path, text, match):
 
 
 def test_shipped_configs_load():
-    for name in ("demo.yaml", "pile.yaml"):
-        cfg = load_config(REPO / "configs" / name)
+    from ngram_dask.ngrams.demo import DEMO_CONFIG
+
+    for path in (DEMO_CONFIG, REPO / "configs" / "pile.yaml"):
+        cfg = load_config(path)
         assert cfg.build.chunks >= 1
 
 
@@ -54,6 +56,14 @@ def test_shipped_configs_load():
     (["build", "--config", "/nonexistent.yaml"], "config file not found"),
     (["build", "--input", "x", "--work-dir", "w", "--db", "d", "--ngrams", "5", "--vocab-size", "50432"],
      "more than one 64-bit key"),
+    (["serve", "--db", "x.duckdb", "--port", "70000"], "serve.port must be between 0 and 65535"),
+    (["query", "--db", "x.duckdb", "--top", "0", "hi"], "query.top must be >= 1"),
+    (["export", "--db", "x.duckdb"], "'export.out' is required (flag --out"),
+    (["export", "--db", "x.duckdb", "--out", "o", "--layout", "flat"], "export.layout must be default or original"),
+    (["report", "--db", "x.duckdb"], "'report.out' is required (flag --out"),
+    (["verify"], "'db' is required (flag --db"),
+    (["demo", "--n-workers", "0"], "demo.n_workers must be >= 1"),
+    (["demo", "--n-workers", "two"], "'demo.n_workers' must be an integer"),
 ])
 def test_cli_config_errors_are_one_line(tmp_path, args, match):
     r = run_cli(*args, cwd=tmp_path)
@@ -61,6 +71,7 @@ def test_cli_config_errors_are_one_line(tmp_path, args, match):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -74,6 +85,14 @@ def test_cli_config_errors_are_one_line(tmp_path, args, match):
     ({"scan.dtype": "float8"}, "unknown dtype 'float8'"),
     ({"cluster.n_workers": "0"}, "cluster.n_workers must be >= 1"),
     ({"vocab_size": "1"}, "vocab_size must be >= 2"),
+    ({"serve.port": "70000"}, "serve.port must be between 0 and 65535, got 70000"),
+    ({"serve.port": "http"}, "'serve.port' must be an integer"),
+    ({"query.top": "0"}, "query.top must be >= 1"),
+    ({"query.json": "maybe"}, "'query.json' must be true or false"),
+    ({"export.layout": "flat"}, "export.layout must be default or original"),
+    ({"export.counts": "int8"}, "export.counts must be uint64 or uint32"),
+    ({"export.split_rows": "-1"}, "export.split_rows must be >= 0"),
+    ({"demo.n_workers": "0"}, "demo.n_workers must be >= 1"),
 ])
 def test_every_value_is_checked_when_the_config_loads(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -111,3 +130,81 @@ def test_options_doc_is_current():
 
     assert (REPO / "docs" / "options.md").read_text() == options_markdown(), \
         "run: python -m ngram_dask.cli.options_doc > docs/options.md"
+
+
+# --- the reader commands' settings: query, serve, export, report, demo --------------------
+
+READER_YAML = """\
+query: {top: 3, json: true}
+serve: {host: 0.0.0.0, port: 0}
+export: {out: exp, tables: [top_bigrams], split_rows: 10, layout: original, counts: uint32,
+         push_to_hub: me/pile_, private: true}
+report: {out: rep}
+demo: {out: d, n_workers: 1}
+"""
+
+
+def test_reader_command_settings_from_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(READER_YAML)
+    cfg = load_config(f)
+    assert (cfg.query.top, cfg.query.json) == (3, True)
+    assert (cfg.serve.host, cfg.serve.port) == ("0.0.0.0", 0)
+    e = cfg.export
+    assert (e.out, e.tables, e.split_rows, e.layout, e.counts, e.push_to_hub, e.private) == (
+        "exp", ["top_bigrams"], 10, "original", "uint32", "me/pile_", True)
+    assert cfg.report.out == "rep" and (cfg.demo.out, cfg.demo.n_workers) == ("d", 1)
+    defaults = load_config(None)
+    assert (defaults.query.top, defaults.serve.port, defaults.export.layout, defaults.demo.out) == (
+        5, 8000, "default", "demo-output")
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["query", "--top", "7", "--json", "p"], {"query.top": 7, "query.json": True, "serve.port": 0}),
+    (["query", "-k", "2", "p"], {"query.top": 2, "query.json": True}),
+    (["serve", "--host", "::1", "--port", "9"], {"serve.host": "::1", "serve.port": 9}),
+    (["export", "--out", "o", "--tables", "a, b", "--split-rows", "0", "--layout", "default",
+      "--counts", "uint64", "--push-to-hub", "me/x", "--private"],
+     {"export.out": "o", "export.tables": ["a", "b"], "export.split_rows": 0, "export.layout": "default",
+      "export.counts": "uint64", "export.push_to_hub": "me/x", "export.private": True}),
+    (["report", "--out", "r2"], {"report.out": "r2"}),
+    (["demo", "--out", "d2", "--n-workers", "3"], {"demo.out": "d2", "demo.n_workers": 3}),
+])
+def test_reader_command_flags_override_the_file(tmp_path, argv, expected):
+    from ngram_dask.cli.common import config_from
+    from ngram_dask.cli.main import build_parser
+
+    f = tmp_path / "c.yaml"
+    f.write_text(READER_YAML)
+    cfg = config_from(build_parser().parse_args(argv[:1] + ["--config", str(f)] + argv[1:]))
+    assert {k: cfg.get(k) for k in expected} == expected
+
+
+
+def test_every_option_of_every_command_is_a_setting():
+    """Each flag but the common ones (--config, -q, -v, --help) sets a config key, so its help
+    names the key and YAML can set it too."""
+    import argparse
+
+    from ngram_dask.cli.main import build_parser
+    from ngram_dask.config import setting_help
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    common = {"_config", "_quiet", "_verbose", "help"}
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            if not a.option_strings or a.dest in common:
+                continue
+            assert "(config key " in (a.help or ""), (name, a.option_strings)
+            setting_help(a.dest)  # a real key of the config
+
+
+def test_default_tokenizer_is_named_once():
+    import re
+
+    from ngram_dask.tokenizer import DEFAULT_TOKENIZER
+
+    assert load_config(None).tokenizer == DEFAULT_TOKENIZER
+    hits = [str(p.relative_to(REPO)) for p in (REPO / "ngram_dask").rglob("*.py")
+            if re.search(r"[\"']" + re.escape(DEFAULT_TOKENIZER) + r"[\"']", p.read_text())]
+    assert hits == ["ngram_dask/tokenizer.py"]

@@ -83,3 +83,54 @@ def test_readme_points_to_the_table_contract_inside_the_repository():
     readme = (REPO / "README.md").read_text()
     assert "docs/tables.md" in readme
     assert (REPO / "docs" / "tables.md").is_file()
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_runs_the_demo_from_anywhere(tmp_path):
+    """Build the wheel from the tracked files alone, install it (no deps, offline) into a fresh
+    venv that sees this environment's packages, and from a folder outside the repository
+    run ``ngram-dask demo --help`` and load the demo config and tokenizer through the package."""
+    import os
+    import shutil
+    import site
+    import sys
+    import textwrap
+    import venv
+
+    src = tmp_path / "src"
+    for rel in tracked_text_files():
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
+
+    def ok(*cmd, cwd=tmp_path):
+        r = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{cmd}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        return r.stdout
+
+    ok(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", src)
+    (wheel,) = (tmp_path / "dist").glob("ngram_dask-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    (new_site,) = (p for p in env_dir.glob("lib/python*/site-packages"))
+    # The dependencies: this environment's site-packages, after the venv's own (whose wheel wins).
+    (new_site / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    ok(sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "-q", wheel)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert "ngram-dask demo" in ok(env_dir / "bin" / "ngram-dask", "demo", "--help", cwd=elsewhere)
+    out = ok(py, "-c", textwrap.dedent("""
+        import ngram_dask
+        from ngram_dask.config import load_config
+        from ngram_dask.ngrams.demo import DEMO_CONFIG
+        from ngram_dask.tokenizer import BUNDLED_GPT_NEOX
+        cfg = load_config(DEMO_CONFIG)
+        print(ngram_dask.__file__, DEMO_CONFIG, cfg.build.chunks, (BUNDLED_GPT_NEOX / "tokenizer.json").is_file())
+    """), cwd=elsewhere)
+    module, config, chunks, tokenizer = out.split()
+    assert module.startswith(str(new_site)) and config.startswith(str(new_site)), out
+    assert int(chunks) >= 1 and tokenizer == "True"

@@ -11,6 +11,7 @@ functions count too: a lazy import that runs upward is still an upward import.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,48 @@ def test_only_db_py_connects_to_duckdb():
     path = PACKAGE / "ngrams" / "aggregate.py"  # the check sees a connect in a spill path
     edited = path.read_text() + "\n\ndef spill():\n    import duckdb\n    return duckdb.connect(config={})\n"
     assert duckdb_connects({path: edited}) == [f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]
+
+
+# --- the catalog's derived names live in schema.py --------------------------------------
+#
+# scan_<L> tables, p_<model> score columns and the scored_models record are named and parsed
+# only by ngram_dask/schema.py (scan_table, scan_length, score_column, is_score_column,
+# scored_models, ...). A regex, prefix test or literal of them anywhere else is a second
+# place that can drift.
+NAME_PATTERNS = re.compile(
+    r"""scan_\\d|scan_\(\\d"""                   # a regex for scan_<L>
+    r"""|f["']scan_\{"""                         # scan_<L> written by hand
+    r"""|\bp_\(\\w|\bp_\\w|\bp_\[|["']p_["']"""  # a regex or the bare prefix of p_<model>
+    r"""|startswith\(["'](p|scan)_["']"""        # a prefix test
+    r"""|["']scored_models["']"""                # the catalog_info key
+)
+
+
+def name_violations(edited: dict[Path, str] | None = None) -> list[str]:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "schema.py":
+            continue
+        text = (edited or {}).get(path) or path.read_text()
+        for i, line in enumerate(text.splitlines(), 1):
+            if NAME_PATTERNS.search(line):
+                bad.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    return bad
+
+
+def test_scan_and_score_names_are_parsed_only_in_schema():
+    assert name_violations() == []
+
+
+@pytest.mark.parametrize("line", [
+    'SCANS = re.compile(r"scan_\\d+")',
+    'm = re.fullmatch(r"scan_(\\d+)", table)',
+    'name = f"scan_{seq_len}"',
+    'cols = [c for c in cols if c.startswith("p_")]',
+    'm = re.fullmatch(r"p_(\\w+)", column)',
+    'KEY = "scored_models"',
+])
+def test_the_name_check_catches_a_parse_outside_schema(line):
+    path = PACKAGE / "catalog" / "api.py"
+    found = name_violations({path: path.read_text() + f"\n{line}\n"})
+    assert any(line in v for v in found), found

@@ -20,7 +20,6 @@ Contracts:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -32,10 +31,21 @@ from typing import Any, Iterator, Mapping, Sequence
 from ngram_dask.catalog.reader import open_catalog
 from ngram_dask.db import columns as table_columns
 from ngram_dask.errors import UserError
-from ngram_dask.schema import CONTEXT_COUNTS, CONTEXTS, TOP_NGRAMS, id_columns, ngram_table, prefix_table, top_table
+from ngram_dask.schema import (
+    CONTEXT_COUNTS,
+    CONTEXTS,
+    TOP_NGRAMS,
+    id_columns,
+    is_score_column,
+    ngram_table,
+    prefix_table,
+    scan_length,
+    score_column_model,
+    scored_models,
+    top_table,
+)
+from ngram_dask.tokenizer import DEFAULT_TOKENIZER
 
-DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
-SCORED_KEY = "scored_models"  # catalog_info key written by `ngram-dask score`
 NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
                  "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "REAL"}
 _NESTED = re.compile(r"\[\]$|^(STRUCT|MAP|UNION)\b|\[\d+\]$")
@@ -337,7 +347,7 @@ class Catalog:
     def browsable(self) -> list[str]:
         """Tables a person picks tasks from: the top tables, then the scan tables."""
         tops = sorted((t for t in self.tables if t.startswith("top_")), key=lambda t: (t != top_table(3), t))
-        scans = sorted((t for t in self.tables if re.fullmatch(r"scan_\d+", t)), key=lambda t: int(t[5:]))
+        scans = sorted((t for t in self.tables if scan_length(t) is not None), key=scan_length)
         return tops + scans
 
     def _browsable(self, table: str) -> list[tuple[str, str]]:
@@ -365,20 +375,15 @@ class Catalog:
     def models(self, table: str) -> list[dict]:
         """The ``p_<model>`` columns of a table, smallest model first: ``column, model, size``
         (size in parameters, None when the name does not tell)."""
-        try:
-            scored = json.loads(self.info.get(SCORED_KEY) or "{}")
-        except json.JSONDecodeError:
-            scored = {}
-        scored = scored if isinstance(scored, dict) else {}
+        scored = scored_models(self.info)
         out = []
         for c, _ in self._browsable(table):
-            if not c.startswith("p_") or not table.startswith("top_"):
+            if not is_score_column(c) or not table.startswith("top_"):
                 continue
-            entry = scored.get(c) if isinstance(scored.get(c), dict) else {}
-            model = str(entry.get("model") or c[2:])
+            model = str(scored.get(c, {}).get("model") or score_column_model(c))
             size = model_size(model)
             if size is None:
-                size = model_size(c[2:])
+                size = model_size(score_column_model(c))
             out.append({"column": c, "model": model, "size": size})
         return sorted(out, key=lambda m: (m["size"] is None, m["size"] or 0, m["column"]))
 

@@ -33,10 +33,11 @@ from ngram_dask.catalog import export_common as common
 from ngram_dask.catalog.export_common import TableExport
 from ngram_dask.catalog.export_original import original_index, write_original
 from ngram_dask.catalog.reader import OpenCatalog, open_catalog
+from ngram_dask.config import ExportConfig
 from ngram_dask.errors import UserError
 from ngram_dask.schema import INFO, LEDGER, TOOL, ngram_table, prefix_table
 
-SPLIT_ROWS = 1_000_000  # tables above this many rows (with an id0 column) are split by id0 % chunks
+SPLIT_ROWS = ExportConfig.split_rows  # tables above this many rows (with an id0 column) are split by id0 % chunks
 INTERNAL = {INFO, LEDGER}
 LAYOUTS = ("default", "original")
 COUNT_TYPES = ("uint64", "uint32")

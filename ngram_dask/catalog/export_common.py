@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from ngram_dask.catalog.reader import OpenCatalog
-from ngram_dask.schema import TOOL, ngram_table, prefix_table, top_table
+from ngram_dask.schema import (
+    TOOL,
+    is_scan_table,
+    is_score_column,
+    ngram_table,
+    prefix_table,
+    scan_length,
+    score_column_model,
+    top_table,
+)
 from ngram_dask.storage import sql_string
 
 CARD_MARK = f"<!-- written by {TOOL} export -->"
@@ -60,9 +69,9 @@ def table_description(table: str, info: dict[str, str]) -> str:
     if table == "tokens":
         return ("The vocabulary: `token` is the text of token `id` decoded alone "
                 "(`tokenizer.decode([id])`, spaces kept); ids the tokenizer lacks (padding) are ''.")
-    m = re.fullmatch(r"scan_(\d+)", table)
-    if m:
-        return (f"First-token deletion scan with windows of {m.group(1)} tokens: positions where one more "
+    seq_len = scan_length(table)
+    if seq_len is not None:
+        return (f"First-token deletion scan with windows of {seq_len} tokens: positions where one more "
                 "token of earlier context (the long window) changes the model's next-token prediction "
                 "sharply against the short window; deduplicated on `text`, sorted by p_long desc. "
                 "`sym_kl` is the column the original called JS.")
@@ -110,7 +119,7 @@ SCAN_COLUMNS = {
 
 
 def column_description(table: str, column: str) -> str:
-    if re.fullmatch(r"scan_\d+", table) and column in SCAN_COLUMNS:
+    if is_scan_table(table) and column in SCAN_COLUMNS:
         return SCAN_COLUMNS[column]
     kind = n_of(table)
     n = kind[1] if kind else None
@@ -124,10 +133,9 @@ def column_description(table: str, column: str) -> str:
     m = re.fullmatch(r"token(\d+)", column)
     if m:
         return f"text of id{m.group(1)} (from `tokens`)"
-    m = re.fullmatch(r"p_(\w+)", column)
-    if m and n:
-        return (f"probability model `{m.group(1)}` gives to id{n - 1} after the prompt {context_label(n)} "
-                "(softmax of the last-position logits, no BOS)")
+    if is_score_column(column) and n:
+        return (f"probability model `{score_column_model(column)}` gives to id{n - 1} after the prompt "
+                f"{context_label(n)} (softmax of the last-position logits, no BOS)")
     fixed = {
         ("tokens", "id"): "token id",
         ("tokens", "token"): "the token's text, decoded alone",

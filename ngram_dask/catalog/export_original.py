@@ -43,7 +43,7 @@ from ngram_dask.catalog.export_common import (
 from ngram_dask.catalog.reader import OpenCatalog
 from ngram_dask.errors import UserError
 from ngram_dask.lm.models import PYTHIA_SIZES, column_name
-from ngram_dask.schema import TOOL
+from ngram_dask.schema import SCORE_PREFIX, TOOL, is_scan_table
 from ngram_dask.storage import sql_identifier
 
 UINT32_MAX = (1 << 32) - 1
@@ -81,7 +81,7 @@ def pythia_size(column: str) -> str | None:
 
 def original_split(table: str) -> str:
     """The split name the original used for a table: its name, except ``scan`` for ``scan_<L>``."""
-    return "scan" if re.fullmatch(r"scan_\d+", table) else table
+    return "scan" if is_scan_table(table) else table
 
 
 def original_columns(table: str, columns: list[str], chunks: int, counts: str = "uint64") -> list[OutColumn]:
@@ -89,7 +89,7 @@ def original_columns(table: str, columns: list[str], chunks: int, counts: str = 
     columns the original lacked follow in our order."""
     q = sql_identifier
     kind = n_of(table)
-    is_scan = re.fullmatch(r"scan_\d+", table) is not None
+    is_scan = is_scan_table(table)
     if is_scan:
         wanted = [_SCAN_SOURCE.get(c, c) for c in ORIGINAL_SCAN]
         head = [c for c in wanted if c in columns]
@@ -114,7 +114,7 @@ def original_columns(table: str, columns: list[str], chunks: int, counts: str = 
         elif is_scan and c in _SCAN_INT64:
             expr = f"{q(c)}::BIGINT"
         elif pythia_size(c):
-            name = f"p_{pythia_size(c)}"
+            name = SCORE_PREFIX + pythia_size(c)  # the original's p_<size>
         elif counts == "uint32" and c in UINT32_COLUMNS and kind:
             expr = f"{q(c)}::UINTEGER"
         out.append(OutColumn(name, f"{expr} AS {q(name)}", c))
@@ -143,7 +143,7 @@ def original_column_description(table: str, col: OutColumn, chunks: int) -> str:
         return f"id0 % {chunks}: the file (chunk) this row is in (the original: id0 % {ORIGINAL_CHUNKS})"
     if col.name == "JS":
         return SCAN_COLUMNS["sym_kl"] + "; ngram-dask calls it sym_kl"
-    if col.name == "start" and re.fullmatch(r"scan_\d+", table):
+    if col.name == "start" and is_scan_table(table):
         return ("position of the short window's first token in the sample, as the original counts it "
                 "(the long window starts one token earlier)")
     size = pythia_size(col.source or "")
@@ -158,7 +158,7 @@ def original_column_description(table: str, col: OutColumn, chunks: int) -> str:
 def _differences(table: str, chunks: int, counts: str) -> list[str]:
     """What differs from the original's table, and why: the card's "Differences" section."""
     kind = n_of(table)
-    is_scan = re.fullmatch(r"scan_\d+", table) is not None
+    is_scan = is_scan_table(table)
     out = []
     if kind and kind[0] in ("prefixes", "top"):
         out.append(f"**Ties go to the smallest id.** When several next tokens share the largest count, "

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from ngram_dask.catalog.api import Catalog, EmptyPromptError, resolve_tokenizer_name  # noqa: F401  (re-exported)
 from ngram_dask.errors import UserError
+from ngram_dask.tokenizer import DEFAULT_TOKENIZER
 
 
 def run_query(db: str, prompt: str, top: int = 5, tokenizer_flag: str | None = None,
-              configured_tokenizer: str = "EleutherAI/gpt-neox-20b", announce=None) -> dict:
+              configured_tokenizer: str = DEFAULT_TOKENIZER, announce=None) -> dict:
     """The whole answer as a JSON-ready dict; ``found`` says whether any context occurs.
 
     The lookups are ``Catalog.lookups`` (the same code the server and notebooks use).

@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from ngram_dask.catalog.export_common import provenance
 from ngram_dask.catalog.reader import OpenCatalog, open_catalog
 from ngram_dask.errors import UserError
-from ngram_dask.schema import catalog_tables, ngram_table, prefix_table, top_table
+from ngram_dask.schema import (
+    catalog_tables,
+    is_score_column,
+    ngram_table,
+    prefix_table,
+    score_column_model,
+    scored_models,
+    top_table,
+)
 
 BINS = 50  # frac_max bins of width 0.02
 LOG_BINS_PER_DECADE = 5
@@ -77,7 +85,7 @@ def _threshold(info: dict[str, str], n: int) -> float | None:
 def model_size(name: str) -> float:
     """Parameters a model's name states (``p_pythia_1_4b_deduped``, ``EleutherAI/pythia-1.4b``
     -> 1.4e9), else inf (sorted last)."""
-    name = name[2:] if name.startswith("p_") else name
+    name = score_column_model(name)
     m = re.search(r"(?:^|[^0-9a-z])(\d+)(?:[._](\d+))?([mb])(?:[^a-z]|$)", name.lower())
     if not m:
         return math.inf
@@ -87,23 +95,17 @@ def model_size(name: str) -> float:
 
 def model_labels(cat: OpenCatalog, columns: list[str]) -> dict[str, str]:
     """Column -> the model's name as scoring recorded it (``catalog_info`` ``scored_models``)."""
-    import json
-
-    try:
-        scored = json.loads(cat.info.get("scored_models", "{}"))
-    except ValueError:
-        scored = {}
+    scored = scored_models(cat.info)
     out = {}
     for c in columns:
-        entry = scored.get(c) if isinstance(scored, dict) else None
-        model = entry.get("model") if isinstance(entry, dict) else None
-        out[c] = str(model) if model else c[2:]
+        model = scored.get(c, {}).get("model")
+        out[c] = str(model) if model else score_column_model(c)
     return out
 
 
 def model_columns(cat: OpenCatalog, table: str) -> list[str]:
     """The ``p_<model>`` columns of a top table, smallest model first."""
-    cols = [c for c, t in cat.columns(table) if c.startswith("p_") and t in ("DOUBLE", "FLOAT")]
+    cols = [c for c, t in cat.columns(table) if is_score_column(c) and t in ("DOUBLE", "FLOAT")]
     labels = model_labels(cat, cols)
     return sorted(cols, key=lambda c: (min(model_size(labels[c]), model_size(c)), c))
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ngram_dask.catalog.api import Catalog
 from ngram_dask.errors import UserError
+from ngram_dask.tokenizer import DEFAULT_TOKENIZER
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_PAGE = 1000  # rows per page over HTTP; downloads have no limit
@@ -305,7 +306,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run_server(db: str, host: str = "127.0.0.1", port: int = 8000, tokenizer: str | None = None,
-               configured_tokenizer: str = "EleutherAI/gpt-neox-20b", announce=print) -> int:
+               configured_tokenizer: str = DEFAULT_TOKENIZER, announce=print) -> int:
     """Open ``db`` read-only, listen on host:port (0: any free port) and serve until interrupted.
 
     The first line announced is ``serving <db> at <url>`` once the socket listens.

@@ -45,10 +45,12 @@ def flag_help(key: str) -> str:
     return describe(key).replace("%", "%%")
 
 
-def add_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
-    """``--flag VALUE`` for each config key (the value is checked when the config loads)."""
+def add_flags(parser: argparse.ArgumentParser, flags: dict[str | tuple[str, ...], str]) -> None:
+    """``--flag VALUE`` for each config key (the value is checked when the config loads); a
+    tuple of flags is one option with aliases (``("--top", "-k")``)."""
     for flag, key in flags.items():
-        parser.add_argument(flag, dest=key, default=None, metavar=key.split(".")[-1].upper(),
+        names = (flag,) if isinstance(flag, str) else flag
+        parser.add_argument(*names, dest=key, default=None, metavar=key.split(".")[-1].upper(),
                             help=flag_help(key))
 
 
@@ -67,7 +69,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="more logging (-vv for Dask's own)")
 
 
-def command(sub, doc: str, flags: Iterable[dict[str, str]] = (), **parser_kwargs) -> argparse.ArgumentParser:
+def command(sub, doc: str, flags: Iterable[dict] = (), **parser_kwargs) -> argparse.ArgumentParser:
     r"""A subcommand with the common options and the given config flags.
 
     ``doc`` is the command module's docstring, the one source of its help: it starts
@@ -87,10 +89,14 @@ def command(sub, doc: str, flags: Iterable[dict[str, str]] = (), **parser_kwargs
     return parser
 
 
-def config_from(args: argparse.Namespace):
-    """The config: defaults < --config file < flags (every dest without a leading '_')."""
+def config_from(args: argparse.Namespace, check: str | None = None):
+    """The config: defaults < --config file < flags (every dest without a leading '_');
+    with ``check``, checked for what that command needs (``Config.check``)."""
     overrides = {k: v for k, v in vars(args).items() if not k.startswith("_") and v is not None}
-    return load_config(args._config, overrides)
+    cfg = load_config(args._config, overrides)
+    if check:
+        cfg.check(check)
+    return cfg
 
 
 def announcer(args) -> Announce:

@@ -1,14 +1,22 @@
-"""``ngram-dask demo``: build a catalog of a corpus made on the spot (no network)."""
+"""``ngram-dask demo``: build a catalog of a small corpus made on the spot (no network).
+
+Tokenize the docstrings of this Python's standard library with the bundled GPT-NeoX-20B
+tokenizer, build their catalog with the packaged demo config under --out, and print the
+most predictive prompts.
+"""
 
 from __future__ import annotations
 
-from ngram_dask.cli.common import announcer
+from ngram_dask.cli.common import announcer, command, config_from
+
+DEMO_FLAGS = {"--out": "demo.out", "--n-workers": "demo.n_workers"}
 
 
 def run(args) -> int:
     from ngram_dask.ngrams.demo import run_demo
 
-    return run_demo(out_dir=args.out, announce=announcer(args), n_workers=args.n_workers,
+    cfg = config_from(args, "demo")
+    return run_demo(out_dir=cfg.demo.out, announce=announcer(args), n_workers=cfg.demo.n_workers,
                     after_build=_contexts_step)
 
 
@@ -23,9 +31,5 @@ def _contexts_step(cfg, announce) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="build a catalog of a small corpus made on the spot (no network)")
-    p.add_argument("--out", default="demo-output", help="folder for the demo's MDS, work dir and database")
-    p.add_argument("--n-workers", type=int, default=None)
-    p.add_argument("-q", "--quiet", dest="_quiet", action="store_true")
-    p.add_argument("-v", "--verbose", dest="_verbose", action="count", default=0)
+    p = command(sub, __doc__, [DEMO_FLAGS])
     p.set_defaults(_run=run)

@@ -12,27 +12,25 @@ from __future__ import annotations
 import json
 import sys
 
-from ngram_dask.cli.common import READER_FLAGS, command, config_from
+from ngram_dask.cli.common import READER_FLAGS, add_switches, command, config_from
 
 EXIT_NOT_FOUND = 1
 
 
 def register(sub) -> None:
-    p = command(sub, __doc__, [READER_FLAGS])
+    p = command(sub, __doc__, [READER_FLAGS, {("--top", "-k"): "query.top"}])
+    add_switches(p, {"--json": ("query.json", True)})
     p.add_argument("_prompt", metavar="PROMPT", help="text whose next token to look up, e.g. ' telome'")
-    p.add_argument("--top", "-k", dest="_top", type=int, default=5, metavar="K",
-                   help="completions to show per table (default 5)")
-    p.add_argument("--json", dest="_json", action="store_true", help="print the answer as JSON")
 
     def run(args) -> int:
         from ngram_dask.catalog.query import format_result, run_query
 
         flag_tokenizer = args.tokenizer  # None unless given: then the build's own tokenizer wins
-        cfg = config_from(args)
-        res = run_query(cfg.db, args._prompt, top=args._top, tokenizer_flag=flag_tokenizer,
+        cfg = config_from(args, "query")
+        res = run_query(cfg.db, args._prompt, top=cfg.query.top, tokenizer_flag=flag_tokenizer,
                         configured_tokenizer=cfg.tokenizer,
                         announce=None if args._quiet else (lambda msg: print(msg, file=sys.stderr)))
-        if args._json:
+        if cfg.query.json:
             print(json.dumps(res, ensure_ascii=False, indent=2))
         else:
             print(format_result(res))

@@ -9,16 +9,15 @@ from ngram_dask.cli.common import announcer, command, config_from
 
 
 def register(sub) -> None:
-    p = command(sub, __doc__, [{"--db": "db"}])
-    p.add_argument("--out", dest="_out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
+    p = command(sub, __doc__, [{"--db": "db", "--out": "report.out"}])
 
     def run(args) -> int:
         from ngram_dask.catalog.report import make_report
 
-        cfg = config_from(args)
+        cfg = config_from(args, "report")
         announce = announcer(args)
-        announce(f"report {cfg.db} -> {args._out}")
-        rep = make_report(cfg.db, args._out, announce=announce)
+        announce(f"report {cfg.db} -> {cfg.report.out}")
+        rep = make_report(cfg.db, cfg.report.out, announce=announce)
         for note in rep.notes:
             announce(f"  note: {note}")
         announce(f"open {rep.index}")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from ngram_dask.cli.common import announcer, command, config_from
-from ngram_dask.errors import UserError
 
 
 def run(args) -> int:
     from ngram_dask.catalog.verify import verify
 
     announce = announcer(args)
-    cfg = config_from(args)
-    if not cfg.db:
-        raise UserError("verify needs --db")
+    cfg = config_from(args, "verify")
     announce(f"verify {cfg.db}")
     checks = verify(cfg.db, announce)
     announce(f"all {len(checks)} checks passed")

@@ -13,6 +13,7 @@ from collections import Counter
 
 from ngram_dask.config import DEVICE
 from ngram_dask.errors import UserError
+from ngram_dask.schema import score_column
 
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 
@@ -29,9 +30,8 @@ def expand_model_name(name: str) -> str:
 
 
 def column_name(name: str) -> str:
-    """``p_<model>`` as a plain SQL identifier: ``pythia-1.4b-deduped`` -> ``p_pythia_1_4b_deduped``."""
-    base = os.path.basename(expand_model_name(name).rstrip("/")) or "model"
-    return "p_" + re.sub(r"[^0-9a-zA-Z]+", "_", base).strip("_").lower()
+    """The ``p_<model>`` score column of a model: ``1.4b`` -> ``p_pythia_1_4b_deduped``."""
+    return score_column(expand_model_name(name))
 
 
 def check_device(device: str) -> str:

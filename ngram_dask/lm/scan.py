@@ -40,13 +40,10 @@ from ngram_dask.lm.scan_gather import (
 from ngram_dask.lm.scan_stats import FLOAT_STATS, candidate_mask, context_bounds, position_statistics
 from ngram_dask.mds import ShardRef, list_shards, read_shard, resolve_token_dtype
 from ngram_dask.runtime import DiskFull, Manifest, Stage, Step, resumable, run_stage
+from ngram_dask.schema import scan_table
 from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
 
 Announce = Callable[[str], None]
-
-
-def scan_table(seq_len: int) -> str:
-    return f"scan_{int(seq_len)}"
 
 
 # ---------------------------------------------------------------------------------------

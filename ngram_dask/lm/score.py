@@ -22,7 +22,6 @@ How the work is split:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,12 +35,11 @@ from ngram_dask.db import check_existing, columns, read_info, read_only, table_n
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
 from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage
-from ngram_dask.schema import INFO
+from ngram_dask.schema import INFO, scored_models, scored_models_info
 from ngram_dask.storage import sql_identifier
 
 Announce = Callable[[str], None]
 
-SCORED_KEY = "scored_models"  # catalog_info key: JSON {column: {model, tables: {table: rows}, ...}}
 _SCORES_VIEW = "_ngram_dask_scores"
 
 
@@ -108,14 +106,6 @@ def _columns(con, table: str) -> list[str]:
     return [name for name, _ in columns(con, table)]
 
 
-def _scored(info: dict[str, str]) -> dict[str, dict]:
-    try:
-        value = json.loads(info.get(SCORED_KEY) or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def read_rows(db: str, tables: list[str]) -> tuple[dict[str, TableRows], dict[str, str]]:
     """Every selected table's ids in scoring order, and ``catalog_info``; opened read-only."""
     with read_only(db) as con:
@@ -147,7 +137,7 @@ def plan_models(cfg: Config, rows: dict[str, TableRows], info: dict[str, str]) -
 
     s = cfg.score
     overrides = parse_batch_sizes(s.batch_sizes)
-    scored = _scored(info)
+    scored = scored_models(info)
     plans: list[ModelPlan] = []
     seen: dict[str, str] = {}
     for name in dict.fromkeys(m.strip() for m in s.models if m.strip()):
@@ -286,7 +276,7 @@ def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[st
                 raise RuntimeError(f"{table} changed while it was scored: {updated} of {t.rows} rows updated")
             if k == 0:
                 faults.crash_point(faults.CRASH_IN_SCORE, f"{plan.column}:write")
-        scored = _prune(con, _scored(read_info(con)))
+        scored = _prune(con, scored_models(read_info(con)))
         entry = scored.get(plan.column, {})
         tables = dict(entry.get("tables", {}))
         tables.update({table: rows[table].rows for table in plan.tables})
@@ -294,7 +284,7 @@ def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[st
             "model": plan.model, "tables": tables, "device": run.device, "dtype": run.dtype,
             "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        write_info(con, {SCORED_KEY: json.dumps(scored, sort_keys=True)})
+        write_info(con, scored_models_info(scored))
 
 
 def _means(con, report: ScoreReport) -> None:

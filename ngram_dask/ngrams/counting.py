@@ -10,7 +10,7 @@ n-grams lexicographically, and ``t0`` (which decides the chunk) is one shift awa
 from __future__ import annotations
 
 import sys
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -83,19 +83,6 @@ def count_keys(keys: np.ndarray) -> Counts:
     return Counts(ordered[starts], counts)
 
 
-def merge_counts(parts: list[Counts]) -> Counts:
-    """Sum the counts of several ``Counts`` (each sorted) into one sorted ``Counts``."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
-    keys = np.concatenate([p.keys for p in parts])
-    counts = np.concatenate([p.counts for p in parts]).astype(np.uint64)
-    order = np.argsort(keys, kind="stable")
-    keys, counts = keys[order], counts[order]
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    return Counts(keys[starts], np.add.reduceat(counts, starts).astype(np.uint64))
-
-
 def unpack_keys(keys: np.ndarray, n: int, bits: int, dtype=np.uint32) -> list[np.ndarray]:
     """The id columns ``[id0, ..., id{n-1}]`` of packed keys."""
     if bits == 16 and np.dtype(dtype) == np.uint16 and sys.byteorder == "little" and keys.dtype == KEY_DTYPE:
@@ -112,25 +99,6 @@ def unpack_keys(keys: np.ndarray, n: int, bits: int, dtype=np.uint32) -> list[np
 def first_ids(keys: np.ndarray, n: int, bits: int) -> np.ndarray:
     """``id0`` of each packed key."""
     return keys >> KEY_DTYPE(bits * (n - 1))
-
-
-def split_by_chunk(counts: Counts, n: int, bits: int, n_chunks: int) -> Iterator[tuple[int, Counts]]:
-    """Yield ``(chunk, Counts)`` for every non-empty chunk ``id0 % n_chunks``.
-
-    A stable sort on the chunk number keeps each chunk's keys ascending.
-    """
-    if len(counts) == 0:
-        return
-    chunk = (first_ids(counts.keys, n, bits) % KEY_DTYPE(n_chunks)).astype(
-        np.uint16 if n_chunks <= 1 << 16 else np.uint32
-    )
-    order = np.argsort(chunk, kind="stable")
-    chunk_sorted = chunk[order]
-    bounds = np.flatnonzero(np.concatenate(([True], chunk_sorted[1:] != chunk_sorted[:-1])))
-    bounds = np.append(bounds, len(order))
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        idx = order[lo:hi]
-        yield int(chunk_sorted[lo]), Counts(counts.keys[idx], counts.counts[idx])
 
 
 # ----------------------------------------------------------------------------- one pass per shard

@@ -22,7 +22,7 @@ import numpy as np
 from ngram_dask.config import load_config
 from ngram_dask.tokenizer import BUNDLED_GPT_NEOX
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # the repository's configs/
+DEMO_CONFIG = Path(__file__).resolve().with_name("demo.yaml")  # package data: an installed wheel has it too
 SEQ_LEN = 2048
 
 

@@ -78,10 +78,6 @@ class CatalogWriter:
         ledger = self.con.execute(f"SELECT coalesce(sum(rows), 0) FROM {LEDGER} WHERE n = ?", [n]).fetchone()[0]
         return total != ledger
 
-    def append_chunk(self, result: dict) -> bool:
-        """Load one aggregated chunk in one transaction; False if it was already loaded."""
-        return self.append_chunks([result]) == 1
-
     def append_chunks(self, results: list[dict]) -> int:
         """Load aggregated chunks in ONE transaction (their rows and their ledger rows
         together); chunks already in the ledger are skipped. Returns how many were loaded.

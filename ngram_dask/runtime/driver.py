@@ -32,7 +32,8 @@ class Progress:
                  show_rate: bool = False):
         self.stage, self.total, self.unit, self.announce = stage, total, unit, announce
         self.interval, self.show_rate = interval, show_rate
-        self.done, self.tokens, self.t0, self.last = 0, 0, time.perf_counter(), 0.0
+        # last = -inf: the first step prints, however recent perf_counter's epoch (on Linux: the boot)
+        self.done, self.tokens, self.t0, self.last = 0, 0, time.perf_counter(), float("-inf")
 
     def step(self, done: int = 1, tokens: int = 0) -> None:
         self.done += done

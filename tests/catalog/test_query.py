@@ -99,7 +99,7 @@ def test_top_k_limits_the_rows(built, capsys):
     rc, out, _ = _query(capsys, "--db", str(db), "--json", "-k", "1", " telome")
     assert [len(lk["completions"]) for lk in json.loads(out)["lookups"]] == [0, 1]
     rc, _, err = _query(capsys, "--db", str(db), "--top", "0", " telome")
-    assert rc == 2 and "--top" in err
+    assert rc == 2 and "query.top must be >= 1" in err
 
 
 def test_a_context_that_never_occurs_says_so(built, capsys):

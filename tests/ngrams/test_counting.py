@@ -55,33 +55,27 @@ def test_exclude_id_drops_every_ngram_containing_it(samples, n, exclude):
     assert as_counter(c, n, 16) == oracle(samples, n, exclude=exclude)
 
 
-@settings(max_examples=200, deadline=None)
-@given(samples=samples_st, n=st.integers(1, 3), k=st.sampled_from([1, 2, 7, 64]))
-def test_split_by_chunk_partitions_on_id0_and_keeps_order(samples, n, k):
-    tokens, offsets = concat(samples)
-    c = counting.count_keys(counting.ngram_keys(tokens, offsets, n, 16))
-    seen = Counter()
-    chunks = []
-    for chunk, part in counting.split_by_chunk(c, n, 16, k):
-        chunks.append(chunk)
-        ids0 = counting.first_ids(part.keys, n, 16)
-        assert np.all(ids0 % k == chunk)
-        assert np.all(part.keys[1:] > part.keys[:-1])
-        seen += as_counter(part, n, 16)
-    assert chunks == sorted(set(chunks))
-    assert seen == oracle(samples, n)
-
-
 @settings(max_examples=100, deadline=None)
-@given(parts=st.lists(samples_st, min_size=0, max_size=4), n=st.integers(1, 3))
-def test_merge_counts_sums_partials(parts, n):
-    counts = []
-    want = Counter()
+@given(parts=st.lists(samples_st, min_size=0, max_size=4), n=st.integers(1, 3), k=st.sampled_from([1, 2, 7, 64]))
+def test_partials_of_several_shard_groups_merge_to_the_whole(parts, n, k):
+    """The two halves of the build's counting: each shard group's counts by chunk
+    (``count_by_chunk``, the explode) summed per chunk (``aggregate.merge_partials``) are
+    the counts of the whole corpus, each chunk holding exactly its id0 % k."""
+    from ngram_dask.ngrams.aggregate import merge_partials
+
+    per_chunk: dict[int, list[counting.Counts]] = {}
     for samples in parts:
         tokens, offsets = concat(samples)
-        counts.append(counting.count_keys(counting.ngram_keys(tokens, offsets, n, 16)))
-        want += oracle(samples, n)
-    assert as_counter(counting.merge_counts(counts), n, 16) == want
+        cc = counting.count_by_chunk(tokens, offsets, (n,), 16, k)[n]
+        for chunk in cc.nonempty_chunks().tolist():
+            per_chunk.setdefault(chunk, []).append(cc.chunk(chunk))
+    got = Counter()
+    for chunk, partials in per_chunk.items():
+        ids = [np.concatenate(col) for col in zip(*(counting.unpack_keys(p.keys, n, 16) for p in partials))]
+        keys, counts = merge_partials(n, ids, np.concatenate([p.counts for p in partials]), 16)
+        assert np.all(keys[1:] > keys[:-1]) and np.all(counting.first_ids(keys, n, 16) % k == chunk)
+        got += as_counter(counting.Counts(keys, counts), n, 16)
+    assert got == sum((oracle(samples, n) for samples in parts), Counter())
 
 
 @pytest.mark.parametrize("lengths", [[0], [1], [2], [3], [0, 1, 2, 3], [2048], [1, 2048, 0, 5]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,10 +188,17 @@ def test_performance_report_is_written(tmp_path, corpus, local_cluster):
 
 
 def test_quiet_and_verbose(tmp_path, corpus, local_cluster):
-    quiet = run_cli(*_cli_args(tmp_path / "q", corpus, "--scheduler", local_cluster, "--quiet"))
-    assert quiet.returncode == 0 and quiet.stdout == ""
-    loud = run_cli(*_cli_args(tmp_path / "q", corpus, "--scheduler", local_cluster, "-v"))
-    assert loud.returncode == 0 and "nothing to do" in loud.stdout
+    args = _cli_args(tmp_path / "q", corpus, "--scheduler", local_cluster)
+    quiet = run_cli(*args, "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    plain = run_cli(*args)  # the rerun: every stage is done
+    assert plain.returncode == 0 and "nothing to do" in plain.stdout and plain.stderr == ""
+    # -vv adds the libraries' logs (timestamped, on stderr) and changes nothing else. (-v adds
+    # ngram-dask's own INFO lines, but the client of an attached cluster logs none.)
+    loud = run_cli(*args, "-vv")
+    assert loud.returncode == 0 and loud.stdout.splitlines()[:2] == plain.stdout.splitlines()[:2]
+    stamped = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+ DEBUG "
+    assert any(re.match(stamped, line) for line in loud.stderr.splitlines()), loud.stderr[-2000:]
 
 
 def test_small_worker_memory_makes_duckdb_spill_with_the_same_result(tmp_path, local_cluster):

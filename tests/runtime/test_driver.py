@@ -23,18 +23,44 @@ def fail_on(x, bad, error):
     return x
 
 
-def test_progress_prints_at_most_every_interval_and_at_the_end():
+class FakeClock:
+    """``time.perf_counter`` that moves only when told to."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_prints_at_most_every_interval_and_at_the_end(monkeypatch):
+    from ngram_dask.runtime import driver
+
+    clock = FakeClock(0.0)  # a clock that starts at 0 (a machine just booted): the first step still prints
+    monkeypatch.setattr(driver.time, "perf_counter", clock)
     lines: list[str] = []
-    p = Progress("explode", 3, "tasks", lines.append, interval=3600)
+    p = Progress("explode", 4, "tasks", lines.append, interval=2.0)
+    clock.now = 0.5
     p.step(tokens=2_000_000)
-    p.step(tokens=2_000_000)
-    assert len(lines) == 1  # the first step prints; the next is inside the interval
-    p.step(tokens=2_000_000)
-    assert len(lines) == 2 and lines[-1].startswith("  explode: 3/3 tasks, ") and lines[-1].endswith("M tokens/s")
+    assert lines == ["  explode: 1/4 tasks, 4.00M tokens/s"]  # 2M tokens in 0.5 s
+    clock.now = 2.0
+    p.step(tokens=2_000_000)  # 1.5 s after the last line: inside the interval
+    assert len(lines) == 1
+    clock.now = 2.5
+    p.step(tokens=2_000_000)  # 2 s after the last line: a line
+    assert lines[-1] == "  explode: 3/4 tasks, 2.40M tokens/s"
+    clock.now = 2.6
+    p.step(tokens=2_000_000)  # the end: always a line
+    assert lines[-1] == "  explode: 4/4 tasks, 3.08M tokens/s" and len(lines) == 3
+    assert p.seconds == 2.6
     rows: list[str] = []
-    r = Progress("p_70m", 5_000, "rows", rows.append, interval=3600, show_rate=True)
+    r = Progress("p_70m", 5_000, "rows", rows.append, show_rate=True)
+    clock.now = 4.6
     r.step(5_000)
-    assert rows[-1].startswith("  p_70m: 5,000/5,000 rows, ") and rows[-1].endswith(" rows/s")
+    assert rows == ["  p_70m: 5,000/5,000 rows, 2,500 rows/s"]
+    plain: list[str] = []
+    Progress("load", 2, "chunks", plain.append).step(2)
+    assert plain == ["  load: 2/2 chunks"]  # no tokens and no show_rate: no rate
 
 
 def test_map_tasks_gathers_every_result(local_cluster):
@@ -59,6 +85,10 @@ def test_a_task_user_error_comes_back_as_itself_and_the_rest_are_cancelled(local
         with pytest.raises(BadInputError, match="shard 0 is broken"):
             for _ in as_finished(futures, DiskFull("nowhere")):
                 pass
-        time.sleep(0.5)
+        # Cancelling is asynchronous: wait (bounded) for every future to settle, not a fixed time.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(f.status in ("cancelled", "finished", "error")
+                                                      for f in futures):
+            time.sleep(0.05)
         assert all(f.status in ("cancelled", "finished", "error") for f in futures)
         assert any(f.status == "cancelled" for f in futures)

@@ -1,0 +1,126 @@
+"""``ngram_dask.cluster``: cores, worker counts and environment, the loopback warning, and the
+checks a client makes of a cluster before any work."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import dask
+import pytest
+
+from ngram_dask import cluster
+from ngram_dask.cluster import (
+    WORKER_MALLOC,
+    check_worker_access,
+    check_workers,
+    get_client,
+    package_versions,
+    usable_cores,
+    worker_environ,
+)
+from ngram_dask.config import ClusterConfig
+from ngram_dask.errors import UserError
+
+
+def test_usable_cores_follow_the_affinity_else_the_cpu_count(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert usable_cores() == len(os.sched_getaffinity(0))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})
+        assert usable_cores() == 3
+        monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cores() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert usable_cores() == 1
+
+
+@pytest.mark.parametrize("cores,threads,workers", [(8, 1, 8), (8, 3, 2), (8, 16, 1), (1, 1, 1), (8, 0, 8)])
+def test_default_workers_fill_the_cores(monkeypatch, cores, threads, workers):
+    monkeypatch.setattr(cluster, "usable_cores", lambda: cores)
+    assert cluster._default_workers(threads) == workers
+
+
+@pytest.mark.parametrize("user,expected", [
+    (None, dict(WORKER_MALLOC)),
+    ({"MALLOC_TRIM_THRESHOLD_": 65536}, WORKER_MALLOC),  # Dask's own default: ours replaces it
+    ({"MALLOC_TRIM_THRESHOLD_": "123"}, {**WORKER_MALLOC, "MALLOC_TRIM_THRESHOLD_": "123"}),  # the user's: kept
+    ({"MALLOC_MMAP_THRESHOLD_": 7, "OMP_NUM_THREADS": 1},
+     {**WORKER_MALLOC, "MALLOC_MMAP_THRESHOLD_": 7, "OMP_NUM_THREADS": 1}),
+])
+def test_worker_environ_keeps_what_the_user_set(user, expected):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": user}):
+        assert worker_environ() == expected
+
+
+class _Started(Exception):
+    """Raised by the stand-in LocalCluster: get_client got as far as starting one."""
+
+
+@pytest.fixture
+def no_local_cluster(monkeypatch):
+    """A LocalCluster that records its arguments and starts nothing."""
+    import distributed
+
+    seen: dict = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        raise _Started
+
+    monkeypatch.setattr(distributed, "LocalCluster", fake)
+    return seen
+
+
+@pytest.mark.parametrize("host,dashboard,warns", [
+    ("127.0.0.1", "127.0.0.1:8787", False),
+    ("localhost", ":8787", False),
+    ("0.0.0.0", "127.0.0.1:8787", True),
+    ("127.0.0.1", "0.0.0.0:8787", True),
+    ("10.0.0.5", "10.0.0.5:0", True),
+])
+def test_a_local_cluster_beyond_loopback_warns(no_local_cluster, monkeypatch, host, dashboard, warns):
+    monkeypatch.setattr(cluster, "usable_cores", lambda: 6)
+    cfg = ClusterConfig(host=host, dashboard_address=dashboard, threads_per_worker=2)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(_Started):
+        warnings.simplefilter("always")
+        with get_client(cfg, announce=lambda m: None):
+            pass
+    said = [str(w.message) for w in caught if "listens beyond this machine" in str(w.message)]
+    assert bool(said) is warns, said
+    assert no_local_cluster["n_workers"] == 3 and no_local_cluster["host"] == host  # cores / threads
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:notaport", "nonsense://x:1", "tcp://"])
+def test_a_bad_scheduler_address_is_one_line(address):
+    with pytest.raises(UserError) as info:
+        with get_client(ClusterConfig(scheduler=address), announce=lambda m: None):
+            pass
+    message = str(info.value)
+    assert message.startswith(f"cannot reach the Dask scheduler at {address}: ") and "\n" not in message
+
+
+def test_check_workers_refuses_other_versions_and_no_workers(local_cluster):
+    from distributed import Client, LocalCluster
+
+    with Client(local_cluster) as client:
+        check_workers(client, package_versions())  # the same environment: accepted
+        theirs = package_versions()["numpy"]
+        with pytest.raises(UserError) as info:
+            check_workers(client, {**package_versions(), "numpy": "0.0.1"})
+        assert str(info.value).endswith(f"runs numpy {theirs}, this client runs 0.0.1: "
+                                        "install the same versions everywhere")
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty, Client(empty) as client:
+        with pytest.raises(UserError, match="has no workers"):
+            check_workers(client, package_versions())
+
+
+def test_check_worker_access_names_what_a_worker_cannot_reach(local_cluster, tmp_path):
+    from distributed import Client
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "work").mkdir()
+    with Client(local_cluster) as client:
+        check_worker_access(client, str(tmp_path / "in"), str(tmp_path / "work"))
+        with pytest.raises(UserError, match="cannot see the input .* must be reachable by every worker"):
+            check_worker_access(client, str(tmp_path / "nowhere"), str(tmp_path / "work"))
