@@ -3,15 +3,18 @@
 The pipeline, one package per stage family:
 
     convert/   raw text -> tokenized MDS
-    build/     MDS -> explode -> aggregate -> load -> catalog (the n-gram tables)
+    inputs/    the corpora a build reads: MDS, Megatron .bin/.idx, flat .bin/.npy, Parquet
+    ngrams/    input -> explode -> aggregate -> load -> catalog (the n-gram tables)
+    contexts/  examples of every task from the corpus (contexts, context_counts)
     lm/        score / scan with causal language models
     catalog/   reading the finished catalog: query, serve, frames, verify, report, export
     cli/       the thin command line
 
-and what they stand on: ``runtime`` (resumable tasks and the one driver loop),
+and what they stand on: ``runtime`` (``run_stage``, which runs every stage: manifest,
+cluster, skipping done units, progress, the single writer; resumable tasks),
 ``db`` (the only module that opens DuckDB), ``cluster`` (where the work runs),
 ``config`` (every setting, checked once), ``storage`` (fsspec edges), ``mds`` (the
-input format), ``schema`` (table layouts), ``faults`` (the test hooks).
+MDS format), ``schema`` (table layouts), ``faults`` (the test hooks).
 
 Public API: ``ngram_dask.Catalog`` (read a catalog) and ``ngram_dask.counts`` (its
 tables as Dask DataFrames).
