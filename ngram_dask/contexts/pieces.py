@@ -32,19 +32,8 @@ class Piece:
 
 
 def make_pieces(parts: Sequence[inputs.Piece], task_tokens: int) -> list[Piece]:
-    """Consecutive input pieces, greedily, until the next would pass ``task_tokens`` tokens."""
-    pieces: list[Piece] = []
-    current: list[inputs.Piece] = []
-    tokens = 0
-    for part in parts:
-        if current and tokens + part.tokens > task_tokens:
-            pieces.append(Piece(tuple(current)))
-            current, tokens = [], 0
-        current.append(part)
-        tokens += part.tokens
-    if current:
-        pieces.append(Piece(tuple(current)))
-    return pieces
+    """Consecutive input pieces, as many as hold ``task_tokens`` tokens, per task (as the explode groups)."""
+    return [Piece(group) for group in inputs.group_pieces(list(parts), task_tokens)]
 
 
 class PieceTokens(NamedTuple):

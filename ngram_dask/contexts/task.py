@@ -15,7 +15,6 @@ Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ import pyarrow as pa
 from ngram_dask import faults
 from ngram_dask.contexts import kernel
 from ngram_dask.contexts.pieces import Piece, read_piece
-from ngram_dask.runtime import resumable
+from ngram_dask.runtime import resumable, thread_buffer
 from ngram_dask.storage import atomic_write_parquet, get_fs, join
 
 
@@ -154,16 +153,8 @@ def _table(cols: dict[str, list], types: dict) -> pa.Table:
                      for name, arrays in cols.items()}, schema=pa.schema(list(types.items())))
 
 
-# One key buffer per worker thread, kept between tasks (as the explode's): a fresh 270 MB
-# array per task costs as much in page faults as the pass that fills it.
-_workspaces = threading.local()
-
-
 def _workspace(tokens: int) -> np.ndarray:
-    buf = getattr(_workspaces, "keys", None)
-    if buf is None or len(buf) < tokens:
-        buf = _workspaces.keys = np.empty(tokens, np.uint64)
-    return buf
+    return thread_buffer("contexts-keys", tokens, np.uint64)
 
 
 @resumable(lambda piece, s: marker_url(s, piece.name))

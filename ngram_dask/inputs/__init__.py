@@ -32,7 +32,8 @@ from ngram_dask.inputs import flat, megatron, parquet
 from ngram_dask.inputs.base import FORMATS, InputPlan, Piece, ShardTokens, checked
 from ngram_dask.storage import get_fs, is_local, redact_url
 
-__all__ = ["FORMATS", "InputPlan", "Piece", "ShardTokens", "detect_format", "plan_input", "read_piece"]
+__all__ = ["FORMATS", "InputPlan", "Piece", "ShardTokens", "detect_format", "group_pieces", "plan_input",
+           "read_piece"]
 
 _SUFFIX = {".bin": "bin", ".npy": "npy", ".parquet": "parquet", ".idx": "megatron"}
 
@@ -139,3 +140,21 @@ def read_piece(piece: Piece, vocab_size: int | None = None, verify_hashes: bool 
     else:
         data = parquet.read(piece)
     return checked(piece, data, vocab_size)
+
+
+def group_pieces(pieces: list[Piece], task_tokens: int) -> list[tuple[Piece, ...]]:
+    """Consecutive pieces, greedily, until the next would pass ``task_tokens`` tokens: one
+    task's input. A piece's tokens are exact for token files and an upper bound from the raw
+    bytes for MDS; a piece larger than the budget is a group of its own."""
+    groups: list[tuple[Piece, ...]] = []
+    current: list[Piece] = []
+    tokens = 0
+    for piece in pieces:
+        if current and tokens + piece.tokens > task_tokens:
+            groups.append(tuple(current))
+            current, tokens = [], 0
+        current.append(piece)
+        tokens += piece.tokens
+    if current:
+        groups.append(tuple(current))
+    return groups

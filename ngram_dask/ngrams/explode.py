@@ -23,17 +23,16 @@ holds the group's statistics; a group with a marker is skipped.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from ngram_dask.inputs import Piece, read_piece
+from ngram_dask.inputs import Piece, group_pieces, read_piece
 from ngram_dask.mds import ShardTokens
 from ngram_dask.ngrams import counting
-from ngram_dask.runtime import resumable
+from ngram_dask.runtime import resumable, thread_buffer
 from ngram_dask.storage import atomic_write_parquet, join
 
 
@@ -72,24 +71,8 @@ class ShardGroup:
 
 
 def group_shards(pieces: list[Piece], task_tokens: int) -> list[ShardGroup]:
-    """Consecutive pieces, greedily, until the next would pass ``task_tokens`` tokens.
-
-    A piece's tokens are exact for token files and estimated from the index's raw byte
-    sizes for MDS (an upper bound: headers count too); a piece larger than the budget is
-    a group of its own (token files are cut into pieces of about the budget already).
-    """
-    groups: list[ShardGroup] = []
-    current: list[Piece] = []
-    tokens = 0
-    for piece in pieces:
-        if current and tokens + piece.tokens > task_tokens:
-            groups.append(ShardGroup(tuple(current)))
-            current, tokens = [], 0
-        current.append(piece)
-        tokens += piece.tokens
-    if current:
-        groups.append(ShardGroup(tuple(current)))
-    return groups
+    """Consecutive pieces, as many as hold ``task_tokens`` tokens, per task (``inputs.group_pieces``)."""
+    return [ShardGroup(group) for group in group_pieces(pieces, task_tokens)]
 
 
 def explode_dir(work_dir: str) -> str:
@@ -130,17 +113,8 @@ def _write_part(url: str, table: pa.Table) -> int:
                                 column_encoding={"count": "BYTE_STREAM_SPLIT"})
 
 
-# One key buffer per worker thread, kept between tasks: a fresh 270 MB array per task cost
-# ~0.5 s of page faults (as long as building the keys), more under Dask's
-# MALLOC_TRIM_THRESHOLD_, which hands freed memory straight back to the kernel.
-_workspaces = threading.local()
-
-
 def _workspace(tokens: int) -> np.ndarray:
-    buf = getattr(_workspaces, "keys", None)
-    if buf is None or len(buf) < tokens:
-        buf = _workspaces.keys = np.empty(tokens, counting.KEY_DTYPE)
-    return buf
+    return thread_buffer("explode-keys", tokens, counting.KEY_DTYPE)
 
 
 def read_group(group: ShardGroup, s: ExplodeSettings) -> ShardTokens:
