@@ -246,7 +246,7 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
         return client.compute(aggregate_frame(units, ags).to_delayed())
 
     return Step("aggregate+load" if writer else "aggregate", tops, aggregate_chunk, args=lambda u: (*u, ags),
-                unit="chunks", submit=submit, unpack=lambda frame: [json.loads(r) for r in frame["result"]],
+                unit="chunk tasks", submit=submit, unpack=lambda frame: [json.loads(r) for r in frame["result"]],
                 expand=chunk_results, disk=_disk(cfg.work_dir), run="aggregate" in b.steps,
                 not_run=lambda u: f"chunk {u[1]} of n={u[0]} has not been aggregated yet: "
                                   "run the aggregate step first",
@@ -274,7 +274,7 @@ def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announ
 def summary_lines(report: BuildReport) -> list[str]:
     total = sum(report.seconds.values())
     lines = ["", "summary:",
-             f"  shards {report.shards}, samples {report.samples:,}, tokens {report.tokens:,}"]
+             f"  input pieces {report.shards}, samples {report.samples:,}, tokens {report.tokens:,}"]
     for stage, sec in report.seconds.items():
         lines.append(f"  {stage:<15} {sec:8.2f} s")
     if total:
