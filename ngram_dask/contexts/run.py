@@ -34,7 +34,7 @@ from ngram_dask.errors import BadInputError, DatabaseError
 from ngram_dask.inputs import plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
-from ngram_dask.storage import atomic_write_parquet, join, read_marker, redact_url, use_storage
+from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
 
 Announce = Callable[[str], None]
 
@@ -157,9 +157,15 @@ def _recorded(info: dict) -> dict | None:
                                     "prompts")} if isinstance(got, dict) else None
 
 
+def manifest_of(p: Plan) -> Manifest:
+    """The contexts dir's manifest: its settings, prompts and pieces."""
+    return Manifest(join(p.settings.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]},
+                    f"contexts dir {p.settings.dir}")
+
+
 def _write_prompts(p: Plan) -> None:
     """The prompts every task reads, written once into the contexts dir (before any task runs)."""
-    if read_marker(join(p.settings.dir, "manifest.json")) is None:
+    if manifest_of(p).read() is None:
         atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd")
 
 
@@ -205,8 +211,7 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
 
     run_stage(Stage(
         name="contexts", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-        manifest=Manifest(join(s.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]},
-                          f"contexts dir {s.dir}"),
+        manifest=manifest_of(p),
         db=p.db, access=(p.input, s.dir),
     ), announce)
     announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
