@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ from ngram_dask.errors import BadInputError
 from ngram_dask.mds import ShardTokens
 from ngram_dask.storage import get_fs, redact_url
 
-__all__ = ["FORMATS", "InputPlan", "Piece", "ShardTokens", "checked", "file_piece_name", "read_range",
+__all__ = ["FORMATS", "InputPlan", "Piece", "ShardTokens", "checked", "file_piece_name", "plan_of", "read_range",
            "stream_pieces", "wide_or_narrow"]
 
 FORMATS = ("mds", "megatron", "bin", "npy", "parquet")
@@ -74,6 +74,13 @@ def file_piece_name(file_index: int, file: str, start: int) -> str:
 def wide_or_narrow(stored: np.dtype) -> str:
     """The build's id type for ids stored as ``stored``: uint16 when they cannot pass 65535."""
     return "uint16" if stored.itemsize <= 2 and stored.kind in "ui" else "uint32"
+
+
+def plan_of(fmt: str, pieces: list[Piece], files: list[str], samples: str) -> InputPlan:
+    """The plan; every piece is read into one id type, the widest its files' ids need."""
+    token = "uint32" if any(wide_or_narrow(np.dtype(p.stored)) == "uint32" for p in pieces) else "uint16"
+    return InputPlan(fmt, token, [p if p.token_dtype == token else replace(p, token_dtype=token) for p in pieces],
+                     files, samples)
 
 
 def stream_pieces(file: str, file_index: int, fmt: str, total: int, seq_len: int, task_tokens: int,

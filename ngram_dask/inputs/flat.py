@@ -16,6 +16,7 @@ from ngram_dask.inputs.base import (
     InputPlan,
     Piece,
     ShardTokens,
+    plan_of,
     read_range,
     stream_pieces,
     stream_samples,
@@ -54,7 +55,6 @@ def npy_header(file: str) -> tuple[np.dtype, int, int]:
 
 def plan(files: list[str], fmt: str, token_dtype: str, seq_len: int, task_tokens: int) -> InputPlan:
     pieces: list[Piece] = []
-    dtypes = set()
     for i, file in enumerate(files):
         if fmt == "npy":
             stored, total, offset = npy_header(file)
@@ -66,20 +66,11 @@ def plan(files: list[str], fmt: str, token_dtype: str, seq_len: int, task_tokens
                 raise BadInputError(f"{redact_url(file)} has {size} bytes, not a multiple of {stored.itemsize} "
                                     f"({stored.name} ids; --token-dtype says how wide they are)")
             total = size // stored.itemsize
-        dtypes.add(wide_or_narrow(stored))
         pieces += stream_pieces(file, i, fmt, total, seq_len, task_tokens, stored=stored.str,
                                 data_offset=offset, token_dtype=wide_or_narrow(stored))
-    token = "uint32" if "uint32" in dtypes else "uint16"
-    pieces = [p if p.token_dtype == token else _with_dtype(p, token) for p in pieces]
     if not pieces:
         raise BadInputError(f"the input's {fmt} files hold no tokens: {', '.join(map(redact_url, files[:3]))}")
-    return InputPlan(fmt, token, pieces, files, "seq-len")
-
-
-def _with_dtype(piece: Piece, token_dtype: str) -> Piece:
-    from dataclasses import replace
-
-    return replace(piece, token_dtype=token_dtype)
+    return plan_of(fmt, pieces, files, "seq-len")
 
 
 def read(piece: Piece) -> ShardTokens:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import posixpath
 import struct
-from dataclasses import replace
 
 import numpy as np
 
@@ -36,6 +35,7 @@ from ngram_dask.inputs.base import (
     Piece,
     ShardTokens,
     file_piece_name,
+    plan_of,
     read_range,
     stream_pieces,
     stream_samples,
@@ -122,7 +122,6 @@ def _check_file(bin_url: str, head: IndexHeader) -> tuple[int, np.ndarray]:
 
 def plan(bins: list[str], seq_len: int, samples: str, task_tokens: int) -> InputPlan:
     pieces: list[Piece] = []
-    narrow = True
     for i, bin_url in enumerate(bins):
         idx = bin_url[:-4] + ".idx"
         fs, path = get_fs(idx)
@@ -132,7 +131,6 @@ def plan(bins: list[str], seq_len: int, samples: str, task_tokens: int) -> Input
         head = IndexHeader(idx)
         total, starts = _check_file(bin_url, head)
         dtype = wide_or_narrow(head.dtype)
-        narrow &= dtype == "uint16"
         common = {"stored": head.dtype.str, "index": idx, "token_dtype": dtype}
         if samples == "seq-len":
             pieces += stream_pieces(bin_url, i, "megatron", total, seq_len, task_tokens, **common)
@@ -148,10 +146,9 @@ def plan(bins: list[str], seq_len: int, samples: str, task_tokens: int) -> Input
             pieces.append(Piece("megatron", bin_url, i, file_piece_name(i, bin_url, d), b - a, d,
                                 start=d, stop=e, tokens_start=a, **common))
             d = e
-    token = "uint16" if narrow else "uint32"
     if not pieces or not sum(p.tokens for p in pieces) and samples == "seq-len":
         raise BadInputError(f"the Megatron input holds no tokens: {', '.join(map(redact_url, bins[:3]))}")
-    return InputPlan("megatron", token, [replace(p, token_dtype=token) for p in pieces], bins, samples)
+    return plan_of("megatron", pieces, bins, samples)
 
 
 def read(piece: Piece) -> ShardTokens:

@@ -6,12 +6,10 @@ with pyarrow over an fsspec file (ranged reads of those row groups only).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from ngram_dask.errors import BadInputError
-from ngram_dask.inputs.base import InputPlan, Piece, ShardTokens, file_piece_name
+from ngram_dask.inputs.base import InputPlan, Piece, ShardTokens, file_piece_name, plan_of
 from ngram_dask.storage import get_fs, redact_url
 
 __all__ = ["TOKEN_COLUMNS", "plan", "read"]
@@ -49,11 +47,9 @@ def _column(file: str, pf, wanted: str | None) -> tuple[str, str]:
 
 def plan(files: list[str], token_column: str | None, samples: str, task_tokens: int) -> InputPlan:
     pieces: list[Piece] = []
-    wide = False
     for i, file in enumerate(files):
         pf = _open(file)
         name, stored = _column(file, pf, token_column)
-        wide |= np.dtype(stored).itemsize > 2 or np.dtype(stored).kind == "i"
         meta = pf.metadata
         leaf = [j for j in range(meta.num_columns) if meta.schema.column(j).path.split(".")[0] == name][0]
         counts = [meta.row_group(g).column(leaf).num_values for g in range(meta.num_row_groups)]
@@ -70,8 +66,7 @@ def plan(files: list[str], token_column: str | None, samples: str, task_tokens: 
             g = h
     if not pieces:
         raise BadInputError(f"the Parquet input has no rows: {', '.join(map(redact_url, files[:3]))}")
-    token = "uint32" if wide else "uint16"
-    return InputPlan("parquet", token, [replace(p, token_dtype=token) for p in pieces], files, samples)
+    return plan_of("parquet", pieces, files, samples)
 
 
 def read(piece: Piece) -> ShardTokens:

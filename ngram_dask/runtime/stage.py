@@ -69,7 +69,20 @@ class Manifest:
             raise WorkDirError(f"cannot read {self.place}: {exc}") from None
 
     def check(self) -> None:
+        self._refuse_other(self.read())
+
+    def claim(self) -> None:
+        """Record this identity where none is recorded (or a recorded one binds nothing)."""
         existing = self.read()
+        self._refuse_other(existing)
+        if existing == self.identity:
+            return
+        try:
+            write_marker(self.url, self.identity)
+        except OSError as exc:
+            raise WorkDirError(f"cannot write to {self.place}: {exc}") from None
+
+    def _refuse_other(self, existing: dict | None) -> None:
         if existing is None or (self.binds is not None and not self.binds()):
             return
         for key, value in self.identity.items():
@@ -80,16 +93,6 @@ class Manifest:
                 what = what(existing.get(key), value) if callable(what) else what
                 raise WorkDirError(f"{self.place} holds results for different {what}; "
                                    "use a fresh --work-dir (or delete this one)")
-
-    def claim(self) -> None:
-        """Record this identity where none is recorded (or a recorded one binds nothing)."""
-        self.check()
-        if self.read() == self.identity:
-            return
-        try:
-            write_marker(self.url, self.identity)
-        except OSError as exc:
-            raise WorkDirError(f"cannot write to {self.place}: {exc}") from None
 
 
 def _one(result: Any) -> list[Stats]:
