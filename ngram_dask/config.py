@@ -142,9 +142,19 @@ class BuildConfig:
     verify_hashes: bool = setting(True, "check shard hashes listed in index.json")
     count_engine: str = setting("duckdb", "explode's counting: duckdb (hash aggregate, then a sort of the distinct "
                                           "n-grams) or numpy (sort every packed key); equal results")
-    explode_task_tokens: int = setting(34_000_000, "shards per explode task: as many consecutive shards as hold "
-                                                   "this many tokens (~8 B each of worker memory while counting); "
-                                                   "a work dir keeps its grouping")
+    explode_task_tokens: Optional[int] = setting(None, "tokens per explode unit (consecutive pieces, as many as "
+                                                       "hold this many; ~28 B each of worker memory while "
+                                                       "counting); default: sized from the worker's memory "
+                                                       "limit so no unit makes a worker pause; a work dir "
+                                                       "keeps its grouping")
+    aggregate_budget_bytes: Optional[int] = setting(None, "memory one aggregate key range may use (default: "
+                                                          "duckdb_memory_fraction of the worker's limit); a "
+                                                          "chunk over it is cut into key ranges")
+    plan: bool = setting(False, "print what the build would do (units, K, key ranges, files, scratch and "
+                                "catalog bytes, time per step) from the input's index and a sample, for the "
+                                "cluster settings given, and stop: no cluster, nothing written")
+    plan_sample_tokens: int = setting(4_000_000, "--plan: tokens sampled to fit the growth of distinct n-grams")
+    plan_sample_pieces: int = setting(4, "--plan: pieces the sample is spread over")
     duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
     duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
     aggregate_method: str = setting("auto", "auto: the numpy merge for chunks that fit duckdb_memory_fraction of "
@@ -169,8 +179,12 @@ class BuildConfig:
         if not 0 < self.duckdb_memory_fraction <= 1:
             raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
         _at_least("build.duckdb_threads", self.duckdb_threads, 1, optional=True)
-        if not 1 <= self.explode_task_tokens < 1 << 32:  # partial counts are stored as uint32
+        if self.explode_task_tokens is not None and not 1 <= self.explode_task_tokens < 1 << 32:
+            # partial counts are stored as uint32
             raise ConfigError(f"build.explode_task_tokens must be in [1, 2**32), got {self.explode_task_tokens}")
+        _at_least("build.aggregate_budget_bytes", self.aggregate_budget_bytes, 1, optional=True)
+        _at_least("build.plan_sample_tokens", self.plan_sample_tokens, 1000)
+        _at_least("build.plan_sample_pieces", self.plan_sample_pieces, 1)
 
 
 @dataclass
@@ -380,6 +394,7 @@ class DemoConfig:
 # What each command needs set, with the flag that sets it.
 REQUIRED = {
     "build": {"input": "--input", "work_dir": "--work-dir", "db": "--db"},
+    "plan": {"input": "--input"},
     "convert": {"convert.source": "--source", "convert.out": "--out"},
     "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
     "score": {"db": "--db"},

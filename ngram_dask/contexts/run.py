@@ -31,7 +31,7 @@ from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_t
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import check_existing, read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import plan_input
+from ngram_dask.inputs import plan_input, unit_tokens
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
 from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
@@ -112,10 +112,11 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
         prompts, sum_counts, sizes = _read_prompts(db, con, info)
         have_tables = CONTEXTS in table_names(con)
     b = cfg.build
+    task_tokens = unit_tokens(b.explode_task_tokens, cfg.cluster)
     read_as = plan_input(source, input_format=info.get("input_format", "auto"),
                          token_dtype=info.get("token_dtype") or b.token_dtype,
                          seq_len=int(info.get("seq_len", b.seq_len)), samples=info.get("samples_mode", b.samples),
-                         token_column=info.get("token_column") or None, task_tokens=b.explode_task_tokens)
+                         token_column=info.get("token_column") or None, task_tokens=task_tokens)
     shards = read_as.pieces
     if read_as.format == "mds":
         size, unit, recorded_size = sum(r.extra.samples for r in shards), "samples", info.get("samples")
@@ -136,7 +137,6 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
                 "drop_eos": drop_eos, "eos_id": cfg.build.eos_id if drop_eos else None,
                 "prompts": prompt_digest[:16]}
     present = have_tables and _recorded(info) == identity
-    task_tokens = cfg.build.explode_task_tokens
     work = cfg.work_dir or default_work_dir(db)
     digest = _digest({**identity, "task_tokens": task_tokens, "token_dtype": token_dtype,
                       "shards": [r.identity() for r in shards]})[:12]

@@ -21,7 +21,7 @@ from ngram_dask.cluster import package_versions
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, table_names
 from ngram_dask.errors import BadInputError
-from ngram_dask.inputs import InputPlan, plan_input
+from ngram_dask.inputs import InputPlan, plan_input, unit_tokens
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
@@ -68,7 +68,13 @@ def build_identity(cfg: Config) -> dict[str, str]:
     }
 
 
-def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
+# The explode's part files: one data and index file per (unit, n), chunks as blocks
+# (``ngrams.partfile``). A work dir of the older layout (a file per unit, n and chunk) has
+# no such key in its manifest and is refused in one line.
+EXPLODE_LAYOUT = "unit-files-1"
+
+
+def work_dir_manifest(cfg: Config, plan: InputPlan, task_tokens: int) -> Manifest:
     """What the work dir's intermediate results depend on: another input or layout is refused."""
     identity = {
         **build_identity(cfg),
@@ -77,7 +83,8 @@ def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
         "samples": plan.samples,
         "shards": [piece.identity() for piece in plan.pieces],
         # Part files are named after their shard group: another grouping must not mix in.
-        "explode_task_tokens": cfg.build.explode_task_tokens,
+        "explode_task_tokens": task_tokens,
+        "explode_layout": EXPLODE_LAYOUT,
         # The n whose part files hold only the samples' last n-grams.
         "derived": list(derived_in_aggregate(cfg.build.ngrams, cfg.build.drop_eos)),
     }
@@ -85,7 +92,20 @@ def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
         "shards": "the input shards",
         "explode_task_tokens": lambda old, new: f"shard groups (build.explode_task_tokens {old}, not {new})",
         "derived": "partial files (written by another version of ngram-dask)",
+        "explode_layout": "explode layout (part files per chunk, written by an older ngram-dask)",
     })
+
+
+def explode_unit_tokens(cfg: Config) -> int:
+    """Tokens per explode unit: ``build.explode_task_tokens``, else the size a work dir
+    recorded (it keeps its grouping, whatever the cluster now), else sized from the
+    worker's memory (``inputs.unit_tokens``)."""
+    if cfg.build.explode_task_tokens:
+        return cfg.build.explode_task_tokens
+    recorded = Manifest(join(cfg.work_dir, "manifest.json"), {}, f"work dir {cfg.work_dir}").read() or {}
+    if recorded.get("explode_layout") == EXPLODE_LAYOUT and recorded.get("explode_task_tokens"):
+        return int(recorded["explode_task_tokens"])
+    return unit_tokens(None, cfg.cluster)
 
 
 def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
@@ -96,8 +116,9 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
 
+    task_tokens = explode_unit_tokens(cfg)
     plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
-                      samples=b.samples, token_column=b.token_column, task_tokens=b.explode_task_tokens)
+                      samples=b.samples, token_column=b.token_column, task_tokens=task_tokens)
     shards = plan.pieces
     report.shards = len(shards)
     token_dtype = plan.token_dtype
@@ -110,12 +131,12 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     xs = ExplodeSettings(
         work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
-        eos_id=b.eos_id, verify_hashes=b.verify_hashes, task_tokens=b.explode_task_tokens,
+        eos_id=b.eos_id, verify_hashes=b.verify_hashes, task_tokens=task_tokens,
         count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos),
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
                             threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir,
-                            derived=xs.derived)
+                            derived=xs.derived, numpy_budget_bytes=b.aggregate_budget_bytes)
 
     def steps(ctx: StageContext):
         yield _explode_step(shards, xs, b.steps, announce)
@@ -148,7 +169,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
 
     ctx = run_stage(Stage(
         name="build", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-        manifest=work_dir_manifest(cfg, plan),
+        manifest=work_dir_manifest(cfg, plan, task_tokens),
         db=cfg.db, db_identity=identity, db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir),
     ), announce)
     report.dashboard = ctx.dashboard
