@@ -57,8 +57,9 @@ def test_plan_on_every_input_format_predicts_the_corpus_and_writes_nothing(input
         want = len(oracle(samples, n))
         assert plan["ngrams"][n]["final_rows"] == pytest.approx(want, rel=0.1), n
         assert plan["ngrams"][n]["prefix_rows"] == pytest.approx(len(oracle(samples, n - 1)), rel=0.1), n
-    # The bigrams are derived from the trigrams: their partial rows are the samples' last bigrams.
-    assert plan["ngrams"][2]["partial_rows"] == pytest.approx(len(samples), rel=0.01)
+    # The bigrams are derived from the trigrams: their partial rows are the samples' last bigrams
+    # (an MDS piece's tokens are an upper bound from its bytes: a few percent over).
+    assert plan["ngrams"][2]["partial_rows"] == pytest.approx(len(samples), rel=0.1)
     assert plan["aggregate"][3]["ranges"] == 1 and plan["aggregate"][3]["path"] == "numpy"
 
 
