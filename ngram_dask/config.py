@@ -150,11 +150,16 @@ class BuildConfig:
     aggregate_budget_bytes: Optional[int] = setting(None, "memory one aggregate key range may use (default: "
                                                           "duckdb_memory_fraction of the worker's limit); a "
                                                           "chunk over it is cut into key ranges")
+    block_rows: int = setting(1 << 17, "rows per block of the explode's part files at most (a chunk's rows in a unit "
+                                       "are cut into 8 blocks when large): the key ranges of the aggregate are "
+                                       "planned from the blocks' first keys, and a range reads only its blocks")
     plan: bool = setting(False, "print what the build would do (units, K, key ranges, files, scratch and "
                                 "catalog bytes, time per step) from the input's index and a sample, for the "
                                 "cluster settings given, and stop: no cluster, nothing written")
     plan_sample_tokens: int = setting(4_000_000, "--plan: tokens sampled to fit the growth of distinct n-grams")
     plan_sample_pieces: int = setting(4, "--plan: pieces the sample is spread over")
+    plan_tokens: Optional[float] = setting(None, "--plan: predict for a corpus of this many tokens like the input "
+                                                 "(e.g. 207e9 from a sample of the same kind of text)")
     duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
     duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
     aggregate_method: str = setting("auto", "auto: the numpy merge for chunks that fit duckdb_memory_fraction of "
@@ -183,8 +188,10 @@ class BuildConfig:
             # partial counts are stored as uint32
             raise ConfigError(f"build.explode_task_tokens must be in [1, 2**32), got {self.explode_task_tokens}")
         _at_least("build.aggregate_budget_bytes", self.aggregate_budget_bytes, 1, optional=True)
+        _at_least("build.block_rows", self.block_rows, 1)
         _at_least("build.plan_sample_tokens", self.plan_sample_tokens, 1000)
         _at_least("build.plan_sample_pieces", self.plan_sample_pieces, 1)
+        _at_least("build.plan_tokens", self.plan_tokens, 1, optional=True)
 
 
 @dataclass

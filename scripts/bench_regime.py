@@ -92,20 +92,33 @@ def measured(root: Path, result: dict) -> dict:
 
 
 def cmd_rates(args, mds: str, info: dict) -> None:
+    import numpy as np
+
     root = Path(args.cache) / "runs" / "rates"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     cores = args.workers
-    result = run_child(overrides_for(mds, root, args.workers, "4GiB", 64))
+    # Units of a quarter of the corpus: every worker explodes (the rate is per core).
+    unit_tokens = info["tokens"] // (2 * cores)
+    result = run_child(overrides_for(mds, root, args.workers, "4GiB", args.chunks,
+                                     **{"build.explode_task_tokens": unit_tokens}))
     m = measured(root, result)
     s = m["seconds"]
-    unit_tokens = info["tokens"] / max(m["units"], 1)
+    # A chunk unit's seconds = fixed cost + partial rows / rate: least squares over the units.
+    units = [json.loads(p.read_text()) for p in (root / "work" / "aggregate").glob("n=*/_done/*.json")]
+    units = [u for u in units if "derived_from" not in u and u.get("partial_rows")]
+    rows = np.array([u["partial_rows"] for u in units], float)
+    secs = np.array([u["seconds"] for u in units], float)
+    per_row, fixed = np.polyfit(rows, secs, 1) if len(units) > 1 else (secs.sum() / rows.sum(), 0.0)
+    # The step's wall time over the units' summed work time: what running them on the cores costs.
+    overhead = s["aggregate"] * cores / max(secs.sum(), 1e-9)
     rates = {
         "measured_on": f"{time.strftime('%Y-%m-%d')}, {cores} workers x 1 thread, a shared 2-core / 24 GiB machine, "
                        f"{info['tokens']:,} tokens of the build benchmark's corpus (scripts/bench_regime.py rates)",
         "explode_tokens_per_core_second": round(info["tokens"] / (s["explode"] * cores)),
         "explode_bytes_per_token": round(max(m["peak_worker_rss"] - (320 << 20), 1) / unit_tokens, 1),
-        "aggregate_partial_rows_per_core_second": round(m["partial_rows"] / (s["aggregate"] * cores)),
+        "aggregate_partial_rows_per_core_second": round(1 / max(per_row, 1e-12) / overhead),
+        "aggregate_seconds_per_chunk_unit": round(max(fixed, 0.0) * overhead, 4),
         "load_rows_per_core_second": round(m["final_rows"] / (max(s["load"], 1e-3) * cores)),
         "catalog_bytes_per_row": round(m["catalog_bytes"] / max(m["final_rows"], 1), 2),
         "catalog_bytes_per_prefix_row": round(m["catalog_bytes"] / max(m["final_rows"], 1), 2),

@@ -31,9 +31,11 @@ BUILD_FLAGS = {
     "--spill-dir": "build.spill_dir",
     "--explode-task-tokens": "build.explode_task_tokens",
     "--aggregate-budget-bytes": "build.aggregate_budget_bytes",
+    "--block-rows": "build.block_rows",
     "--count-engine": "build.count_engine",
     "--plan-sample-tokens": "build.plan_sample_tokens",
     "--plan-sample-pieces": "build.plan_sample_pieces",
+    "--plan-tokens": "build.plan_tokens",
 }
 
 

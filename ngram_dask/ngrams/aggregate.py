@@ -194,7 +194,8 @@ def aggregate_chunk(n: int, chunk: int, s: AggregateSettings) -> dict:
         else:
             done = _aggregate_duckdb(chain, chunk, sources, outs, s, limit, threads, scratch)
         for m in chain:
-            stats[m].update(done[m], path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget)
+            stats[m].update(done[m], path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget,
+                            partial_rows=sum(int(b.rows.sum()) for b in sources[m]))
     # The derived n's markers are written by the runtime, before this chunk's own.
     also = {marker_url(s.work_dir, m, chunk): {**stats[m], "derived_from": m + 1} for m in chain[1:]}
     return {**stats[n], "also": also}

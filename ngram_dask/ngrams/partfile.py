@@ -39,6 +39,11 @@ MAGIC = 0x4E47445058_0001  # "NGDPX", layout version 1
 HEADER_WORDS = 4
 BLOCK_WORDS = 4
 DEFAULT_BLOCK_ROWS = 1 << 17
+# A chunk's rows in one unit are cut into at least this many blocks when they are many
+# (blocks of at least MIN_BLOCK_ROWS rows): the key ranges of a large chunk are planned from
+# its blocks' first keys, and a range reads only the blocks it overlaps.
+BLOCKS_PER_CHUNK = 8
+MIN_BLOCK_ROWS = 8192
 
 
 def data_url(n_dir: str, unit: str) -> str:
@@ -63,8 +68,9 @@ def _block_bytes(table: pa.Table) -> bytes:
 def write_part(n_dir: str, unit: str, n_chunks: int, bits: int,
                pieces: Iterator[tuple[int, pa.Table, np.ndarray]], block_rows: int = DEFAULT_BLOCK_ROWS) -> dict:
     """Write one unit's data and index file; ``pieces`` yields ``(chunk, table, keys)`` in
-    ascending chunk order (``keys``: the table's rows packed, ascending). Returns
-    ``{"bytes", "blocks", "rows"}``."""
+    ascending chunk order (``keys``: the table's rows packed, ascending). A chunk's blocks
+    hold at most ``block_rows`` rows (fewer, down to ``MIN_BLOCK_ROWS``, so that a large
+    chunk has ``BLOCKS_PER_CHUNK`` of them). Returns ``{"bytes", "blocks", "rows"}``."""
     blocks: list[bytes] = []
     table_rows: list[tuple[int, int, int, int]] = []
     first = np.zeros(n_chunks + 1, np.uint64)
@@ -75,8 +81,9 @@ def write_part(n_dir: str, unit: str, n_chunks: int, bits: int,
             raise ValueError(f"chunks must ascend: {chunk} after {last_chunk}")
         first[last_chunk + 1: chunk + 1] = len(table_rows)
         last_chunk = chunk
-        for lo in range(0, table.num_rows, block_rows):
-            part = table.slice(lo, block_rows)
+        size = min(block_rows, max(MIN_BLOCK_ROWS, -(-table.num_rows // BLOCKS_PER_CHUNK)))
+        for lo in range(0, table.num_rows, size):
+            part = table.slice(lo, size)
             data = _block_bytes(part)
             blocks.append(data)
             table_rows.append((offset, len(data), part.num_rows, int(keys[lo])))

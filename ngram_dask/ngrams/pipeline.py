@@ -132,7 +132,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
         eos_id=b.eos_id, verify_hashes=b.verify_hashes, task_tokens=task_tokens,
-        count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos),
+        count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos), block_rows=b.block_rows,
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
                             threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir,

@@ -19,7 +19,9 @@ and capped by the n-grams T tokens hold. From it:
   over the budget (``aggregate.choose_path``);
 * bytes per partial and per final row: the sample's own counts written as the build writes
   them; bytes per catalog row and the per-core speed of each step: ``rates.json`` (measured
-  on the reference machine, see docs/performance.md), times the cluster's cores.
+  by ``scripts/bench_regime.py rates``, see docs/performance.md): the explode's tokens per
+  core-second on as many cores as there are units; the aggregate's partial rows per
+  core-second plus a fixed cost per chunk unit; the load's rows per core-second of the client.
 
 A sample says nothing about text unlike it: a corpus whose later pieces differ from the
 sampled ones (another language, another domain) grows otherwise.
@@ -126,6 +128,9 @@ def plan_build(cfg: Config) -> dict:
     pieces = ip.pieces
     corpus_tokens = sum(p.tokens for p in pieces)
     units = len(group_pieces(pieces, unit))
+    if b.plan_tokens:  # another corpus like this one: as many units as its tokens fill
+        corpus_tokens = int(b.plan_tokens)
+        units = max(1, math.ceil(corpus_tokens / unit))
     unit_tokens_mean = corpus_tokens / max(units, 1)
     ns = sorted(b.ngrams)
     derived = counting.derived_in_aggregate(ns, b.drop_eos)
@@ -191,12 +196,14 @@ def plan_build(cfg: Config) -> dict:
                   for v in per_n.values())
     client_cores = cores if not cl.scheduler else usable_cores()
     seconds = {
-        "explode": corpus_tokens / (r["explode_tokens_per_core_second"] * cores),
-        "aggregate": partial_rows / (r["aggregate_partial_rows_per_core_second"] * cores),
+        "explode": corpus_tokens / (r["explode_tokens_per_core_second"] * min(cores, units)),
+        "aggregate": (partial_rows / r["aggregate_partial_rows_per_core_second"]
+                      + chunks * len(aggregate_units) * r["aggregate_seconds_per_chunk_unit"]) / cores,
         "load": final_rows / (r["load_rows_per_core_second"] * client_cores),
     }
     return {
         "input": {"format": ip.format, "pieces": len(pieces), "tokens": corpus_tokens,
+                  "scaled": bool(b.plan_tokens),
                   "sampled_tokens": sample_tokens, "mean_sample_tokens": mean_sample},
         "cluster": {"workers": workers, "threads_per_worker": threads, "memory_per_worker": limit,
                     "cores": cores},
@@ -231,7 +238,8 @@ def plan_lines(p: dict) -> list[str]:
     i, c, x = p["input"], p["cluster"], p["explode"]
     lines = [
         f"plan (predicted, nothing built): {i['format']} input, {i['pieces']:,} piece(s), {i['tokens']:,} tokens "
-        f"(sample: {i['sampled_tokens']:,} tokens, samples of {i['mean_sample_tokens']:.0f} tokens on average)",
+        + ("(--plan-tokens: a corpus like the input's) " if i.get("scaled") else "")
+        + f"(sample: {i['sampled_tokens']:,} tokens, samples of {i['mean_sample_tokens']:.0f} tokens on average)",
         f"  cluster: {c['workers']} worker(s) x {c['threads_per_worker']} thread(s), "
         f"{_bytes(c['memory_per_worker'])} each ({c['cores']} cores)",
         f"  explode: {x['units']:,} unit(s) of {x['unit_tokens']:,} tokens "

@@ -71,6 +71,20 @@ def test_plan_cuts_into_ranges_under_a_small_budget(inputs):
     assert a["ranges"] == -(-int(a["memory_bytes"]) // 50_000) > 1 and a["chunks_for_one_range"] > 2
 
 
+def test_plan_tokens_predicts_a_larger_corpus_like_the_input(inputs):
+    _, _, paths = inputs
+    over = {"input": str(paths["bin"]), "vocab_size": 65536, "build.seq_len": SEQ, "cluster.n_workers": 64,
+            "cluster.memory_limit": "8GiB"}
+    small = plan_build(load_config(None, over))
+    big = plan_build(load_config(None, {**over, "build.plan_tokens": 207e9}))
+    assert big["input"]["tokens"] == 207_000_000_000
+    assert big["input"]["sampled_tokens"] == small["input"]["sampled_tokens"]
+    assert big["explode"]["units"] == -(-207_000_000_000 // big["explode"]["unit_tokens"])
+    h = small["ngrams"][3]["heaps"]
+    assert big["ngrams"][3]["final_rows"] == pytest.approx(min(207e9, h["a"] * 207e9 ** h["b"]))
+    assert big["seconds"]["explode"] > small["seconds"]["explode"]
+
+
 def test_heaps_fit_recovers_a_power_law_and_caps_at_the_tokens():
     pts = [(t, int(3 * t ** 0.7)) for t in (1000, 2000, 4000, 8000)]
     h = Heaps.fit(pts)
@@ -83,6 +97,7 @@ def test_heaps_fit_recovers_a_power_law_and_caps_at_the_tokens():
     (["--plan-sample-tokens", "10"], "build.plan_sample_tokens must be >= 1000"),
     (["--plan-sample-pieces", "0"], "build.plan_sample_pieces must be >= 1"),
     (["--n-workers", "0"], "cluster.n_workers must be >= 1"),
+    (["--plan-tokens", "0"], "build.plan_tokens must be >= 1"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--plan needs the workers' memory"),
     (["--input", "/nonexistent/corpus"], "/nonexistent/corpus"),
     (["--no-input"], "'input' is required"),
