@@ -9,10 +9,10 @@ nothing is started, nothing is written).
 The growth model, stated: the distinct n-grams of T tokens follow Heaps' law,
 ``D_n(T) = a_n * T ** b_n``, fitted by least squares in log-log on the distinct n-grams
 of the first 1/8, 1/4, 1/2 and all of the sample (counted by the explode's own core),
-and capped by the n-grams T tokens hold. From it:
+and capped by the n-grams T tokens hold and by V ** n. From it:
 
 * partial rows of an explode unit of U tokens: ``D_n(U)`` (for a derived n, its samples'
-  last n-grams: U over the mean sample length); the whole explode writes units times that;
+  last n-grams: U over the mean sample length); the explode writes units times that;
 * final rows: ``D_n(corpus tokens)``; prefix rows: ``D_{n-1}(corpus tokens)``;
 * a chunk's aggregate reads its share (1/K) of the partial rows of n and of the n derived
   from it, at ``NUMPY_BYTES_PER_ROW + 2n`` bytes each: the key ranges it needs are that
@@ -52,26 +52,28 @@ def rates() -> dict:
 
 @dataclass
 class Heaps:
-    """``D(T) = a * T ** b``, at most ``T`` (the n-grams T tokens hold)."""
+    """``D(T) = a * T ** b``, at most ``T`` (the n-grams T tokens hold) and at most ``limit``
+    (the n-grams a vocabulary can make, V ** n)."""
 
     a: float
     b: float
     points: list[tuple[int, int]] = field(default_factory=list)  # (tokens, distinct) it was fitted on
+    limit: float = math.inf
 
     def __call__(self, tokens: float) -> float:
-        return min(float(tokens), self.a * float(tokens) ** self.b) if tokens > 0 else 0.0
+        return min(float(tokens), self.a * float(tokens) ** self.b, self.limit) if tokens > 0 else 0.0
 
     @classmethod
-    def fit(cls, points: list[tuple[int, int]]) -> "Heaps":
+    def fit(cls, points: list[tuple[int, int]], limit: float = math.inf) -> "Heaps":
         pts = [(t, d) for t, d in points if t > 0 and d > 0]
         if not pts:
-            return cls(0.0, 1.0, points)
+            return cls(0.0, 1.0, points, limit)
         if len({t for t, _ in pts}) < 2:
             t, d = pts[-1]
-            return cls(d / t, 1.0, points)  # one size: grow in proportion (the safe side)
+            return cls(d / t, 1.0, points, limit)  # one size: grow in proportion (the safe side)
         b, log_a = np.polyfit(np.log([t for t, _ in pts]), np.log([d for _, d in pts]), 1)
         b = float(min(max(b, 0.0), 1.0))
-        return cls(float(math.exp(log_a)), b, points)
+        return cls(float(math.exp(log_a)), b, points, limit)
 
 
 def _sample(pieces, want_pieces: int, want_tokens: int, vocab_size: int, verify: bool):
@@ -152,7 +154,7 @@ def plan_build(cfg: Config) -> dict:
             c = counting.count_keys(counting.ngram_keys(tokens[: offsets[cut]], offsets[: cut + 1], m, bits,
                                                         exclude_id=exclude))
             points.append((int(offsets[cut]), len(c)))
-        growth[m] = Heaps.fit(points)
+        growth[m] = Heaps.fit(points, limit=float(cfg.vocab_size) ** m)
         if m in ns:
             bytes_partial[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=False)
             bytes_final[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=True)
@@ -194,11 +196,14 @@ def plan_build(cfg: Config) -> dict:
                + sum((v["final_rows"] + v["prefix_rows"]) * v["bytes_per_final_row"] for v in per_n.values()))
     catalog = sum(v["final_rows"] * r["catalog_bytes_per_row"] + v["prefix_rows"] * r["catalog_bytes_per_prefix_row"]
                   for v in per_n.values())
+    # The load runs on the client: the LocalCluster's machine, or this one beside a scheduler.
     client_cores = cores if not cl.scheduler else usable_cores()
+    # A step runs on at most as many cores as it has units.
     seconds = {
         "explode": corpus_tokens / (r["explode_tokens_per_core_second"] * min(cores, units)),
         "aggregate": (partial_rows / r["aggregate_partial_rows_per_core_second"]
-                      + chunks * len(aggregate_units) * r["aggregate_seconds_per_chunk_unit"]) / cores,
+                      + chunks * len(aggregate_units) * r["aggregate_seconds_per_chunk_unit"])
+        / min(cores, chunks * len(aggregate_units)),
         "load": final_rows / (r["load_rows_per_core_second"] * client_cores),
     }
     return {
