@@ -39,7 +39,7 @@ from benchkit.corpus import REPO, VOCAB, make_corpus
 
 from ngram_dask.inputs import plan_input
 from ngram_dask.ngrams import counting, partfile
-from ngram_dask.ngrams.explode import ExplodeSettings, _chunk_tables, group_shards, read_group
+from ngram_dask.ngrams.explode import ExplodeSettings, chunk_tables, group_shards, read_group
 
 SENTINEL = np.iinfo(np.uint64).max
 
@@ -128,7 +128,7 @@ def profile_group(group, s: ExplodeSettings, reps: int, out_dir: str) -> dict:
 
     def write():
         shutil.rmtree(out_dir, ignore_errors=True)
-        partfile.write_part(out_dir, "bench", k, bits, _chunk_tables(chunked, 3, s))
+        partfile.write_part(out_dir, "bench", k, bits, chunk_tables(chunked, 3, s))
 
     row["write the trigram partial files"], _ = timed(write, reps)
     row["tokens"] = float(len(tokens))

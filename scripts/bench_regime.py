@@ -16,11 +16,11 @@ its tree. Nothing here is a test: the machine may be shared, so say so beside th
   the JSON ``--write`` stores as the package's ``rates.json``.
 * ``compare``: ``plan_build`` then the build, for each cluster of ``--clusters``
   (``workers x memory``); every figure the plan predicts beside what happened, and the ratio.
-* ``regime``: the aggregate + load of one explode output twice: K = 64 with memory
-  plentiful (one key range per chunk), and K = 4 with a budget that cuts each chunk into
-  about ``--ranges`` ranges (the Pile's ratio of a chunk's partial rows to a worker's budget
-  on a 64-core / 512 GB box at K = 64 is ~25: 1e9 rows x 100 B over 4 GB); the ratio of
-  the two times (target <= 1.25x).
+* ``regime``: the aggregate + load of one explode output (``--reuse-work``, or exploded
+  here), alternating: with memory plentiful (one key range per chunk), and with a budget that
+  cuts each chunk into about ``--ranges`` ranges (``build --plan`` for the deduplicated Pile
+  on a 64-core / 512 GB box at K = 64 says 10: a chunk's ~481M partial rows, ~38.5 GiB, over
+  a 4 GiB budget); the ratio of the two times (target <= 1.25x).
 * ``big``: the largest build (1e10 tokens is hours of this machine alone, and ~25 GB of
   MDS plus the work dir on disk): ``compare`` for the first cluster of ``--clusters``, then
   ``verify`` and a brute-force check of ``--verify-samples`` trigrams (half drawn from the
@@ -220,34 +220,41 @@ def cmd_big(args, mds: str, info: dict) -> None:
 
 
 def cmd_regime(args, mds: str, info: dict) -> None:
-    """One explode output (K = 4), then aggregate + load in the two regimes, alternating."""
+    """One explode output, then its aggregate + load in the two regimes, alternating."""
     root = Path(args.cache) / "runs" / "regime"
-    shutil.rmtree(root, ignore_errors=True)
+    work = root / "work"
+    if args.reuse_work:  # a finished build's explode output (its manifest and units)
+        shutil.rmtree(root, ignore_errors=True)
+        work.mkdir(parents=True)
+        shutil.copy(Path(args.reuse_work, "manifest.json"), work / "manifest.json")
+        (work / "explode").symlink_to(Path(args.reuse_work, "explode").resolve())
+    elif not (work / "explode" / "_done").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        run_child(overrides_for(mds, root, args.workers, args.memory_limit, args.chunks,
+                                **{"build.steps": ["explode"]}))
+    manifest = json.loads((work / "manifest.json").read_text())
+    chunks = int(manifest["chunks"])
+    explode = [json.loads(p.read_text()) for p in (work / "explode" / "_done").glob("*.json")]
+    per_chunk = sum(sum(e["distinct"].values()) + sum(e["tails"].values()) for e in explode) / chunks
+    budget = int(per_chunk * 86 / args.ranges)
     rows = []
     for rnd in range(args.runs):
-        for name, chunks, budget in (("small chunks (K=64, 1 range)", 64, None),
-                                     (f"Pile regime (K=4, ~{args.ranges} ranges)", 4, "ranges")):
-            d = root / f"{chunks}"
-            if not (d / "work" / "explode").exists():
-                d.mkdir(parents=True, exist_ok=True)
-                run_child(overrides_for(mds, d, args.workers, args.memory_limit, chunks,
-                                        **{"build.steps": ["explode"]}))
-            shutil.rmtree(d / "work" / "aggregate", ignore_errors=True)
-            (d / "catalog.duckdb").unlink(missing_ok=True)
-            extra = {"build.steps": ["aggregate", "load"]}
-            if budget:
-                explode = [json.loads(p.read_text()) for p in (d / "work" / "explode" / "_done").glob("*.json")]
-                per_chunk = sum(e["distinct"].get("3", 0) + e["tails"].get("2", 0) for e in explode) / chunks
-                extra["build.aggregate_budget_bytes"] = int(per_chunk * 86 / args.ranges)
-            m = measured(d, run_child(overrides_for(mds, d, args.workers, args.memory_limit, chunks, **extra)))
-            rows.append((rnd, name, m["seconds"]["aggregate"] + m["seconds"]["load"], m["ranges_max"],
-                         m["peak_worker_rss"]))
-            print(f"round {rnd}: {name}: aggregate+load {rows[-1][2]:.1f} s, max ranges {m['ranges_max']}, "
+        for name, extra in (("one range per chunk", {}),
+                            (f"~{args.ranges} ranges per chunk", {"build.aggregate_budget_bytes": budget})):
+            shutil.rmtree(work / "aggregate", ignore_errors=True)
+            (root / "catalog.duckdb").unlink(missing_ok=True)
+            over = overrides_for(mds, root, args.workers, args.memory_limit, chunks,
+                                 **{"build.steps": ["aggregate", "load"],
+                                    "build.explode_task_tokens": manifest["explode_task_tokens"], **extra})
+            m = measured(root, run_child(over))
+            rows.append((name, m["seconds"]["aggregate"] + m["seconds"]["load"]))
+            print(f"round {rnd}: {name}: aggregate+load {rows[-1][1]:.1f} s, max ranges {m['ranges_max']}, "
                   f"peak worker RSS {m['peak_worker_rss'] / 2**20:,.0f} MiB", flush=True)
-    small = [r[2] for r in rows if r[1].startswith("small")]
-    pile = [r[2] for r in rows if not r[1].startswith("small")]
-    print(f"\nPile regime / small chunks: {sum(pile) / len(pile) / (sum(small) / len(small)):.2f}x "
-          f"(target <= 1.25x; {len(small)} round(s) each)")
+    one = [t for n, t in rows if n.startswith("one")]
+    many = [t for n, t in rows if not n.startswith("one")]
+    print(f"\n~{args.ranges} ranges / one range: {sum(many) / len(many) / (sum(one) / len(one)):.2f}x "
+          f"(target <= 1.25x; {len(one)} round(s) each; K = {chunks}, {per_chunk:,.0f} partial rows per chunk, "
+          f"budget {budget:,} B)")
 
 
 def main() -> None:
@@ -264,8 +271,9 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="4GiB")
     ap.add_argument("--chunks", type=int, default=64)
     ap.add_argument("--clusters", default="2x4GiB,2x1GiB", help="compare: workers x memory, comma-separated")
-    ap.add_argument("--ranges", type=int, default=25, help="regime: key ranges per chunk")
+    ap.add_argument("--ranges", type=int, default=10, help="regime: key ranges per chunk")
     ap.add_argument("--runs", type=int, default=2, help="regime: alternating rounds")
+    ap.add_argument("--reuse-work", help="regime: the work dir of a finished build to take the explode output from")
     ap.add_argument("--verify-samples", type=int, default=3000, help="big: trigrams counted by brute force")
     ap.add_argument("--write", help="rates: write the rates JSON here (ngram_dask/ngrams/rates.json)")
     args = ap.parse_args()

@@ -105,7 +105,8 @@ def explode_tokens(tokens: np.ndarray, offsets: np.ndarray, n: int, s: ExplodeSe
     return counting.count_keys(counting.ngram_keys(tokens, offsets, n, s.bits, exclude_id=exclude))
 
 
-def _chunk_tables(c: counting.ChunkedCounts, n: int, s: ExplodeSettings):
+def chunk_tables(c: counting.ChunkedCounts, n: int, s: ExplodeSettings):
+    """``(chunk, table, keys)`` of each non-empty chunk, ascending: what ``partfile.write_part`` takes."""
     for chunk in c.nonempty_chunks():
         part = c.chunk(int(chunk))
         yield int(chunk), counts_table(part, n, s.bits, s.vocab_size), part.keys
@@ -162,7 +163,7 @@ def explode_group(group: ShardGroup, s: ExplodeSettings) -> dict:
         stats["ngrams"][str(n)] = counted if s.drop_eos else counting.ngram_totals(lengths, n)
         stats["distinct" if n not in s.derived else "tails"][str(n)] = len(c)
         wrote = partfile.write_part(n_dir(s.work_dir, n), group.name, s.chunks, s.bits,
-                                    _chunk_tables(c, n, s), s.block_rows)
+                                    chunk_tables(c, n, s), s.block_rows)
         stats["bytes"] += wrote["bytes"]
         stats["files"] += 2
         del c

@@ -54,7 +54,7 @@ def index_url(n_dir: str, unit: str) -> str:
     return join(n_dir, f"part-{unit}.index")
 
 
-def _block_bytes(table: pa.Table) -> bytes:
+def block_bytes(table: pa.Table) -> bytes:
     # Sorted narrow columns compress well with plain zstd; dictionary pages cost ~30% more
     # write time and ~12% more bytes here, and column statistics ~a third of the write time
     # while nothing reads them (the index holds what a reader needs). The counts (mostly 1)
@@ -84,7 +84,7 @@ def write_part(n_dir: str, unit: str, n_chunks: int, bits: int,
         size = min(block_rows, max(MIN_BLOCK_ROWS, -(-table.num_rows // BLOCKS_PER_CHUNK)))
         for lo in range(0, table.num_rows, size):
             part = table.slice(lo, size)
-            data = _block_bytes(part)
+            data = block_bytes(part)
             blocks.append(data)
             table_rows.append((offset, len(data), part.num_rows, int(keys[lo])))
             offset += len(data)

@@ -105,7 +105,7 @@ def _bytes_per_row(c: counting.Counts, n: int, bits: int, vocab_size: int, final
         pq.write_table(pa.table(cols), buf, **FINAL_PARQUET, column_encoding={"count": "BYTE_STREAM_SPLIT"})
         return len(buf.getvalue()) / len(c)
     cols["count"] = c.counts.astype(np.uint32)
-    return len(partfile._block_bytes(pa.table(cols))) / len(c)
+    return len(partfile.block_bytes(pa.table(cols))) / len(c)
 
 
 def plan_build(cfg: Config) -> dict:
