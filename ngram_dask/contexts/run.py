@@ -1,11 +1,12 @@
 """The client of ``ngram-dask contexts``: check, plan, run the pieces, write.
 
-A stage of the runtime (``runtime.run_stage``): it checks and claims the contexts dir's
-manifest, holds the database's single writer, starts the cluster only when a piece is
-left to do and skips pieces whose marker exists. This module declares the rest: the
-``plan`` (checked before any work), one step of pieces (the task
+A stage of the runtime (``runtime.run_stage``): it checks the database and the settings,
+checks and claims the contexts dir's manifest (writing the prompts every unit reads
+into a new dir first), holds the database's single writer, starts the cluster only when
+a unit is left to do and skips units whose marker exists. This module declares the
+rest: the ``plan`` (checked before any work), one step of piece groups (the task
 ``task.contexts_piece``), and the writer (``write.ContextsWriter``), which merges each
-piece's parts as its result arrives and writes everything in one transaction at the end.
+unit's parts as its result arrives and writes everything in one transaction at the end.
 
 Before any work: the database must be an ngram-dask catalog with top tables; the input
 is the one ``catalog_info`` recorded (``--input``, when given, must be that one) and
@@ -29,27 +30,25 @@ from ngram_dask.config import Config
 from ngram_dask.contexts.pieces import Piece, make_pieces
 from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
-from ngram_dask.db import check_existing, read_info, read_only, table_names
+from ngram_dask.db import read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
 from ngram_dask.inputs import plan_input
-from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
-from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
+from ngram_dask.storage import atomic_write_parquet, join, redact_url
 
 Announce = Callable[[str], None]
 
 
 @dataclass
-class ContextsReport:
-    pieces: int = 0
-    skipped: int = 0
+class ContextsReport(StageReport):
+    pieces: int = 0  # units (piece groups)
     tokens: int = 0
     occurrences: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     prompts: dict[str, int] = field(default_factory=dict)
     present: bool = False  # the database held these contexts already: nothing ran
     dir: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,13 +92,11 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
-    """Everything checked before any work: database, input, prompts, settings, pieces."""
+def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
+    """Everything checked before any work: database, input, prompts, settings, pieces
+    (``info``: the database's ``catalog_info``)."""
     db = cfg.db
-    info = check_existing(db)
-    if info is None:
-        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build` first")
-    if not info or "input" not in info:
+    if "input" not in info:
         raise DatabaseError(f"database {db} holds no build: run `ngram-dask build` first")
     recorded = info["input"]
     if cfg.input and redact_url(cfg.input) != recorded:
@@ -158,43 +155,39 @@ def _recorded(info: dict) -> dict | None:
 
 
 def manifest_of(p: Plan) -> Manifest:
-    """The contexts dir's manifest: its settings, prompts and pieces."""
+    """The contexts dir's manifest: its settings, prompts and pieces. A new dir gets the
+    prompts every unit reads before the manifest is written."""
     return Manifest(join(p.settings.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]},
-                    f"contexts dir {p.settings.dir}")
-
-
-def _write_prompts(p: Plan) -> None:
-    """The prompts every task reads, written once into the contexts dir (before any task runs)."""
-    if manifest_of(p).read() is None:
-        atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd")
+                    f"contexts dir {p.settings.dir}",
+                    prepare=lambda: atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd"))
 
 
 def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
-    """Plan, then one runtime stage: a step of pieces whose results the single writer merges
-    as they arrive and writes in one transaction when all are in."""
-    cfg.check("contexts")
-    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
-    p, sizes = plan(cfg)
+    """Plan, then one runtime stage: a step of piece groups whose results the single writer
+    merges as they arrive and writes in one transaction when all are in."""
+    return run_stage(cfg, "contexts", lambda info: declare_contexts(cfg, info, announce), announce,
+                     needs_db="run `ngram-dask build` first")
+
+
+def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
+    p, sizes = plan(cfg, info)
     report = ContextsReport(pieces=len(p.pieces), prompts=sizes, dir=p.settings.dir)
     prompts_line = ", ".join(f"{t} {k:,}" for t, k in sizes.items())
     if p.present:
         report.present = True
         with read_only(p.db) as con:
-            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
+            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchall()[0][0])
         announce(f"contexts: {p.db} holds them already ({report.rows:,} examples of {prompts_line} prompts, "
                  f"seed {p.identity['seed']}): nothing to do")
-        return report
+        return Stage(lambda ctx: (), report)
     s = p.settings
 
     def steps(ctx: StageContext):
-        _write_prompts(p)
         writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts)
         announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
-                 f"{len(p.pieces)} piece(s) of {redact_url(p.input)} -> {s.dir}")
+                 f"{len(p.pieces)} piece group(s) of {redact_url(p.input)} -> {s.dir}")
 
         def finish(stats: list[dict], ctx: StageContext) -> None:
-            report.skipped = ctx.skipped["contexts"]
-            report.seconds["contexts"] = ctx.seconds["contexts"]
             t0 = time.perf_counter()
             _tally(report, stats)
             info = read_info(ctx.db())
@@ -204,18 +197,13 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
             writer.check_counts(p.db)
             report.rows = writer.commit({**p.identity, "pieces": len(p.pieces)})
             report.seconds["write"] = time.perf_counter() - t0
+            announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
 
-        yield Step("contexts", p.pieces, contexts_piece, args=lambda piece: (piece, s), unit="pieces",
+        yield Step("contexts", p.pieces, contexts_piece, args=lambda piece: (piece, s), counts="piece groups",
                    disk=DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)"),
                    on_result=lambda stats, ctx: writer.add(stats), finish=finish)
 
-    run_stage(Stage(
-        name="contexts", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-        manifest=manifest_of(p),
-        db=p.db, access=(p.input, s.dir),
-    ), announce)
-    announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
-    return report
+    return Stage(steps, report, manifest=manifest_of(p), db=p.db, access=(p.input, s.dir))
 
 
 def _tally(report: ContextsReport, stats) -> None:
@@ -229,15 +217,14 @@ def summary_lines(report: ContextsReport) -> list[str]:
     lines = ["", "summary:"]
     if report.present:
         return lines + [f"  contexts already present: {report.rows:,} examples (nothing ran)"]
-    lines.append(f"  pieces {report.pieces} ({report.skipped} already done), tokens {report.tokens:,}")
+    lines.append(f"  piece groups {report.pieces} ({report.skipped.get('contexts', 0)} already done), "
+                 f"tokens {report.tokens:,}")
     for n, v in sorted(report.occurrences.items()):
         lines.append(f"  {top_table(int(n)):<13} {report.prompts.get(top_table(int(n)), 0):>10,} prompts, "
                      f"{v:,} occurrences")
     lines.append(f"  examples      {report.rows:>10,}")
-    for stage, sec in report.seconds.items():
-        lines.append(f"  {stage:<13} {sec:8.2f} s")
+    lines += report.time_lines(width=13)
     sec = report.seconds.get("contexts", 0)
-    if sec and report.tokens and report.skipped < report.pieces:
+    if sec and report.tokens and report.ran("contexts"):
         lines.append(f"  {report.tokens / sec / 1e6:.2f}M tokens/s")
     return lines
-

@@ -26,31 +26,29 @@ from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
 from ngram_dask.ngrams.load import WRITER_SETTINGS, CatalogWriter
-from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
-from ngram_dask.storage import is_local, join, local_path, redact_url, use_storage
+from ngram_dask.storage import is_local, join, local_path, redact_url
 
 Announce = Callable[[str], None]
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class BuildReport:
-    shards: int = 0
+class BuildReport(StageReport):
+    pieces: int = 0
     samples: int = 0
     tokens: int = 0
     ngrams: dict[int, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
     loaded_chunks: int = 0
     load_seconds: float = 0.0  # time inside the load transactions (part of aggregate+load)
-    skipped: dict[str, int] = field(default_factory=dict)
+    aggregated: int = 0  # chunks aggregated by this run (not by an earlier one)
     rows: dict[str, int] = field(default_factory=dict)
-    dashboard: str | None = None
 
     @property
     def did_nothing(self) -> bool:
-        return (self.skipped.get("explode", 0) == self.shards and self.loaded_chunks == 0
-                and self.skipped.get("aggregate_new", 0) == 0 and "catalog" not in self.seconds)
+        return (self.ran("explode") == 0 and self.loaded_chunks == 0 and self.aggregated == 0
+                and "catalog" not in self.seconds)
 
 
 def build_identity(cfg: Config) -> dict[str, str]:
@@ -89,17 +87,18 @@ def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
 
 
 def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
-    """explode -> aggregate -> load -> catalog, as one stage of the runtime."""
-    cfg.check("build")
+    """explode -> aggregate -> load -> top tables, as one stage of the runtime."""
+    return run_stage(cfg, "build", lambda info: declare_build(cfg, announce), announce)
+
+
+def declare_build(cfg: Config, announce: Announce) -> Stage:
     b = cfg.build
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
-
     plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
                       samples=b.samples, token_column=b.token_column, task_tokens=b.explode_task_tokens)
-    shards = plan.pieces
-    report.shards = len(shards)
+    pieces = plan.pieces
+    report.pieces = len(pieces)
     token_dtype = plan.token_dtype
     tokenizer = None
     if "catalog" in b.steps:  # fail before hours of work, not after
@@ -118,11 +117,8 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
                             derived=xs.derived)
 
     def steps(ctx: StageContext):
-        yield _explode_step(shards, xs, b.steps, announce)
+        yield _explode_step(pieces, xs, b.steps, announce)
         _tally(report, ctx.results["explode"])
-        report.skipped["explode"] = sum(len(s["shards"]) for s in ctx.results["explode"] if s.get("skipped"))
-        if "explode" in b.steps:
-            report.seconds["explode"] = ctx.seconds["explode"]
         if not {"aggregate", "load"} & set(b.steps):
             return
         if report.tokens == 0:
@@ -131,7 +127,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         if "load" in b.steps:
             info = {**identity, "tool": TOOL, "schema_version": str(SCHEMA_VERSION),
                     "ngram_dask_version": __version__, "versions": package_versions(),
-                    "shards": str(report.shards), "samples": str(report.samples), "tokens": str(report.tokens),
+                    "shards": str(report.pieces), "samples": str(report.samples), "tokens": str(report.tokens),
                     **{f"ngram_total_{n}": str(v) for n, v in report.ngrams.items()},
                     "token_dtype": xs.token_dtype, "started_at": started}
             writer = CatalogWriter(ctx.db(), b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
@@ -144,24 +140,20 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
             _run_catalog(writer, cfg, tokenizer, announce, report)
         for n in sorted(b.ngrams):
             for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
-                report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
-    ctx = run_stage(Stage(
-        name="build", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-        manifest=work_dir_manifest(cfg, plan),
-        db=cfg.db, db_identity=identity, db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir),
-    ), announce)
-    report.dashboard = ctx.dashboard
-    return report
+    return Stage(steps, report, manifest=work_dir_manifest(cfg, plan), db=cfg.db, db_identity=identity,
+                 db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir))
 
 
 def _disk(work_dir: str) -> DiskFull:
     return DiskFull(f"the work dir {work_dir}", advice="free space (or use a larger --work-dir)",
-                    hint=lambda: _space_hint(work_dir))
+                    hint=lambda done, total: _space_hint(work_dir, done, total))
 
 
-def _space_hint(work_dir: str) -> str:
-    """' (free X MiB, this build has written Y MiB so far, about Z MiB more needed)' for a local work dir."""
+def _space_hint(work_dir: str, done: int, total: int) -> str:
+    """' (free X MiB, this build has written Y MiB so far, about Z MiB more needed)' for a local work
+    dir, ``done`` of the explode's ``total`` units being finished."""
     import shutil
 
     if not is_local(work_dir):
@@ -169,9 +161,6 @@ def _space_hint(work_dir: str) -> str:
     path = local_path(work_dir)
     written = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     free = shutil.disk_usage(path).free
-    done = sum(len(json.loads(m.read_text()).get("shards", [None]))
-               for m in Path(path, "explode", "_done").glob("*.json"))
-    total = len(json.loads(Path(path, "manifest.json").read_text())["shards"])
     needed = written / max(done, 1) * total * 1.5 - written  # aggregate output ~ half of explode's
     return (f" (free {free / 2**20:.1f} MiB, written so far {written / 2**20:.1f} MiB, "
             f"about {max(needed, 0) / 2**20:.1f} MiB more needed)")
@@ -224,14 +213,11 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
     # larger one still aggregates.)
     waiting = {n: sum(1 for m, _ in todo if m == n) for n in sorted(b.ngrams)}
     ready: dict[int, list[dict]] = {n: [] for n in waiting}
-    report.skipped["aggregate_new"] = 0
-    t0 = time.perf_counter()
-
     def on_result(res: dict, ctx) -> None:
         n = int(res["n"])
         if (n, int(res["chunk"])) not in wanted:
             return  # a derived n of a chunk loaded before
-        report.skipped["aggregate_new"] += 0 if res.get("skipped") else 1
+        report.aggregated += 0 if res.get("skipped") else 1
         ready[n].append(res)
         if len(ready[n]) == waiting[n] and writer:
             t_load = time.perf_counter()
@@ -239,18 +225,15 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
             report.load_seconds += time.perf_counter() - t_load
             ready[n] = []
 
-    def finish(results, ctx) -> None:
-        report.seconds["aggregate+load"] = time.perf_counter() - t0
-
     def submit(client, units):
         return client.compute(aggregate_frame(units, ags).to_delayed())
 
     return Step("aggregate+load" if writer else "aggregate", tops, aggregate_chunk, args=lambda u: (*u, ags),
-                unit="chunk tasks", submit=submit, unpack=lambda frame: [json.loads(r) for r in frame["result"]],
+                counts="chunk units", submit=submit, unpack=lambda frame: [json.loads(r) for r in frame["result"]],
                 expand=chunk_results, disk=_disk(cfg.work_dir), run="aggregate" in b.steps,
                 not_run=lambda u: f"chunk {u[1]} of n={u[0]} has not been aggregated yet: "
                                   "run the aggregate step first",
-                on_result=on_result, finish=finish)
+                on_result=on_result)
 
 
 def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announce,
@@ -274,13 +257,12 @@ def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announ
 def summary_lines(report: BuildReport) -> list[str]:
     total = sum(report.seconds.values())
     lines = ["", "summary:",
-             f"  input pieces {report.shards}, samples {report.samples:,}, tokens {report.tokens:,}"]
-    for stage, sec in report.seconds.items():
-        lines.append(f"  {stage:<15} {sec:8.2f} s")
+             f"  input pieces {report.pieces}, samples {report.samples:,}, tokens {report.tokens:,}"]
+    lines += report.time_lines()
     if total:
-        lines.append(f"  {'total':<15} {total:8.2f} s  ({report.tokens / total / 1e6:.2f}M tokens/s)")
+        lines[-1] += f"  ({report.tokens / total / 1e6:.2f}M tokens/s)"
     for table, rows in report.rows.items():
         lines.append(f"  {table:<17} {rows:>14,} rows")
     if report.did_nothing:
-        lines.append("  nothing to do: every shard was exploded and every chunk loaded already")
+        lines.append("  nothing to do: every piece was exploded and every chunk loaded already")
     return lines
