@@ -545,6 +545,56 @@ def _merge(base: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+# Names from before the vocabulary settled (docs/glossary.md): they keep working for one
+# release, each use told once, on stderr, with its new name.
+RENAMED_KEYS: dict[str, str] = {}  # old dotted key (or section) -> new
+RENAMED_STEPS: dict[str, str] = {}  # old build step -> new
+# old build steps that became a switch: step -> (dotted key set to true, how it is said)
+STEPS_TO_SWITCHES: dict[str, tuple[str, str]] = {}
+
+
+def _say_deprecated(old: str, new: str) -> None:
+    import sys
+
+    print(f"ngram-dask: deprecated: {old} is now {new}; the old name works until the next release",
+          file=sys.stderr, flush=True)
+
+
+def _upgrade_names(data: dict) -> None:
+    """Move settings given under their old names to the new ones (in place), saying so."""
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        if isinstance(value, dict):  # a whole section: its keys move under the new one
+            for key, inner in value.items():
+                _merge(data, f"{new}.{key}", inner)
+        else:
+            _merge(data, new, value)
+        _say_deprecated(f"'{old}'", f"'{new}'")
+    build = data.get("build")
+    given = build.get("steps") if isinstance(build, dict) else None
+    if isinstance(given, str):  # a flag's "explode,catalog"
+        given = [step.strip() for step in given.split(",") if step.strip()]
+    if isinstance(given, list):
+        steps = []
+        for step in given:
+            if step in STEPS_TO_SWITCHES:
+                key, said = STEPS_TO_SWITCHES[step]
+                _say_deprecated(f"build step '{step}'", said)
+                _merge(data, key, True)
+                continue
+            if step in RENAMED_STEPS:
+                _say_deprecated(f"build step '{step}'", f"'{RENAMED_STEPS[step]}'")
+                step = RENAMED_STEPS[step]
+            steps.append(step)
+        build["steps"] = steps
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file at ``path``, then ``overrides`` (dotted keys; None = not set)."""
     data: Any = {}
@@ -561,4 +611,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _merge(data, dotted, value)
+    _upgrade_names(data)
     return _build(Config, data)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from ngram_dask.db import check_owner, columns, connect, read_info, table_names
-from ngram_dask.errors import DatabaseError
+from ngram_dask.errors import DatabaseError, UserError
 from ngram_dask.schema import INFO, LEDGER, ngram_table, prefix_table
 
 BUILD_FIRST = "run `ngram-dask build` first"
@@ -120,3 +120,12 @@ def _check_complete(cat: OpenCatalog) -> None:
             f"database {cat.path} is an unfinished build ({len(want & got)} of {len(want)} chunks "
             "loaded): rerun `ngram-dask build` to finish it"
         )
+
+
+def as_output(table, output: str):
+    """A query's Arrow table as the caller asked: ``arrow`` or ``pandas``."""
+    if output == "arrow":
+        return table
+    if output == "pandas":
+        return table.to_pandas()
+    raise UserError(f"output must be 'arrow' or 'pandas', got {output!r}")

@@ -198,7 +198,7 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
                     report: BuildReport) -> Step:
     """A Dask DataFrame of id0 chunks (one partition per chunk); the writer loads each n
     as soon as its last chunk is aggregated."""
-    from ngram_dask.ngrams.aggregate import aggregate_chunk, aggregate_frame, chunk_results
+    from ngram_dask.ngrams.aggregate import aggregate_chunk, aggregate_frame, chunk_results, unit_stats
 
     b = cfg.build
     loaded = writer.loaded() if writer else set()
@@ -229,7 +229,7 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
         return client.compute(aggregate_frame(units, ags).to_delayed())
 
     return Step("aggregate+load" if writer else "aggregate", tops, aggregate_chunk, args=lambda u: (*u, ags),
-                counts="chunk units", submit=submit, unpack=lambda frame: [json.loads(r) for r in frame["result"]],
+                counts="chunk units", submit=submit, unpack=unit_stats,
                 expand=chunk_results, disk=_disk(cfg.work_dir), run="aggregate" in b.steps,
                 not_run=lambda u: f"chunk {u[1]} of n={u[0]} has not been aggregated yet: "
                                   "run the aggregate step first",
