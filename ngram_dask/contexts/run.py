@@ -1,16 +1,16 @@
-"""The client of ``ngram-dask contexts``: check, plan, run the pieces, write.
+"""The client of ``ngram-dask contexts``: check, plan, run the piece groups, write.
 
 A stage of the runtime (``runtime.run_stage``): it checks the database and the settings,
 checks and claims the contexts dir's manifest (writing the prompts every unit reads
 into a new dir first), holds the database's single writer, starts the cluster only when
 a unit is left to do and skips units whose marker exists. This module declares the
 rest: the ``plan`` (checked before any work), one step of piece groups (the task
-``task.contexts_piece``), and the writer (``write.ContextsWriter``), which merges each
+``task.contexts_group``), and the writer (``write.ContextsWriter``), which merges each
 unit's parts as its result arrives and writes everything in one transaction at the end.
 
 Before any work: the database must be an ngram-dask catalog with top tables; the input
 is the one ``catalog_info`` recorded (``--input``, when given, must be that one) and
-must have its shards and samples; the settings and the prompts name the contexts dir
+must have its pieces and samples; the settings and the prompts name the contexts dir
 (``<work dir>/contexts-<digest>``), so parts of other settings never mix. When the
 database already holds contexts of these settings and prompts, nothing runs.
 """
@@ -27,12 +27,11 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask.config import Config
-from ngram_dask.contexts.pieces import Piece, make_pieces
-from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_table
+from ngram_dask.contexts.task import ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import plan_input
+from ngram_dask.inputs import PieceGroup, group_pieces, plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
 from ngram_dask.storage import atomic_write_parquet, join, redact_url
@@ -42,7 +41,7 @@ Announce = Callable[[str], None]
 
 @dataclass
 class ContextsReport(StageReport):
-    pieces: int = 0  # units (piece groups)
+    groups: int = 0  # units: piece groups of the input
     tokens: int = 0
     occurrences: dict[str, int] = field(default_factory=dict)
     rows: int = 0
@@ -59,7 +58,7 @@ class Plan:
     identity: dict  # what the database's contexts must have been written with
     prompts: pa.Table
     sum_counts: np.ndarray
-    pieces: list[Piece]
+    groups: list[PieceGroup]
     present: bool
 
 
@@ -73,7 +72,7 @@ def _read_prompts(db: str, con, info: dict) -> tuple[pa.Table, np.ndarray, dict[
     tops = [n for n in TOP_NGRAMS if top_table(n) in tables]
     if not tops:
         raise DatabaseError(f"database {db} has no top tables ({', '.join(top_table(n) for n in TOP_NGRAMS)}): "
-                            "run `ngram-dask build --tokenizer ...` with its catalog step first")
+                            "run `ngram-dask build --tokenizer ...` with its top step first")
     from ngram_dask.contexts.kernel import Prompts
 
     bits = int(int(info["vocab_size"]) - 1).bit_length()
@@ -112,15 +111,15 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
     read_as = plan_input(source, input_format=info.get("input_format", "auto"),
                          token_dtype=info.get("token_dtype") or b.token_dtype,
                          seq_len=int(info.get("seq_len", b.seq_len)), samples=info.get("samples_mode", b.samples),
-                         token_column=info.get("token_column") or None, task_tokens=b.explode_task_tokens)
-    shards = read_as.pieces
+                         token_column=info.get("token_column") or None, unit_tokens=b.explode_unit_tokens)
+    pieces = read_as.pieces
     if read_as.format == "mds":
-        size, unit, recorded_size = sum(r.extra.samples for r in shards), "samples", info.get("samples")
+        size, unit, recorded_size = sum(r.extra.samples for r in pieces), "samples", info.get("samples")
     else:
-        size, unit, recorded_size = sum(r.tokens for r in shards), "tokens", info.get("tokens")
-    # (token files are cut into pieces by the task size, which may differ from the build's)
-    if (read_as.format == "mds" and str(len(shards)) != info.get("shards")) or str(size) != recorded_size:
-        raise DatabaseError(f"the input {redact_url(source)} has {len(shards)} piece(s) and {size:,} {unit}; "
+        size, unit, recorded_size = sum(r.tokens for r in pieces), "tokens", info.get("tokens")
+    # (token files are cut into pieces by the unit size, which may differ from the build's)
+    if (read_as.format == "mds" and str(len(pieces)) != info.get("shards")) or str(size) != recorded_size:
+        raise DatabaseError(f"the input {redact_url(source)} has {len(pieces)} piece(s) and {size:,} {unit}; "
                             f"database {db} was built from {info.get('shards')} piece(s) and "
                             f"{int(recorded_size or 0):,} {unit}: the input changed since the build")
     c = cfg.contexts
@@ -133,16 +132,16 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
                 "drop_eos": drop_eos, "eos_id": cfg.build.eos_id if drop_eos else None,
                 "prompts": prompt_digest[:16]}
     present = have_tables and _recorded(info) == identity
-    task_tokens = cfg.build.explode_task_tokens
+    unit_tokens = cfg.build.explode_unit_tokens
     work = cfg.work_dir or default_work_dir(db)
-    digest = _digest({**identity, "task_tokens": task_tokens, "token_dtype": token_dtype,
-                      "shards": [r.identity() for r in shards]})[:12]
+    digest = _digest({**identity, "unit_tokens": unit_tokens, "token_dtype": token_dtype,
+                      "shards": [r.identity() for r in pieces]})[:12]
     settings = ContextsSettings(
         dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
         per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
         eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
-    pieces = make_pieces(shards, task_tokens)
-    return Plan(db, source, settings, identity, prompts, sum_counts, pieces, present), sizes
+    groups = group_pieces(pieces, unit_tokens)
+    return Plan(db, source, settings, identity, prompts, sum_counts, groups, present), sizes
 
 
 def _recorded(info: dict) -> dict | None:
@@ -157,7 +156,7 @@ def _recorded(info: dict) -> dict | None:
 def manifest_of(p: Plan) -> Manifest:
     """The contexts dir's manifest: its settings, prompts and pieces. A new dir gets the
     prompts every unit reads before the manifest is written."""
-    return Manifest(join(p.settings.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]},
+    return Manifest(join(p.settings.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.groups]},
                     f"contexts dir {p.settings.dir}",
                     prepare=lambda: atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd"))
 
@@ -171,7 +170,7 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
 
 def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
     p, sizes = plan(cfg, info)
-    report = ContextsReport(pieces=len(p.pieces), prompts=sizes, dir=p.settings.dir)
+    report = ContextsReport(groups=len(p.groups), prompts=sizes, dir=p.settings.dir)
     prompts_line = ", ".join(f"{t} {k:,}" for t, k in sizes.items())
     if p.present:
         report.present = True
@@ -185,7 +184,7 @@ def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
     def steps(ctx: StageContext):
         writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts)
         announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
-                 f"{len(p.pieces)} piece group(s) of {redact_url(p.input)} -> {s.dir}")
+                 f"{len(p.groups)} piece group(s) of {redact_url(p.input)} -> {s.dir}")
 
         def finish(stats: list[dict], ctx: StageContext) -> None:
             t0 = time.perf_counter()
@@ -195,11 +194,11 @@ def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
                 raise BadInputError(f"the input holds {report.tokens:,} tokens, database {p.db} counted "
                                     f"{int(info.get('tokens', 0)):,}: it was built from other data")
             writer.check_counts(p.db)
-            report.rows = writer.commit({**p.identity, "pieces": len(p.pieces)})
+            report.rows = writer.commit({**p.identity, "pieces": len(p.groups)})
             report.seconds["write"] = time.perf_counter() - t0
             announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
 
-        yield Step("contexts", p.pieces, contexts_piece, args=lambda piece: (piece, s), counts="piece groups",
+        yield Step("contexts", p.groups, contexts_group, args=lambda group: (group, s), counts="piece groups",
                    disk=DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)"),
                    on_result=lambda stats, ctx: writer.add(stats), finish=finish)
 
@@ -217,7 +216,7 @@ def summary_lines(report: ContextsReport) -> list[str]:
     lines = ["", "summary:"]
     if report.present:
         return lines + [f"  contexts already present: {report.rows:,} examples (nothing ran)"]
-    lines.append(f"  piece groups {report.pieces} ({report.skipped.get('contexts', 0)} already done), "
+    lines.append(f"  piece groups {report.groups} ({report.skipped.get('contexts', 0)} already done), "
                  f"tokens {report.tokens:,}")
     for n, v in sorted(report.occurrences.items()):
         lines.append(f"  {top_table(int(n)):<13} {report.prompts.get(top_table(int(n)), 0):>10,} prompts, "

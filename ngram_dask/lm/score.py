@@ -8,7 +8,7 @@ How the work is split:
 
 * The client reads the ids of every row (read-only), sorted by ``sum_count``
   descending as in the original, and cuts them into partitions of
-  ``score.rows_per_task`` rows; each partition is one Dask task
+  ``score.rows_per_unit`` rows; each partition is one Dask task
   (``score_worker.score_partition``) that receives a small numpy array of ids and
   returns the probabilities.
 * When workers advertise a ``GPU`` resource (``dask worker --resources GPU=1``) each
@@ -115,7 +115,7 @@ def read_rows(db: str, tables: list[str]) -> tuple[dict[str, TableRows], dict[st
             if table not in present:
                 raise DatabaseError(
                     f"database {db} has no table {table}: run `ngram-dask build --tokenizer ...` first "
-                    "(the catalog step writes the top tables)")
+                    "(the top step writes the top tables)")
             cols = _columns(con, table)
             ids = [c for c in cols if re.fullmatch(r"id\d+", c)]
             n = len(ids)
@@ -192,16 +192,16 @@ def score_rows(part: RowsPart, s: TaskSettings) -> dict:
 
 def _model_step(plan: ModelPlan, rows: dict[str, TableRows], cfg: Config, report: ScoreReport,
                 ctx) -> Step:
-    """One model over its tables: tasks of ``rows_per_task`` rows; the writer fills the column."""
+    """One model over its tables: tasks of ``rows_per_unit`` rows; the writer fills the column."""
     s = cfg.score
     settings = TaskSettings(model=plan.model, device=s.device, dtype=s.dtype, batch_size=plan.batch_size,
                             cpu_threads=s.cpu_threads, placement=ctx.worker_placement())
     parts = [RowsPart(table, a, b, rows[table].ids[a:b])
-             for table in plan.tables for a, b in partitions(rows[table].rows, s.rows_per_task)]
+             for table in plan.tables for a, b in partitions(rows[table].rows, s.rows_per_unit)]
     probs = {t: np.full(rows[t].rows, np.nan) for t in plan.tables}
     run = ModelRun(plan.column, rows=sum(rows[t].rows for t in plan.tables))
     ctx.announce(f"{plan.column}: {plan.model} on {', '.join(plan.tables)} "
-                 f"(batch {plan.batch_size}, {s.rows_per_task:,} rows per task)")
+                 f"(batch {plan.batch_size}, {s.rows_per_unit:,} rows per task)")
 
     def on_result(res: dict, ctx) -> None:
         probs[res["table"]][res["start"]:res["stop"]] = res["p"]

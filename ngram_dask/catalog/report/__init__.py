@@ -42,7 +42,7 @@ def make_report(db: str, out: str, announce=print) -> Report:
     with open_catalog(db) as cat:
         ns = cat.require_counts(min_n=2)
         tops = [n for n in ns if top_table(n) in catalog_tables(ns)]
-        cat.require(*[top_table(n) for n in tops])  # the catalog step writes them all at once
+        cat.require(*[top_table(n) for n in tops])  # the top step writes them all at once
         os.makedirs(out, exist_ok=True)
         images: list[str] = []
         notes: list[str] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 
-from ngram_dask.catalog.reader import OpenCatalog
+from ngram_dask.catalog.reader import CatalogConnection
 from ngram_dask.schema import (
     is_score_column,
     ngram_table,
@@ -35,7 +35,7 @@ def model_size(name: str) -> float:
     return value * (1e6 if m.group(3) == "m" else 1e9)
 
 
-def model_labels(cat: OpenCatalog, columns: list[str]) -> dict[str, str]:
+def model_labels(cat: CatalogConnection, columns: list[str]) -> dict[str, str]:
     """Column -> the model's name as scoring recorded it (``catalog_info`` ``scored_models``)."""
     scored = scored_models(cat.info)
     out = {}
@@ -45,7 +45,7 @@ def model_labels(cat: OpenCatalog, columns: list[str]) -> dict[str, str]:
     return out
 
 
-def model_columns(cat: OpenCatalog, table: str) -> list[str]:
+def model_columns(cat: CatalogConnection, table: str) -> list[str]:
     """The ``p_<model>`` columns of a top table, smallest model first."""
     cols = [c for c, t in cat.columns(table) if is_score_column(c) and t in ("DOUBLE", "FLOAT")]
     labels = model_labels(cat, cols)
@@ -54,7 +54,7 @@ def model_columns(cat: OpenCatalog, table: str) -> list[str]:
 
 # --- data (small aggregates) ---------------------------------------------------------------
 
-def frac_hist(cat: OpenCatalog, table: str) -> tuple[list[int], list[int], list[int]]:
+def frac_hist(cat: CatalogConnection, table: str) -> tuple[list[int], list[int], list[int]]:
     """Per frac_max bin: contexts and their occurrences (sum of sum_count)."""
     rows = cat.con.execute(
         f"SELECT least(floor(frac_max * {BINS}), {BINS - 1})::INTEGER AS b, count(*), sum(sum_count) "
@@ -65,7 +65,7 @@ def frac_hist(cat: OpenCatalog, table: str) -> tuple[list[int], list[int], list[
     return list(range(BINS)), contexts, occurrences
 
 
-def log_hist(cat: OpenCatalog, table: str, column: str) -> list[tuple[float, float, int]]:
+def log_hist(cat: CatalogConnection, table: str, column: str) -> list[tuple[float, float, int]]:
     """(lower edge, upper edge, rows) per log bin of ``column`` (values >= 1)."""
     k = LOG_BINS_PER_DECADE
     rows = cat.con.execute(
@@ -74,7 +74,7 @@ def log_hist(cat: OpenCatalog, table: str, column: str) -> list[tuple[float, flo
     return [(10 ** (b / k), 10 ** ((b + 1) / k), int(c)) for b, c in rows]
 
 
-def counts_by_rank(cat: OpenCatalog, table: str) -> tuple[list[int], list[int]]:
+def counts_by_rank(cat: CatalogConnection, table: str) -> tuple[list[int], list[int]]:
     """Rank (1 = most frequent) and count, from the counts of counts: a step per distinct count."""
     ranks, counts, done = [], [], 0
     for count, k in cat.con.execute(
@@ -85,14 +85,14 @@ def counts_by_rank(cat: OpenCatalog, table: str) -> tuple[list[int], list[int]]:
     return ranks, counts
 
 
-def ngram_total(cat: OpenCatalog, n: int) -> int:
+def ngram_total(cat: CatalogConnection, n: int) -> int:
     total = cat.info.get(f"ngram_total_{n}")
     if total is not None:
         return int(total)
     return int(cat.con.execute(f"SELECT coalesce(sum(count), 0) FROM {ngram_table(n)}").fetchone()[0])
 
 
-def coverage(cat: OpenCatalog, n: int) -> dict:
+def coverage(cat: CatalogConnection, n: int) -> dict:
     """Share of the corpus's n-grams covered by the top table, for thresholds x = 1 and each
     bin edge below: the rows with ``frac_max >= x`` (exact at these points)."""
     table = top_table(n)
@@ -112,14 +112,14 @@ def coverage(cat: OpenCatalog, n: int) -> dict:
             "predicted_share": hit[-1] if hit else 0.0}
 
 
-def model_hist(cat: OpenCatalog, table: str, column: str, bins: int = 40) -> list[tuple[int, int, int]]:
+def model_hist(cat: CatalogConnection, table: str, column: str, bins: int = 40) -> list[tuple[int, int, int]]:
     return [(int(x), int(y), int(c)) for x, y, c in cat.con.execute(
         f"SELECT least(floor(frac_max * {bins}), {bins - 1})::INTEGER AS x, "
         f"least(greatest(floor({column} * {bins}), 0), {bins - 1})::INTEGER AS y, count(*) "
         f"FROM {table} WHERE {column} IS NOT NULL AND NOT isnan({column}) GROUP BY x, y").fetchall()]
 
 
-def model_means(cat: OpenCatalog, table: str, column: str) -> tuple[list[float], list[float], list[int]]:
+def model_means(cat: CatalogConnection, table: str, column: str) -> tuple[list[float], list[float], list[int]]:
     rows = cat.con.execute(
         f"SELECT least(floor(frac_max * {BINS}), {BINS - 1})::INTEGER AS b, avg({column}), count(*) "
         f"FROM {table} WHERE {column} IS NOT NULL AND NOT isnan({column}) GROUP BY b ORDER BY b").fetchall()

@@ -8,7 +8,7 @@ import html
 import os
 
 from ngram_dask.catalog.export_common import provenance
-from ngram_dask.catalog.reader import OpenCatalog
+from ngram_dask.catalog.reader import CatalogConnection
 from ngram_dask.catalog.report.data import model_labels
 from ngram_dask.schema import (
     ngram_table,
@@ -61,7 +61,7 @@ def _table_html(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _examples(cat: OpenCatalog, n: int, models: list[str], limit: int = 20) -> str:
+def _examples(cat: CatalogConnection, n: int, models: list[str], limit: int = 20) -> str:
     table = top_table(n)
     ctx = ", ".join(f"token{j}" for j in range(n - 1))
     extra = "".join(f", {c}" for c in models)
@@ -74,7 +74,7 @@ def _examples(cat: OpenCatalog, n: int, models: list[str], limit: int = 20) -> s
     return _table_html(["context", "next", "frac_max", "sum_count", *[f"p ({labels[c]})" for c in models]], shown)
 
 
-def write_index(cat: OpenCatalog, out: str, images: list[str], covs: list[dict], models: dict[str, list[str]],
+def write_index(cat: CatalogConnection, out: str, images: list[str], covs: list[dict], models: dict[str, list[str]],
                 ns: list[int], notes: list[str]) -> str:
     prov = provenance(cat.info)
     counts = [[t, f"{cat.rows(t):,}"] for t in

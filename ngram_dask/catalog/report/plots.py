@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from ngram_dask.catalog.reader import OpenCatalog
+from ngram_dask.catalog.reader import CatalogConnection
 from ngram_dask.catalog.report.data import (
     BINS,
     counts_by_rank,
@@ -55,7 +55,7 @@ def _save(fig, out: str, name: str, images: list[str]) -> None:
 
 # ---------------------------------------------------------------------------------
 
-def plot_frac_max(cat: OpenCatalog, ns: list[int], out: str, images: list[str]) -> None:
+def plot_frac_max(cat: CatalogConnection, ns: list[int], out: str, images: list[str]) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(ns), figsize=(6.2 * len(ns), 4.2), squeeze=False)
     for ax, n in zip(axes[0], ns):
@@ -77,7 +77,7 @@ def plot_frac_max(cat: OpenCatalog, ns: list[int], out: str, images: list[str]) 
     _save(fig, out, "frac_max.png", images)
 
 
-def plot_sum_count(cat: OpenCatalog, ns: list[int], out: str, images: list[str]) -> None:
+def plot_sum_count(cat: CatalogConnection, ns: list[int], out: str, images: list[str]) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(ns), figsize=(6.2 * len(ns), 4.2), squeeze=False)
     for ax, n in zip(axes[0], ns):
@@ -98,7 +98,7 @@ def plot_sum_count(cat: OpenCatalog, ns: list[int], out: str, images: list[str])
     _save(fig, out, "sum_count.png", images)
 
 
-def plot_zipf(cat: OpenCatalog, ns: list[int], out: str, images: list[str]) -> None:
+def plot_zipf(cat: CatalogConnection, ns: list[int], out: str, images: list[str]) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     for n in ns:
@@ -128,7 +128,7 @@ def plot_coverage(covs: list[dict], out: str, images: list[str]) -> None:
             "% of all n-grams of that n in the corpus", out, "coverage.png", images, legend_size=8)
 
 
-def plot_models(cat: OpenCatalog, n: int, models: list[str], out: str, images: list[str]) -> None:
+def plot_models(cat: CatalogConnection, n: int, models: list[str], out: str, images: list[str]) -> None:
     import numpy as np
 
     plt = _plt()
