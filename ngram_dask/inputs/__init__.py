@@ -191,6 +191,10 @@ class GroupSamples(NamedTuple):
     files: np.ndarray
     samples: np.ndarray
 
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
 
 def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: bool = True) -> GroupSamples:
     """The samples of every piece of the group, in order, ids checked against ``vocab_size``

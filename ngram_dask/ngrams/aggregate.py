@@ -485,12 +485,15 @@ def unit_stats(frame) -> list[dict]:
     """The statistics of every (n, chunk) unit in a computed partition, as the task returned them."""
     import math
 
+    def text(value) -> str | None:  # an object column's missing value may come back as NaN
+        return value if isinstance(value, str) else None
+
     out = []
     for row in frame.to_dict("records"):
         res = {"n": int(row["n"]), "chunk": int(row["id0_chunk"]), "inputs": int(row["inputs"]),
                "rows": int(row["rows"]), "prefix_rows": int(row["prefix_rows"]),
-               "files": {k: row[f"{k}_file"] for k in ("ngrams", "prefixes") if row[f"{k}_file"]},
-               "path": row["path"], "reason": row["reason"], "seconds": float(row["seconds"]),
+               "files": {k: row[f"{k}_file"] for k in ("ngrams", "prefixes") if text(row[f"{k}_file"])},
+               "path": text(row["path"]), "reason": text(row["reason"]), "seconds": float(row["seconds"]),
                "skipped": bool(row["skipped"])}
         for k in ("estimated_bytes", "budget_bytes", "spilled_bytes", "derived_from"):
             if not math.isnan(row[k]):
