@@ -101,7 +101,7 @@ def cmd_rates(args, mds: str, info: dict) -> None:
     # Units of a quarter of the corpus: every worker explodes (the rate is per core).
     unit_tokens = info["tokens"] // (2 * cores)
     result = run_child(overrides_for(mds, root, args.workers, "4GiB", args.chunks,
-                                     **{"build.explode_task_tokens": unit_tokens}))
+                                     **{"build.explode_unit_tokens": unit_tokens}))
     m = measured(root, result)
     s = m["seconds"]
     # A chunk unit's seconds = fixed cost + partial rows / rate: least squares over the units.
@@ -245,7 +245,7 @@ def cmd_regime(args, mds: str, info: dict) -> None:
             (root / "catalog.duckdb").unlink(missing_ok=True)
             over = overrides_for(mds, root, args.workers, args.memory_limit, chunks,
                                  **{"build.steps": ["aggregate", "load"],
-                                    "build.explode_task_tokens": manifest["explode_task_tokens"], **extra})
+                                    "build.explode_unit_tokens": manifest["explode_unit_tokens"], **extra})
             m = measured(root, run_child(over))
             rows.append((name, m["seconds"]["aggregate"] + m["seconds"]["load"]))
             print(f"round {rnd}: {name}: aggregate+load {rows[-1][1]:.1f} s, max ranges {m['ranges_max']}, "

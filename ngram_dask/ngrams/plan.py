@@ -124,9 +124,9 @@ def plan_build(cfg: Config) -> dict:
                           "workers are not asked)")
     workers = cl.n_workers or max(1, usable_cores() // threads)
     cores = workers * threads
-    unit = b.explode_task_tokens or unit_tokens_for(limit, threads)
+    unit = b.explode_unit_tokens or unit_tokens_for(limit, threads)
     ip = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
-                    samples=b.samples, token_column=b.token_column, task_tokens=unit)
+                    samples=b.samples, token_column=b.token_column, unit_tokens=unit)
     pieces = ip.pieces
     corpus_tokens = sum(p.tokens for p in pieces)
     units = len(group_pieces(pieces, unit))

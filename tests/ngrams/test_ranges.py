@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ngram_dask.inputs import plan_input
+from ngram_dask.inputs import group_pieces, plan_input
 from ngram_dask.ngrams import aggregate, counting, partfile
 from ngram_dask.ngrams.aggregate import AggregateSettings, aggregate_chunk
-from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
+from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
 
 from helpers import oracle, oracle_prefixes, write_mds
 
@@ -131,9 +131,9 @@ def _explode(tmp: Path, mds: Path, dtype: str, vocab: int, ns, chunks: int) -> t
     work = tmp / f"work-{chunks}-{'-'.join(map(str, ns))}"
     derived = counting.derived_in_aggregate(ns, drop_eos=False)
     xs = ExplodeSettings(work_dir=str(work), ngrams=tuple(ns), chunks=chunks, vocab_size=vocab,
-                         token_dtype=dtype, derived=derived, block_rows=8, task_tokens=2000)
+                         token_dtype=dtype, derived=derived, block_rows=8, unit_tokens=2000)
     pieces = plan_input(str(mds), token_dtype=dtype).pieces
-    groups = group_shards(pieces, xs.task_tokens)
+    groups = group_pieces(pieces, xs.unit_tokens)
     assert len(groups) >= 2
     for group in groups:
         explode_group(group, xs)
