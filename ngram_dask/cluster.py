@@ -216,6 +216,19 @@ def worker_memory(cfg: ClusterConfig) -> tuple[int | None, int]:
     return parse_memory_limit(cfg.memory_limit, threads, total_cores=max(cores, threads), logger=log), threads
 
 
+def sized_unit_tokens(setting: int | None, cfg: ClusterConfig) -> int:
+    """Tokens per unit of a stage that reads piece groups (the build's explode, contexts):
+    ``setting`` (``build.explode_unit_tokens``) when given, else sized so that a worker's
+    threads, each running one unit, stay under ``inputs.UNIT_MEMORY_SHARE`` of its memory
+    limit (``worker_memory``; ``inputs.FALLBACK_UNIT_TOKENS`` when it is unknown)."""
+    from ngram_dask.inputs import unit_tokens_for
+
+    if setting:
+        return int(setting)
+    worker_limit, threads = worker_memory(cfg)
+    return unit_tokens_for(worker_limit, threads)
+
+
 def local_gpus(device: str) -> int:
     """CUDA devices this machine would give tasks that ask for ``device`` (0 for cpu)."""
     if device == "cpu":

@@ -26,12 +26,13 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from ngram_dask.cluster import sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.contexts.task import ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import PieceGroup, group_pieces, plan_input, sized_unit_tokens
+from ngram_dask.inputs import PieceGroup, group_pieces, plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
 from ngram_dask.storage import atomic_write_parquet, join, redact_url

@@ -116,19 +116,6 @@ MAX_UNIT_TOKENS = 1 << 27
 MIN_UNIT_TOKENS = 1 << 20
 
 
-def sized_unit_tokens(setting: int | None, cluster) -> int:
-    """Tokens per unit of a stage that reads piece groups (the build's explode, contexts):
-    ``setting`` (``build.explode_unit_tokens``) when given, else sized so that a worker's
-    threads, each running one unit, stay under ``UNIT_MEMORY_SHARE`` of its memory limit
-    (``cluster.worker_memory``; the fallback when it is unknown)."""
-    from ngram_dask.cluster import worker_memory
-
-    if setting:
-        return int(setting)
-    worker_limit, threads = worker_memory(cluster)
-    return unit_tokens_for(worker_limit, threads)
-
-
 def unit_tokens_for(worker_limit: int | None, threads: int) -> int:
     """Tokens per unit so that ``threads`` units stay under ``UNIT_MEMORY_SHARE`` of a
     worker's ``worker_limit`` (the fallback when it is unknown)."""

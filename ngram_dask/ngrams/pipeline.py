@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from ngram_dask import __version__
-from ngram_dask.cluster import package_versions
+from ngram_dask.cluster import package_versions, sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, table_names
 from ngram_dask.errors import BadInputError
-from ngram_dask.inputs import InputPlan, group_pieces, plan_input, sized_unit_tokens
+from ngram_dask.inputs import InputPlan, group_pieces, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
@@ -97,7 +97,7 @@ def work_dir_manifest(cfg: Config, plan: InputPlan, unit_tokens: int) -> Manifes
 def explode_unit_tokens(cfg: Config) -> int:
     """Tokens per explode unit: ``build.explode_unit_tokens``, else the size a work dir
     recorded (it keeps its grouping, whatever the cluster now), else sized from the
-    worker's memory (``inputs.sized_unit_tokens``)."""
+    worker's memory (``cluster.sized_unit_tokens``)."""
     if cfg.build.explode_unit_tokens:
         return cfg.build.explode_unit_tokens
     recorded = Manifest(join(cfg.work_dir, "manifest.json"), {}, f"work dir {cfg.work_dir}").read() or {}
