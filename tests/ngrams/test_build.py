@@ -323,7 +323,7 @@ def test_a_work_dir_of_another_explode_grouping_is_refused(tmp_path, local_clust
                 "--explode-unit-tokens", "2000", "--scheduler", local_cluster)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        f"ngram-dask: error: work dir {cfg.work_dir} holds results for different shard groups "
+        f"ngram-dask: error: work dir {cfg.work_dir} holds results for different piece groups "
         "(build.explode_unit_tokens 1000, not 2000); use a fresh --work-dir (or delete this one)"]
     assert not (tmp_path / "other.duckdb").exists()
 
