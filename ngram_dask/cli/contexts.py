@@ -21,6 +21,7 @@ CONTEXTS_FLAGS = {
     "--seed": "contexts.seed",
     "--before": "contexts.before",
     "--after": "contexts.after",
+    "--prune-rows": "contexts.prune_rows",
     "--explode-task-tokens": "build.explode_task_tokens",
     "--eos-id": "build.eos_id",
 }

@@ -46,6 +46,7 @@ class ContextsReport:
     tokens: int = 0
     occurrences: dict[str, int] = field(default_factory=dict)
     rows: int = 0
+    prunes: int = 0  # times the writer cut its merged examples to per_task per prompt
     prompts: dict[str, int] = field(default_factory=dict)
     present: bool = False  # the database held these contexts already: nothing ran
     dir: str | None = None
@@ -188,7 +189,7 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
 
     def steps(ctx: StageContext):
         _write_prompts(p)
-        writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts)
+        writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts, cfg.contexts.prune_rows)
         announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
                  f"{len(p.pieces)} piece(s) of {redact_url(p.input)} -> {s.dir}")
 
@@ -203,6 +204,7 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
                                     f"{int(info.get('tokens', 0)):,}: it was built from other data")
             writer.check_counts(p.db)
             report.rows = writer.commit({**p.identity, "pieces": len(p.pieces)})
+            report.prunes = writer.prunes
             report.seconds["write"] = time.perf_counter() - t0
 
         yield Step("contexts", p.pieces, contexts_piece, args=lambda piece: (piece, s), unit="pieces",
