@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from ngram_dask.config import Config
 from ngram_dask.contexts.pieces import Piece, make_pieces
-from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_table
+from ngram_dask.contexts.task import PART_FORMAT, ContextsSettings, contexts_piece, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import check_existing, read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
@@ -140,7 +140,7 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
     task_tokens = cfg.build.explode_task_tokens
     work = cfg.work_dir or default_work_dir(db)
     digest = _digest({**identity, "task_tokens": task_tokens, "token_dtype": token_dtype,
-                      "shards": [r.identity() for r in shards]})[:12]
+                      "shards": [r.identity() for r in shards], "part_format": PART_FORMAT})[:12]
     settings = ContextsSettings(
         dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
         per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,

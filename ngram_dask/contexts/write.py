@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask import faults
-from ngram_dask.contexts.task import ContextsSettings, counts_url, examples_url
+from ngram_dask.contexts.task import ContextsSettings, counts_url, examples_url, windows_lists
 from ngram_dask.db import ensure_info, scalar, transaction, write_info
 from ngram_dask.errors import BadInputError
 from ngram_dask.schema import (
@@ -125,13 +125,22 @@ class ContextsWriter:
             with transaction(con):
                 ensure_info(con)
                 con.execute(typed_create_sql(CONTEXTS, contexts_columns(s.vocab_size), replace=True))
+                kept = con.execute(f"""
+                    SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
+                           pos - window_start AS prompt_at, window_ids, priority
+                    FROM (SELECT *, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank FROM {BEST})
+                    WHERE rank <= {int(s.per_task)}
+                    ORDER BY n, id0, id1 NULLS FIRST, rank""").to_arrow_table()
+                # the parts carry windows as bytes (task.windows_array): lists again, for the kept ones only
+                kept = kept.set_column(kept.schema.get_field_index("window_ids"), "window_ids",
+                                       windows_lists(kept.column("window_ids").combine_chunks(), s.vocab_size))
+                con.register("_contexts_kept", kept)
                 con.execute(f"""
                     INSERT INTO {CONTEXTS}
                     SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
-                           pos - window_start, window_ids::{t}[], priority
-                    FROM (SELECT *, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank FROM {BEST})
-                    WHERE rank <= {int(s.per_task)}
-                    ORDER BY n, id0, id1 NULLS FIRST, rank""")
+                           prompt_at, window_ids::{t}[], priority
+                    FROM _contexts_kept ORDER BY n, id0, id1 NULLS FIRST, rank""")
+                con.unregister("_contexts_kept")
                 faults.crash_point(faults.CRASH_IN_CONTEXTS, "write")
                 con.execute(typed_create_sql(CONTEXT_COUNTS, context_counts_columns(s.vocab_size), replace=True))
                 con.execute(f"INSERT INTO {CONTEXT_COUNTS} SELECT n, id0, CASE WHEN n = 3 THEN id1 END, occurrences "
