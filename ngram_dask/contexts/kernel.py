@@ -6,11 +6,10 @@ against a brute-force oracle (``tests/contexts/test_kernel.py``).
 ``top_trigrams``: n = 3) occurs at position ``i`` of a sample when the n-gram starting
 at ``i`` lies inside the sample, its first ``n - 1`` ids are the prompt and (with
 ``drop_eos``) none of its ``n`` ids is the EOS id: exactly the n-grams that the prompt's
-``sum_count`` counts. They are found in one vectorised pass per family: for n = 2 a
-lookup table indexed by id, for n = 3 a hashed filter of every position's packed two-id
-key (``Prompts.filter``), then ``np.searchsorted`` of the few left in the prompts'
-sorted keys. No Python loop runs
-per position.
+``sum_count`` counts. They are found in one pass per family over blocks of positions
+(``BLOCK``, sized for the CPU's cache), with one table lookup per position: for n = 2 a
+table indexed by id (``Prompts.first_index``), for n = 3 a hashed slot table of every
+position's packed two-id key (``Prompts.levels``). No Python loop runs per position.
 
 *Choice.* Every occurrence gets a priority, a 64-bit hash (splitmix64) of ``(seed, n,
 file, sample in file, offset in sample)``: it depends on nothing but the occurrence, so
@@ -18,7 +17,14 @@ file, sample in file, offset in sample)``: it depends on nothing but the occurre
 into tasks, in whatever order they run. A task keeps its k smallest per prompt; the
 writer keeps the k smallest of those: a uniform sample of ``min(k, count)`` occurrences
 without replacement, identical for any partitioning. Ties (a 64-bit collision) are
-broken by the location, so the order is total.
+broken by the location, so the order is total. Within a piece only the occurrences under
+their prompt's bound (``tighten``) are ever held, so memory follows k x prompts, not the
+occurrences.
+
+Public: ``Prompts`` (``make``, ``keys``, ``first_index``, ``levels``/``slots``, ``filter``),
+``find`` -> ``Occurrences``, ``scan`` -> ``Found``, ``smallest_per_group``, ``tighten``,
+``windows``, and the priorities (``splitmix64``, ``splitmix64_int``, ``priority_int``,
+``sample_hashes``, ``priorities``).
 """
 
 from __future__ import annotations
@@ -109,7 +115,8 @@ class Prompts:
     def filter(self) -> tuple[int, np.ndarray]:
         """``(shift, table)``: ``table[(key * golden) >> shift]`` is True for every prompt's key
         and for few others (a one-hash Bloom filter of at least 64 slots per prompt, at most
-        64 MiB), so only those candidates pay for the binary search."""
+        64 MiB). The kernel itself now uses ``levels``, which names the prompt too; kept for
+        callers that only filter."""
         bits = min(26, max(20, int(64 * max(len(self), 1) - 1).bit_length()))
         table = np.zeros(1 << bits, bool)
         with np.errstate(over="ignore"):
