@@ -55,7 +55,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tag", default="this")
     ap.add_argument("--per-task", type=int, default=5)
+    ap.add_argument("--mds", help="a real MDS corpus instead (its first piece) ...")
+    ap.add_argument("--prompts", help="... with these prompts (a contexts dir's prompts.parquet)")
     args = ap.parse_args()
+
+    import pyarrow.parquet as pq
 
     from ngram_dask.contexts import kernel
     from ngram_dask.contexts import task as ctask
@@ -66,18 +70,23 @@ def main() -> None:
     from ngram_dask.storage import atomic_write_parquet
 
     root = Path(args.cache)
-    if not (root / "prompts.npz").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        make(root)
-    z = np.load(root / "prompts.npz")
-    families = {2: kernel.Prompts.make(2, [z["ids2"]], np.zeros(len(z["ids2"])), 16),
-                3: kernel.Prompts.make(3, [z["a"], z["b"]], np.zeros(len(z["a"])), 16)}
+    if args.mds:
+        mds = args.mds
+        families = ctask.families_of(pq.read_table(args.prompts), 16)
+    else:
+        mds = str(root / "mds")
+        if not (root / "prompts.npz").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            make(root)
+        z = np.load(root / "prompts.npz")
+        families = {2: kernel.Prompts.make(2, [z["ids2"]], np.zeros(len(z["ids2"])), 16),
+                    3: kernel.Prompts.make(3, [z["a"], z["b"]], np.zeros(len(z["a"])), 16)}
     out = root / f"run-{args.tag}"
     shutil.rmtree(out, ignore_errors=True)
     ctx_dir = out / "contexts"
     atomic_write_parquet(str(ctx_dir / "prompts.parquet"), ctask.prompts_table(families), compression="zstd")
-    piece = make_pieces(plan_input(str(root / "mds")).pieces, 34_000_000)[0]
+    piece = make_pieces(plan_input(mds).pieces, 34_000_000)[0]
     xs = ExplodeSettings(work_dir=str(out / "explode"), ngrams=(2, 3), chunks=16, vocab_size=VOCAB,
                          token_dtype="uint16", derived=derived_in_aggregate([2, 3], False))
     cs = ctask.ContextsSettings(dir=str(ctx_dir), token_dtype="uint16", vocab_size=VOCAB, per_task=args.per_task,
@@ -100,8 +109,6 @@ def main() -> None:
         **{f"{name}_{kind}": round(best[name][i], 2) for name in runs for i, kind in enumerate(("wall", "cpu"))},
         "ratio_wall": round(best["contexts"][0] / best["explode"][0], 3),
         "ratio_cpu": round(best["contexts"][1] / best["explode"][1], 3)}))
-    import pyarrow.parquet as pq
-
     ex = pq.read_table(next((ctx_dir / "examples").glob("*.parquet")))
     np.save(root / f"examples-{args.tag}.npy", np.stack(
         [ex.column(c).to_numpy().astype(np.int64) for c in ("prompt", "shard", "sample", "pos", "window_start")]
