@@ -58,7 +58,7 @@ def warm_tasks(mds: Path, out: Path, ctx_dir: Path, per_task: int) -> dict:
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             times[name] = min(times.get(name, wall), wall)
             times[name + "_cpu"] = min(times.get(name + "_cpu", cpu), cpu)
-    times["tokens"] = sum(r.raw_bytes // 2 for r in piece.shards)
+    times["tokens"] = sum(r.tokens for r in piece.shards)
     return times
 
 

@@ -221,8 +221,9 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
             kbuf, hbuf = np.empty(block, U64), np.empty(block, U64)
     for a in range(0, width, block):
         b = min(width, a + block)
+        # np.take and int64 indices: numpy's indexing first copies other index types to intp
         if n == 2:
-            hit = table[tokens[a:b]]
+            hit = np.take(table, tokens[a:b])
         else:  # every position's packed key, hashed to its slot
             key = kbuf[:b - a]
             key[...] = tokens[a:b]
@@ -232,7 +233,7 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
             with np.errstate(over="ignore"):
                 np.multiply(key, U64(_GOLDEN), out=h)
             h >>= U64(shift)
-            hit = table[h]
+            hit = table[h.view(np.int64)]
         m = hit != -1
         lo, hi = np.searchsorted(crossing, (a, b))
         m[crossing[lo:hi] - a] = False
@@ -248,14 +249,14 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
                 if not len(shared):
                     break
                 with np.errstate(over="ignore"):
-                    prompt[shared] = sub[(kq[shared] * U64(mult)) >> U64(sub_shift)]
+                    prompt[shared] = sub[((kq[shared] * U64(mult)) >> U64(sub_shift)).view(np.int64)]
             else:
                 shared = np.flatnonzero(prompt == -2)
             if len(shared):
                 j = np.searchsorted(keys, kq[shared])
                 j[j == len(keys)] = 0
                 prompt[shared] = np.where(keys[j] == kq[shared], j, -1)
-            ok = keys[prompt] == kq  # (-1 reads the last key, which is never a non-prompt's)
+            ok = np.take(keys, prompt) == kq  # (-1 reads the last key, which is never a non-prompt's)
             if not ok.all():
                 pos, prompt = pos[ok], prompt[ok]
         yield a, b, pos + a, prompt
@@ -427,7 +428,7 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
         prio = (pos - np.repeat(offsets[s0:s0 + len(sizes)], sizes)).view(U64)
         prio ^= np.repeat(hashes[s0:s0 + len(sizes)], sizes)
         _splitmix64_(prio, tmp[:len(prio)])
-        keep = np.flatnonzero(prio <= top[prompt])
+        keep = np.flatnonzero(prio <= np.take(top, prompt))
         pool.append((prompt[keep], prio[keep], pos[keep]))
         rows += len(keep)
         if rows > limit:

@@ -125,7 +125,7 @@ class ContextsWriter:
             with transaction(con):
                 ensure_info(con)
                 con.execute(typed_create_sql(CONTEXTS, contexts_columns(s.vocab_size), replace=True))
-                kept = con.execute(f"""
+                kept = con.sql(f"""
                     SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
                            pos - window_start AS prompt_at, window_ids, priority
                     FROM (SELECT *, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank FROM {BEST})
@@ -140,7 +140,6 @@ class ContextsWriter:
                     SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
                            prompt_at, window_ids::{t}[], priority
                     FROM _contexts_kept ORDER BY n, id0, id1 NULLS FIRST, rank""")
-                con.unregister("_contexts_kept")
                 faults.crash_point(faults.CRASH_IN_CONTEXTS, "write")
                 con.execute(typed_create_sql(CONTEXT_COUNTS, context_counts_columns(s.vocab_size), replace=True))
                 con.execute(f"INSERT INTO {CONTEXT_COUNTS} SELECT n, id0, CASE WHEN n = 3 THEN id1 END, occurrences "
@@ -152,7 +151,7 @@ class ContextsWriter:
                 write_info(con, {CONTEXTS_INFO: json.dumps({**info, "rows": rows, "written_at": stamp},
                                                            sort_keys=True)})
         finally:
-            con.unregister("_contexts_counts")
-            con.unregister("_contexts_ledger")
+            for view in ("_contexts_counts", "_contexts_ledger", "_contexts_kept"):
+                con.unregister(view)
             con.execute(f"DROP TABLE IF EXISTS {BEST}")
         return rows
