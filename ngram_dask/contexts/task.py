@@ -185,8 +185,9 @@ def _table(cols: dict[str, list], types: dict) -> pa.Table:
                      for name, arrays in cols.items()}, schema=pa.schema(list(types.items())))
 
 
-def _workspace(tokens: int) -> np.ndarray:
-    return thread_buffer("contexts-keys", tokens, np.uint64)
+def _workspace() -> np.ndarray:
+    # the kernel hashes a block at a time: two blocks of keys, not one per token of the piece
+    return thread_buffer("contexts-keys", 2 * kernel.BLOCK, np.uint64)
 
 
 @resumable(lambda piece, s: marker_url(s, piece.name))
@@ -196,7 +197,7 @@ def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
     data = read_piece(piece, s.vocab_size, s.verify_hashes)
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
-                         s.seed, s.before, s.after, exclude, _workspace(len(data.tokens)))
+                         s.seed, s.before, s.after, exclude, _workspace())
              for _, p in sorted(families.items())]
     base, row = {}, 0
     for n, p in sorted(families.items()):
