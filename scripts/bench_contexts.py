@@ -6,7 +6,7 @@
 
 Makes (or reuses) the build benchmark's corpus (``benchkit.corpus``: real text tokenized
 with the bundled GPT-NeoX tokenizer, 2048-token samples, MDS with zstd), builds it with
-the catalog step (top tables), then runs ``contexts`` on the same LocalCluster settings.
+the top step (top tables), then runs ``contexts`` on the same LocalCluster settings.
 It prints, per stage: wall seconds, the sum of the tasks' own seconds (from their
 markers: what a task costs, whatever the cluster), and both per million tokens. The
 target: contexts at most half the explode's time per token.
@@ -36,29 +36,26 @@ def task_seconds(pattern: Path) -> tuple[float, int]:
 
 def warm_tasks(mds: Path, out: Path, ctx_dir: Path, per_task: int) -> dict:
     from ngram_dask.contexts import task as ctask
-    from ngram_dask.contexts.pieces import make_pieces
-    from ngram_dask.inputs import plan_input
+    from ngram_dask.inputs import group_pieces, plan_input
     from ngram_dask.ngrams.counting import derived_in_aggregate
-    from ngram_dask.ngrams.explode import ExplodeSettings, ShardGroup, explode_group
+    from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
 
-    shards = plan_input(str(mds)).pieces
-    piece = make_pieces(shards, 34_000_000)[0]
+    group = group_pieces(plan_input(str(mds)).pieces, 34_000_000)[0]
     xs = ExplodeSettings(work_dir=str(out / "warm-explode"), ngrams=(2, 3), chunks=16, vocab_size=VOCAB,
                          token_dtype="uint16", derived=derived_in_aggregate([2, 3], False))
     cs = ctask.ContextsSettings(dir=str(ctx_dir), token_dtype="uint16", vocab_size=VOCAB, per_task=per_task,
                                 seed=0, before=32, after=8)
     times: dict = {}
     for _ in range(3):  # alternately, the fastest of three: other jobs on the machine vary
-        for name, run, done in (("explode", lambda: explode_group(ShardGroup(piece.shards), xs),
-                                 out / "warm-explode"),
-                                ("contexts", lambda: ctask.contexts_piece(piece, cs), ctx_dir / "_done")):
+        for name, run, done in (("explode", lambda: explode_group(group, xs), out / "warm-explode"),
+                                ("contexts", lambda: ctask.contexts_group(group, cs), ctx_dir / "_done")):
             shutil.rmtree(done if name == "contexts" else done / "explode" / "_done", ignore_errors=True)
             t0, c0 = time.perf_counter(), time.process_time()
             run()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             times[name] = min(times.get(name, wall), wall)
             times[name + "_cpu"] = min(times.get(name + "_cpu", cpu), cpu)
-    times["tokens"] = sum(r.tokens for r in piece.shards)
+    times["tokens"] = sum(r.tokens for r in group.pieces)
     return times
 
 

@@ -6,11 +6,14 @@ building anything.
     .venv/bin/python scripts/bench_contexts_piece.py                 # this checkout
     PYTHONPATH=/path/to/older/checkout .venv/bin/python scripts/bench_contexts_piece.py --tag before
 
+(An older checkout must have this vocabulary: ``inputs.group_pieces``, ``contexts_group``;
+the figures in docs/performance.md were taken with the same script before the renames.)
+
 Makes (once, under ``--cache``) a 34M-token MDS piece of Zipf ids (2048-token samples,
 zstd, 16 MiB shards) and prompts chosen from its frequent ids and pairs so that their
 occurrences are ~40% of the positions (``scripts/bench_contexts.py`` measures the real
-text corpus, but needs a build first). Then runs ``explode_group`` and ``contexts_piece``
-on that piece alternately, ``--rounds`` times, and prints the fastest wall and CPU
+text corpus, but needs a build first). Then runs ``explode_group`` and ``contexts_group``
+on that piece group alternately, ``--rounds`` times, and prints the fastest wall and CPU
 (``process_time``: what a loaded machine inflates least) seconds of each and their
 ratio. The examples are saved (``examples-<tag>.npy``) so two checkouts can be compared
 row for row. Nothing here is a test.
@@ -63,10 +66,9 @@ def main() -> None:
 
     from ngram_dask.contexts import kernel
     from ngram_dask.contexts import task as ctask
-    from ngram_dask.contexts.pieces import make_pieces
-    from ngram_dask.inputs import plan_input
+    from ngram_dask.inputs import group_pieces, plan_input
     from ngram_dask.ngrams.counting import derived_in_aggregate
-    from ngram_dask.ngrams.explode import ExplodeSettings, ShardGroup, explode_group
+    from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
     from ngram_dask.storage import atomic_write_parquet
 
     root = Path(args.cache)
@@ -86,13 +88,13 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     ctx_dir = out / "contexts"
     atomic_write_parquet(str(ctx_dir / "prompts.parquet"), ctask.prompts_table(families), compression="zstd")
-    piece = make_pieces(plan_input(mds).pieces, 34_000_000)[0]
+    group = group_pieces(plan_input(mds).pieces, 34_000_000)[0]
     xs = ExplodeSettings(work_dir=str(out / "explode"), ngrams=(2, 3), chunks=16, vocab_size=VOCAB,
                          token_dtype="uint16", derived=derived_in_aggregate([2, 3], False))
     cs = ctask.ContextsSettings(dir=str(ctx_dir), token_dtype="uint16", vocab_size=VOCAB, per_task=args.per_task,
                                 seed=0, before=32, after=8)
-    runs = {"explode": (lambda: explode_group(ShardGroup(piece.shards), xs), out / "explode" / "explode" / "_done"),
-            "contexts": (lambda: ctask.contexts_piece(piece, cs), ctx_dir / "_done")}
+    runs = {"explode": (lambda: explode_group(group, xs), out / "explode" / "explode" / "_done"),
+            "contexts": (lambda: ctask.contexts_group(group, cs), ctx_dir / "_done")}
     times: dict[str, list] = {name: [] for name in runs}
     stats = {}
     for _ in range(args.rounds):

@@ -17,7 +17,7 @@ file, sample in file, offset in sample)``: it depends on nothing but the occurre
 into tasks, in whatever order they run. A task keeps its k smallest per prompt; the
 writer keeps the k smallest of those: a uniform sample of ``min(k, count)`` occurrences
 without replacement, identical for any partitioning. Ties (a 64-bit collision) are
-broken by the location, so the order is total. Within a piece only the occurrences under
+broken by the location, so the order is total. Within a unit only the occurrences under
 their prompt's bound (``tighten``) are ever held, so memory follows k x prompts, not the
 occurrences.
 
@@ -181,13 +181,13 @@ class Prompts:
 # --- occurrences ---------------------------------------------------------------------------
 
 # Positions per block: the passes over a block's arrays run in the CPU's cache, and the
-# occurrences are never all held at once (a piece can have as many as it has tokens).
+# occurrences are never all held at once (a piece group can have as many as it has tokens).
 BLOCK = 1 << 17
 
 
 @dataclass
 class Occurrences:
-    """Every occurrence of one family's prompts in a piece: ``prompt`` (index into the
+    """Every occurrence of one family's prompts in a piece group: ``prompt`` (index into the
     ``Prompts``), ``pos`` (position in the concatenated tokens, ascending) and ``sample``
     (index of the sample it is in)."""
 
@@ -377,11 +377,11 @@ def windows(tokens: np.ndarray, offsets: np.ndarray, pos: np.ndarray, sample: np
     return list_offsets, tokens[flat], lo
 
 
-# --- one piece -----------------------------------------------------------------------------
+# --- one piece group-----------------------------------------------------------------------
 
 @dataclass
 class Found:
-    """What one piece gives for one family: per-prompt occurrence counts (``counts[i]``
+    """What one piece group gives for one family: per-prompt occurrence counts (``counts[i]``
     for prompt ``i``), and the kept occurrences (at most ``k`` per prompt) with their
     location, next id, priority and window."""
 
@@ -401,8 +401,8 @@ class Found:
 def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np.ndarray, p: Prompts,
          vocab: int, k: int, seed: int, before: int, after: int, exclude_id: int | None = None,
          workspace: np.ndarray | None = None, *, block: int = BLOCK, pool_rows: int | None = None) -> Found:
-    """Count every occurrence of ``p``'s prompts in the piece and keep the ``k`` of smallest
-    priority per prompt. ``files[s]`` and ``samples[s]``: where sample ``s`` of the piece
+    """Count every occurrence of ``p``'s prompts in the piece group and keep the ``k`` of smallest
+    priority per prompt. ``files[s]`` and ``samples[s]``: where sample ``s`` of the piece group
     comes from (file index in the dataset, sample index in that file). ``workspace``: an
     optional uint64 buffer of at least ``2 * block`` entries, reused between calls.
     ``block`` and ``pool_rows`` (the pool's size that triggers the first tightening) change

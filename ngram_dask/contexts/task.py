@@ -1,17 +1,17 @@
-"""The contexts task: one piece of input -> its parts, then a marker (``runtime.resumable``).
+"""The contexts unit: one piece group of the input -> its parts, then a marker (``runtime.resumable``).
 
-A task reads its piece (``pieces.read_piece``) and the prompts (``prompts.parquet`` in
+A unit reads its piece group (``inputs.read_group``) and the prompts (``prompts.parquet`` in
 the contexts dir, written by the client before any task runs, read once per worker
 process), runs ``kernel.scan`` for each family and writes two files under names fixed
-by the piece, so a retried task overwrites its own output and nothing counts twice::
+by the piece group, so a retried unit overwrites its own output and nothing counts twice::
 
-    <contexts dir>/examples/<piece>.parquet   the piece's k smallest per prompt, with windows
-    <contexts dir>/counts/<piece>.parquet     per prompt with occurrences: how many
-    <contexts dir>/_done/<piece>.json         the statistics, written last
+    <contexts dir>/examples/<group>.parquet   the group's k smallest per prompt, with windows
+    <contexts dir>/counts/<group>.parquet     per prompt with occurrences: how many
+    <contexts dir>/_done/<group>.json         the statistics, written last
 
 Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet``. An
 example's ``window_ids`` is one binary value, its ids as little-endian ``window_dtype``
-(Parquet writes a list column ~3x slower, and most of a piece's examples are dropped by
+(Parquet writes a list column ~3x slower, and most of a unit's examples are dropped by
 the writer's merge); the writer turns the kept ones into lists.
 """
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from ngram_dask import faults
 from ngram_dask.contexts import kernel
-from ngram_dask.contexts.pieces import Piece, read_piece
+from ngram_dask.inputs import PieceGroup, read_group
 from ngram_dask.runtime import resumable, thread_buffer
 from ngram_dask.storage import atomic_write_parquet, get_fs, join
 
@@ -82,16 +82,16 @@ def windows_lists(blobs: pa.Array, vocab_size: int) -> pa.Array:
                                     pa.array(ids.astype(np.int32), pa.int32()))
 
 
-def examples_url(s: ContextsSettings, piece: str) -> str:
-    return join(s.dir, "examples", f"{piece}.parquet")
+def examples_url(s: ContextsSettings, group: str) -> str:
+    return join(s.dir, "examples", f"{group}.parquet")
 
 
-def counts_url(s: ContextsSettings, piece: str) -> str:
-    return join(s.dir, "counts", f"{piece}.parquet")
+def counts_url(s: ContextsSettings, group: str) -> str:
+    return join(s.dir, "counts", f"{group}.parquet")
 
 
-def marker_url(s: ContextsSettings, piece: str) -> str:
-    return join(s.dir, "_done", f"{piece}.json")
+def marker_url(s: ContextsSettings, group: str) -> str:
+    return join(s.dir, "_done", f"{group}.json")
 
 
 # --- the prompts ---------------------------------------------------------------------------
@@ -190,11 +190,11 @@ def _workspace() -> np.ndarray:
     return thread_buffer("contexts-keys", 2 * kernel.BLOCK, np.uint64)
 
 
-@resumable(lambda piece, s: marker_url(s, piece.name))
-def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
-    """Count and choose the examples of one piece; write its parts; return its statistics."""
+@resumable(lambda group, s: marker_url(s, group.name))
+def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
+    """Count and choose the examples of one piece group; write its parts; return its statistics."""
     families = load_prompts(s.prompts_url, s.bits)
-    data = read_piece(piece, s.vocab_size, s.verify_hashes)
+    data = read_group(group, s.vocab_size, s.verify_hashes)
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
                          s.seed, s.before, s.after, exclude, _workspace())
@@ -202,16 +202,16 @@ def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
     base, row = {}, 0
     for n, p in sorted(families.items()):
         base[n], row = row, row + len(p)
-    examples, counts = found_tables(found, families, {part.file_index: part.location for part in piece.shards}, base,
+    examples, counts = found_tables(found, families, {piece.file_index: piece.location for piece in group.pieces}, base,
                                     s.vocab_size)
     faults.delay_point(faults.CONTEXTS_TEST_DELAY)
     # no statistics (nothing filters on them) and a dictionary for the names only: a third of the write
-    nbytes = atomic_write_parquet(examples_url(s, piece.name), examples, compression="zstd",
+    nbytes = atomic_write_parquet(examples_url(s, group.name), examples, compression="zstd",
                                   use_dictionary=["shard_file"], write_statistics=False)
-    nbytes += atomic_write_parquet(counts_url(s, piece.name), counts, compression="zstd")
+    nbytes += atomic_write_parquet(counts_url(s, group.name), counts, compression="zstd")
     return {
-        "piece": piece.name,
-        "shards": [ref.name for ref in piece.shards],
+        "group": group.name,
+        "pieces": [piece.name for piece in group.pieces],
         "samples": int(len(data.offsets) - 1),
         "tokens": int(data.offsets[-1] - data.offsets[0]),
         "occurrences": {str(f.n): int(f.counts.sum()) for f in found},
