@@ -377,7 +377,7 @@ def windows(tokens: np.ndarray, offsets: np.ndarray, pos: np.ndarray, sample: np
     return list_offsets, tokens[flat], lo
 
 
-# --- one piece group-----------------------------------------------------------------------
+# --- one piece group ----------------------------------------------------------------------
 
 @dataclass
 class Found:
