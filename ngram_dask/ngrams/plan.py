@@ -43,6 +43,7 @@ from ngram_dask.inputs import group_pieces, plan_input, read_piece, unit_tokens_
 from ngram_dask.ngrams import counting, partfile
 from ngram_dask.ngrams.aggregate import FINAL_PARQUET, MAX_RANGES, NUMPY_BYTES_PER_ROW, AggregateSettings
 from ngram_dask.schema import key_bits
+from ngram_dask.storage import use_storage
 
 
 def rates() -> dict:
@@ -113,6 +114,7 @@ def plan_build(cfg: Config) -> dict:
     b, cl = cfg.build, cfg.cluster
     if not cfg.input:
         raise ConfigError("'input' is required (flag --input or config key 'input')")
+    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input may be on S3
     try:
         from ngram_dask.cluster import usable_cores, worker_memory
 
