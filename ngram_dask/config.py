@@ -256,8 +256,16 @@ class ScoreConfig:
     cpu_threads: Optional[int] = setting(None, "torch threads per worker on CPU "
                                                "(default: (cores - 1) / workers on the host)")
     force: bool = setting(False, "rescore models already scored")
+    revisions: list[str] = setting([], "training checkpoints to score into the scores table: step<N> names, "
+                                       "pythia (all 154), pythia-log (step0, 1..512, every 10,000 and "
+                                       "step143000) or a range step1000:143000:4000")
+    final_revision: str = setting("step143000", "the revision whose scores also fill p_<model> "
+                                                "(Pythia's final checkpoint)")
+    learned_threshold: float = setting(0.5, "p from which a task counts as learned (the learning table)")
 
     def __post_init__(self) -> None:
+        if not 0 < self.learned_threshold <= 1:
+            raise ConfigError(f"score.learned_threshold must be in (0, 1], got {self.learned_threshold}")
         self.tables = list(dict.fromkeys(t.strip() for t in self.tables if t.strip()))
         if not self.tables:
             raise ConfigError("score.tables is empty: name top_bigrams and/or top_trigrams")

@@ -204,3 +204,53 @@ def typed_create_sql(table: str, columns: list[tuple[str, str]], replace: bool =
     """CREATE TABLE with the columns' full types (constraints included)."""
     cols = ", ".join(f"{name} {typ}" for name, typ in columns)
     return f"CREATE {'OR REPLACE ' if replace else ''}TABLE {table} ({cols})"
+
+
+# --- scores across training checkpoints (``score --revisions``, ``exposure``) -------------
+
+SCORES = "scores"  # one row per model, revision and prompt of the top tables
+LEARNING = "learning"  # per model and prompt: when p crossed the threshold for good
+EXPOSURE = "exposure"  # per prompt and step: occurrences in the sequences trained before it
+SCORED_REVISIONS = "scored_revisions"  # catalog_info key: JSON {model: {revisions, threshold, final}}
+EXPOSURE_INFO = "exposure"  # catalog_info key: the stream and settings the exposure table counts
+_STEP = re.compile(r"step(\d+)")
+
+
+def revision_step(revision: str) -> int | None:
+    """The training step of a revision named ``step<N>`` (Pythia's checkpoints), else None."""
+    m = _STEP.fullmatch(revision.strip())
+    return int(m.group(1)) if m else None
+
+
+def revision_name(step: int) -> str:
+    return f"step{int(step)}"
+
+
+def score_model(model: str) -> str:
+    """The ``model`` value of the ``scores``/``learning`` rows: the name part of its ``p_<model>``."""
+    return score_column_model(score_column(model))
+
+
+def scores_columns(vocab_size: int) -> list[tuple[str, str]]:
+    return [("model", "VARCHAR NOT NULL"), ("revision", "VARCHAR NOT NULL"), ("step", "UINTEGER")] \
+        + prompt_columns(vocab_size) + [("p", "DOUBLE NOT NULL")]
+
+
+def learning_columns(vocab_size: int) -> list[tuple[str, str]]:
+    return [("model", "VARCHAR NOT NULL")] + prompt_columns(vocab_size) + [
+        ("learned_step", "UINTEGER"),  # first scored step from which p >= threshold at every later one
+        ("first_step_above", "UINTEGER"),  # first scored step with p >= threshold
+        ("peak_p", "DOUBLE NOT NULL"),
+        ("peak_step", "UINTEGER NOT NULL"),  # the earliest step at which peak_p was reached
+        ("final_p", "DOUBLE NOT NULL"),  # p at the last scored step
+        ("forgotten", "BOOLEAN NOT NULL"),  # above the threshold at some step, below at the last
+        ("steps", "USMALLINT NOT NULL"),  # scored steps the row summarises
+    ]
+
+
+def exposure_columns(vocab_size: int) -> list[tuple[str, str]]:
+    return prompt_columns(vocab_size) + [
+        ("step", "UINTEGER NOT NULL"),  # a checkpoint: counts cover sequences < step * samples_per_step
+        ("prompt_seen", "UBIGINT NOT NULL"),  # occurrences of the prompt in those sequences
+        ("task_seen", "UBIGINT NOT NULL"),  # ... followed by the expected next id
+    ]
