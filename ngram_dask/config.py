@@ -204,6 +204,21 @@ class ContextsConfig:
 
 
 @dataclass
+class ExposureConfig:
+    """`exposure`: per top prompt, its occurrences in the sequences trained before each checkpoint."""
+
+    revisions: list[str] = setting(["pythia"], "the checkpoints to count up to: step<N> names, pythia (all "
+                                               "154), pythia-log or a range step1000:143000:4000")
+    seq_len: int = setting(2049, "tokens per training sequence (Pythia: 2,049); an MDS sample is one sequence")
+    samples_per_step: int = setting(1024, "sequences per optimizer step: sequence i is trained at step "
+                                          "i // samples_per_step")
+
+    def __post_init__(self) -> None:
+        _at_least("exposure.seq_len", self.seq_len, 2)
+        _at_least("exposure.samples_per_step", self.samples_per_step, 1)
+
+
+@dataclass
 class ConvertConfig:
     """Raw text -> tokenized MDS (`ngram-dask convert`); the tokenizer is the top-level key."""
 
@@ -392,6 +407,7 @@ REQUIRED = {
     "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
     "score": {"db": "--db"},
     "contexts": {"db": "--db"},
+    "exposure": {"db": "--db", "input": "--input"},
     "verify": {"db": "--db"},
     "export": {"export.out": "--out"},
     "report": {"report.out": "--out"},
@@ -413,6 +429,7 @@ class Config:
     build: BuildConfig = field(default_factory=BuildConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     contexts: ContextsConfig = field(default_factory=ContextsConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)

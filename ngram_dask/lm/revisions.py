@@ -41,7 +41,7 @@ from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage
 from ngram_dask.schema import (
     SCORED_REVISIONS,
     SCORES,
-    revision_name,
+    expand_revisions,
     revision_step,
     score_model,
     scores_columns,
@@ -51,57 +51,7 @@ from ngram_dask.schema import (
 
 Announce = Callable[[str], None]
 
-PYTHIA_LOG_STEPS = tuple(1 << k for k in range(10))  # 1, 2, 4, ..., 512
-PYTHIA_FINAL_STEP = 143_000
 _ROWS_VIEW = "_ngram_dask_revision_rows"
-
-
-def pythia_steps() -> list[int]:
-    """The 154 steps of Pythia's checkpoints."""
-    return [0, *PYTHIA_LOG_STEPS, *range(1000, PYTHIA_FINAL_STEP + 1, 1000)]
-
-
-def pythia_log_steps() -> list[int]:
-    """step0, the ten log-spaced steps, every 10,000, and the final step143000 (26 in all)."""
-    return [0, *PYTHIA_LOG_STEPS, *range(10_000, PYTHIA_FINAL_STEP, 10_000), PYTHIA_FINAL_STEP]
-
-
-def _range(entry: str) -> list[int]:
-    """``step1000:143000:4000`` (or ``1000:143000:4000``): start to stop inclusive, by stride."""
-    parts = [p.strip().removeprefix("step") for p in entry.split(":")]
-    try:
-        start, stop, stride = (int(p) for p in parts) if len(parts) == 3 else (None, None, None)
-    except ValueError:
-        start = None
-    if start is None or start < 0 or stop < start or stride < 1:
-        raise ConfigError(f"score.revisions: {entry!r} is not a range stepSTART:STOP:STRIDE "
-                          "(0 <= START <= STOP, STRIDE >= 1)")
-    return list(range(start, stop + 1, stride))
-
-
-def expand_revisions(entries: list[str]) -> list[str]:
-    """The revisions named by ``entries`` (names, ``pythia``, ``pythia-log``, ranges), each
-    once, sorted by step; revisions without a step keep their order, after the others."""
-    names: list[str] = []
-    for entry in (e.strip() for e in entries):
-        if not entry:
-            continue
-        if entry == "pythia":
-            names += [revision_name(s) for s in pythia_steps()]
-        elif entry == "pythia-log":
-            names += [revision_name(s) for s in pythia_log_steps()]
-        elif ":" in entry:
-            names += [revision_name(s) for s in _range(entry)]
-        else:
-            names.append(entry)
-    names = list(dict.fromkeys(names))
-    by_step: dict[int, str] = {}
-    for name in names:
-        step = revision_step(name)
-        if step is not None and by_step.setdefault(step, name) != name:
-            raise ConfigError(f"score.revisions: {by_step[step]!r} and {name!r} are the same step {step}")
-    stepped = sorted((n for n in names if revision_step(n) is not None), key=revision_step)
-    return stepped + [n for n in names if revision_step(n) is None]
 
 
 # --- the plan -------------------------------------------------------------------------------
