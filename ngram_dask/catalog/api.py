@@ -602,6 +602,13 @@ class Catalog:
             out["note"] = f"no examples of {out['prompt_tokens']!r} were kept (the input has none inside a sample)"
         return out
 
+    def curve(self, prompt: str | Sequence[int]) -> dict:
+        """The task's curves across training: per model ``p`` at each scored revision (with
+        the exposure by then) and its learning row (``catalog.curves.curve``)."""
+        from ngram_dask.catalog.curves import curve
+
+        return curve(self, prompt)
+
     def _example(self, r: dict, n: int) -> dict:
         window, at = [int(i) for i in r["window_ids"]], int(r["prompt_at"])
         nxt = at + n - 1

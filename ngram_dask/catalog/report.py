@@ -382,7 +382,7 @@ def _examples(cat: OpenCatalog, n: int, models: list[str], limit: int = 20) -> s
 
 
 def write_index(cat: OpenCatalog, out: str, images: list[str], covs: list[dict], models: dict[str, list[str]],
-                ns: list[int], notes: list[str]) -> str:
+                ns: list[int], notes: list[str], extra_html: str = "") -> str:
     prov = provenance(cat.info)
     counts = [[t, f"{cat.rows(t):,}"] for t in
               [ngram_table(n) for n in cat.ngrams] + [prefix_table(n) for n in ns] + ["tokens"]
@@ -423,6 +423,7 @@ def write_index(cat: OpenCatalog, out: str, images: list[str], covs: list[dict],
         n = cv["n"]
         parts.append(f"<h2>{_h(cv['table'])}: the 20 most frequent contexts</h2>")
         parts.append(_examples(cat, n, models.get(cv["table"], [])))
+    parts.append(extra_html)
     parts.append("<h2>Tables</h2>")
     parts.append(_table_html(["table", "rows"], counts))
     parts.append("<h2>Provenance (catalog_info)</h2>")
@@ -463,7 +464,11 @@ def make_report(db: str, out: str, announce=print) -> Report:
             plot_models(cat, n, cols, out, images)
         if not models:
             notes.append("No p_<model> columns yet: run `ngram-dask score` for the model plots.")
-        index = write_index(cat, out, images, covs, models, ns, notes)
+        from ngram_dask.catalog.curves import report_section
+
+        curve_images, curve_html = report_section(cat, out, _plt())
+        index = write_index(cat, out, images, covs, models, ns, notes, curve_html)
+        images += curve_images
     for name in images:
         announce(f"  {os.path.join(out, name)}")
     return Report(out=out, index=index, images=images, notes=notes)

@@ -215,6 +215,11 @@ def create_app(cat: Catalog):
         return json_response(cat.contexts(prompt, limit=_int(q, "limit", 20, 1, MAX_PAGE)))
 
     @endpoint
+    def curve(request, q):
+        _check_known(q, {"prompt", "ids"})
+        return json_response(cat.curve(_prompt(q, text="prompt")))
+
+    @endpoint
     def download(request, q):
         _check_known(q, (page_params | {"format"}) - {"limit", "offset"}, ("min_", "max_"))
         fmt = q.get("format", "csv")
@@ -246,6 +251,7 @@ def create_app(cat: Catalog):
         Route("/api/rows", rows),
         Route("/api/task", task),
         Route("/api/contexts", contexts),
+        Route("/api/curve", curve),
         Route("/api/download", download),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]

@@ -139,6 +139,13 @@ def test_exposure_equals_brute_force_and_verify_checks_it(catalog, local_cluster
     types = dict(db_rows(db, "SELECT column_name, data_type FROM information_schema.columns "
                              "WHERE table_name = 'exposure'"))
     assert types["step"] == "UINTEGER" and types["prompt_seen"] == "UBIGINT"
+    from ngram_dask.catalog.api import Catalog
+
+    key = next(k for k, v in want.items() if k[0] == 3 and v[1] < v[0])
+    with Catalog(db) as cat:
+        res = cat.curve([key[1], key[2]])
+    assert res["models"] == [] and res["exposure"] == [
+        {"step": s, "prompt_seen": want[key[:3] + (s,)][0], "task_seen": want[key[:3] + (s,)][1]} for s in STEPS]
     from ngram_dask.cli import main
 
     assert main(["verify", "--db", str(db)]) == 0

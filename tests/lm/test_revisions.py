@@ -364,3 +364,99 @@ def test_hub_revisions_load_offline_from_the_cache(catalog, ckpts, reference, tm
                   "--device", "cpu", env=env)
     assert res.returncode == 2 and "'step2'" in res.stderr and "tiny-org/tiny-neox" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+# --- API, export, report, page ---------------------------------------------------------------
+
+def test_curve_api_export_and_report(scored, ckpts, tmp_path):
+    import pyarrow.parquet as pq
+
+    from ngram_dask.catalog.api import Catalog
+    from ngram_dask.cli import main
+
+    db, _, _ = scored
+    model = label(ckpts)
+    got = scores_of(db, model)
+    n, id0, id1 = sorted(got["step0"], key=str)[0]
+    ids = [id0] + ([id1] if n == 3 else [])
+    with Catalog(db) as cat:
+        res = cat.curve(ids)
+    (m,) = res["models"]
+    assert m["model"] == model and m["threshold"] == float(THRESHOLD)
+    assert [(p["revision"], p["step"]) for p in m["points"]] == [(r, int(r[4:])) for r in REVISIONS]
+    assert [p["p"] for p in m["points"]] == [got[r][n, id0, id1] for r in REVISIONS]
+    assert m["learning"] == {**learning_row(db, model, n, id0, id1)}
+    assert res["exposure"] == [] and res["expected"]["id"] == db_rows(
+        db, f"SELECT id{n - 1} FROM {'top_bigrams' if n == 2 else 'top_trigrams'} WHERE id0 = ?"
+            + (" AND id1 = ?" if n == 3 else ""), ids)[0][0]
+
+    assert main(["export", "--db", str(db), "--out", str(tmp_path / "export")]) == 0
+    for table in ("scores", "learning"):
+        files = sorted((tmp_path / "export" / table).glob("*.parquet"))
+        assert sum(pq.read_metadata(f).num_rows for f in files) == db_rows(db, f"SELECT count(*) FROM {table}")[0][0]
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "learned_step" in card and "training checkpoint" in card
+
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "learned_share.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "learned_by_decile.png").stat().st_size > 1000
+    html = (tmp_path / "report" / "index.html").read_text()
+    learned = db_rows(db, "SELECT count(*) FROM learning WHERE learned_step <= 8")[0][0]
+    assert "median learned_step" in html and f"<td>{learned:,}</td>" in html
+
+
+def learning_row(db, model, n, id0, id1) -> dict:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        res = con.execute("SELECT * FROM learning WHERE model = ? AND n = ? AND id0 = ? AND id1 IS NOT DISTINCT FROM ?",
+                          [model, n, id0, id1])
+        names = [d[0] for d in res.description]
+        return dict(zip(names, res.fetchone()))
+    finally:
+        con.close()
+
+
+def test_the_page_draws_the_curve(scored, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.fail(f"{chromium} is missing: `apt-get install -y chromium` (.ci/run does it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    db = tmp_path / "ngrams.duckdb"
+    shutil.copy(scored[0], db)
+    proc = subprocess.Popen([sys.executable, "-m", "ngram_dask.cli", "serve", "--db", str(db), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    errors: list[str] = []
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), line + proc.stderr.read()
+        url = line.split(" at ")[1].split()[0].rstrip("/")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            try:
+                page = browser.new_page(viewport={"width": 1300, "height": 1000})
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(url + "/")
+                page.wait_for_selector("body[data-ready='1']")
+                page.select_option("#table", "top_bigrams")
+                page.locator("#grid tbody tr").first.click()
+                expect(page.locator("#curve-step path.curve")).to_have_count(1)
+                expect(page.locator("#curve-step circle.point")).to_have_count(len(REVISIONS))
+                expect(page.locator("#curves p")).to_contain_text("tiny_neox: ")
+                assert page.locator("#curve-exposure").count() == 0  # no exposure table: no second chart
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert errors == []

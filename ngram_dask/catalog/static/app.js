@@ -263,8 +263,10 @@ async function openTask(table, row) {
   if (res.models.length) parts.push(el("div", { id: "models" }, el("h3", {}, "p(expected) against model size"), modelChart(res.models)));
   const examples = el("div", { id: "examples" }, el("h3", {}, "examples from the corpus"),
     el("div", { class: "muted" }, "loading…"));
-  box.replaceChildren(el("div", { class: "task-grid" }, parts), examples);
+  const curves = el("div", { id: "curves" });
+  box.replaceChildren(el("div", { class: "task-grid" }, parts), curves, examples);
   $("#task-section").scrollIntoView();
+  loadCurve(res.context, curves, () => seq === taskSeq);
   loadExamples(res.context, examples, seq);
 }
 
