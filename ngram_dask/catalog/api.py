@@ -34,6 +34,7 @@ from ngram_dask.errors import UserError
 from ngram_dask.schema import (
     CONTEXT_COUNTS,
     CONTEXTS,
+    TOKENS,
     TOP_NGRAMS,
     id_columns,
     is_score_column,
@@ -397,6 +398,11 @@ class Catalog:
         numeric = set(self.numeric_columns(table))
         clauses, params = [], []
         for key, value in (filters or {}).items():
+            if key == "no_special":  # hide tasks whose prompt or next token is a special token
+                ids = [c for c, _ in self.columns(table) if re.fullmatch(r"id\d+", c)] if value else []
+                special = ", ".join(str(int(i)) for i in self.special_ids())
+                clauses += [f'"{c}" NOT IN ({special})' for c in ids] if special else []
+                continue
             if key == "contains":
                 if value is None or value == "":
                     continue
@@ -428,6 +434,19 @@ class Catalog:
                 clauses.append(f'"{key}" {op} ?')
                 params.append(x)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def special_ids(self) -> list[int]:
+        """The tokenizer's special tokens (``<|endoftext|>``...); without a loadable tokenizer,
+        the ids whose ``tokens`` text looks like ``<|...|>``."""
+        try:
+            tok = self.tokenizer
+            return sorted(set(int(i) for i in tok.all_special_ids))
+        except UserError:
+            if TOKENS not in self.tables:
+                return []
+            with self._cursor() as cur:
+                return [int(r[0]) for r in cur.execute(
+                    f"SELECT id FROM {TOKENS} WHERE token LIKE '<|%|>' ORDER BY id").fetchall()]
 
     def _order(self, table: str, order: str | Sequence[str] | None) -> str:
         keys = self.default_order(table) if order is None or order == "" else (

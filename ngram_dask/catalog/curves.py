@@ -161,6 +161,16 @@ def learned_by_decile(con, tables: set[str]) -> dict[str, list[tuple[int, int, i
     return out
 
 
+def _save(plt, fig, ax, path: str, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
 def report_section(cat, out: str, plt) -> tuple[list[str], str]:
     """(image names, HTML) of the across-training section; nothing without a learning table."""
     if LEARNING not in cat.tables or SCORES not in cat.tables:
@@ -175,13 +185,8 @@ def report_section(cat, out: str, plt) -> tuple[list[str], str]:
             ax.plot([max(s, 1) for s, _, _ in pts], [a / t if t else 0 for _, a, t in pts], marker="o", label=model)
         ax.set_xscale("log")
         ax.set_ylim(0, 1)
-        ax.set_title("share of tasks learned by each step")
-        ax.set_xlabel("training step (log; step0 drawn at 1)")
-        ax.set_ylabel("learned (learned_step <= step)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "learned_share.png"), bbox_inches="tight")
-        plt.close(fig)
+        _save(plt, fig, ax, os.path.join(out, "learned_share.png"), "share of tasks learned by each step",
+              "training step (log; step0 drawn at 1)", "learned (learned_step <= step)")
         images.append("learned_share.png")
         parts.append('<figure><img src="learned_share.png" alt="learned_share.png"><figcaption>The share of '
                      "the top tables' tasks each model has learned (p at or above the threshold from that step "
@@ -194,13 +199,8 @@ def report_section(cat, out: str, plt) -> tuple[list[str], str]:
         for model, rows in deciles.items():
             ax.plot([d for d, *_ in rows], [m if m is not None else float("nan") for *_, m in rows], marker="o",
                     label=model)
-        ax.set_title("median learned_step by sum_count decile")
-        ax.set_xlabel("sum_count decile (1: rarest prompts, 10: most frequent)")
-        ax.set_ylabel("median learned_step (learned tasks)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "learned_by_decile.png"), bbox_inches="tight")
-        plt.close(fig)
+        _save(plt, fig, ax, os.path.join(out, "learned_by_decile.png"), "median learned_step by sum_count decile",
+              "sum_count decile (1: rarest prompts, 10: most frequent)", "median learned_step (learned tasks)")
         images.append("learned_by_decile.png")
         parts.append('<figure><img src="learned_by_decile.png" alt="learned_by_decile.png"><figcaption>Do '
                      "frequent tasks get learned first? The median learned_step of the learned tasks in each "

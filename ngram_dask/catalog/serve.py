@@ -88,6 +88,8 @@ def selection(cat: Catalog, params) -> tuple[str, dict, str | None]:
     filters: dict[str, Any] = {}
     if params.get("contains"):
         filters["contains"] = params["contains"]
+    if params.get("no_special") not in (None, "", "0"):
+        filters["no_special"] = True
     for key, raw in params.items():
         for end, prefix in (("min", "min_"), ("max", "max_")):
             if key.startswith(prefix):
@@ -187,7 +189,7 @@ def create_app(cat: Catalog):
         return json_response({"next": {"id": nxt_id, "token": cat.token_text([nxt_id])[0]},
                               "rows": table.to_pylist()})
 
-    page_params = {"table", "contains", "sort", "limit", "offset"}
+    page_params = {"table", "contains", "no_special", "sort", "limit", "offset"}
 
     @endpoint
     def rows(request, q):

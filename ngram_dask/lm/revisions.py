@@ -25,7 +25,6 @@ with the slices whose rows are missing, and a revision added later scores only i
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from ngram_dask import faults
 from ngram_dask.config import Config
-from ngram_dask.db import check_existing, columns, read_info, read_only, table_names, transaction, write_info
+from ngram_dask.db import columns, read_info, read_only, table_names, transaction, write_info
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.learning import write_learning
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
@@ -359,11 +358,9 @@ def run_revisions(cfg: Config, announce: Announce = print) -> RevisionsReport:
     cfg.check("score")
     s = cfg.score
     db = cfg.db
-    if not os.path.exists(db):
-        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build --tokenizer ...` first")
-    info = check_existing(db)
-    if not info:
-        raise DatabaseError(f"database {db} holds no catalog: run `ngram-dask build --tokenizer ...` first")
+    from ngram_dask.lm.score import existing_catalog
+
+    info = existing_catalog(db)
     vocab = _vocab(info, db)
     expand_revisions(s.revisions)  # a malformed list is refused before the writer lock is taken
     report = RevisionsReport(db=db)

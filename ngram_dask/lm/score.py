@@ -300,6 +300,16 @@ def _means(con, report: ScoreReport) -> None:
         report.means[plan.column] = per
 
 
+def existing_catalog(db: str) -> dict[str, str]:
+    """``catalog_info`` of the catalog a score writes into; a one-line error when there is none."""
+    if not os.path.exists(db):
+        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build --tokenizer ...` first")
+    info = check_existing(db)
+    if not info:
+        raise DatabaseError(f"database {db} holds no catalog: run `ngram-dask build --tokenizer ...` first")
+    return info
+
+
 def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
     """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``
     (at each training checkpoint of ``score.revisions`` when given: ``lm.revisions``)."""
@@ -310,11 +320,7 @@ def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
     cfg.check("score")
     s: ScoreConfig = cfg.score
     db = cfg.db
-    if not os.path.exists(db):
-        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build --tokenizer ...` first")
-    info = check_existing(db)
-    if not info:
-        raise DatabaseError(f"database {db} holds no catalog: run `ngram-dask build --tokenizer ...` first")
+    existing_catalog(db)
     report = ScoreReport(db=db, tables=list(s.tables))
 
     def steps(ctx):

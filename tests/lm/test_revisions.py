@@ -454,6 +454,25 @@ def test_the_page_draws_the_curve(scored, tmp_path):
                 expect(page.locator("#curve-step circle.point")).to_have_count(len(REVISIONS))
                 expect(page.locator("#curves p")).to_contain_text("tiny_neox: ")
                 assert page.locator("#curve-exposure").count() == 0  # no exposure table: no second chart
+                # every view has its URL: table, filters, sort, page and the open task come back from a link
+                page.check("#no-special")
+                page.fill("input[name=min_frac_max]", "0.5")
+                page.click("#apply")
+                page.click("#grid th[data-col=sum_count]")
+                page.locator("#grid tbody tr").nth(1).click()
+                expect(page.locator("#curve-step path.curve")).to_have_count(1)
+                link = page.url
+                assert "table=top_bigrams" in link and "no_special=1" in link and "min_frac_max=0.5" in link
+                assert "sort=-sum_count" in link and "task=" in link
+                again = browser.new_page(viewport={"width": 1300, "height": 1000})
+                again.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                again.on("pageerror", lambda e: errors.append(str(e)))
+                again.goto(link)
+                again.wait_for_selector("body[data-ready='1']")
+                expect(again.locator("#curve-step circle.point")).to_have_count(len(REVISIONS))
+                assert again.locator("#no-special").is_checked()
+                assert again.input_value("input[name=min_frac_max]") == "0.5"
+                assert again.url == link
             finally:
                 browser.close()
     finally:
