@@ -285,6 +285,12 @@ def score_model(model: str) -> str:
     return score_column_model(score_column(model))
 
 
+def learned_columns(label: str) -> tuple[str, str]:
+    """The top tables' columns that let the task browser filter and sort by a model's
+    learning: ``learned_step_<model>`` (UINTEGER) and ``forgotten_<model>`` (0 or 1)."""
+    return f"learned_step_{label}", f"forgotten_{label}"
+
+
 def scores_columns(vocab_size: int) -> list[tuple[str, str]]:
     return [("model", "VARCHAR NOT NULL"), ("revision", "VARCHAR NOT NULL"), ("step", "UINTEGER")] \
         + prompt_columns(vocab_size) + [("p", "DOUBLE NOT NULL")]

@@ -38,15 +38,18 @@ from ngram_dask.lm.learning import write_learning
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
 from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage
 from ngram_dask.schema import (
+    LEARNING,
     SCORED_REVISIONS,
     SCORES,
     expand_revisions,
+    learned_columns,
     revision_step,
     score_model,
     scores_columns,
     top_table,
     typed_create_sql,
 )
+from ngram_dask.storage import sql_identifier
 
 Announce = Callable[[str], None]
 
@@ -343,6 +346,7 @@ def _conclude(con, m: ModelRevisions, prompts: dict[str, Prompts], cfg: Config, 
     """The model's learning rows, its p_<model> from the final revision, its record."""
     s = cfg.score
     rows = write_learning(con, m.label, s.learned_threshold, vocab)
+    learning_columns_on_tops(con, m.label, prompts)
     with transaction(con):
         _record(con, m, s.learned_threshold)
     if s.final_revision in m.revisions and fill_final(con, m, s.final_revision, prompts):
@@ -351,6 +355,22 @@ def _conclude(con, m: ModelRevisions, prompts: dict[str, Prompts], cfg: Config, 
         announce(f"  {m.label}: {column_name(m.model)} filled from {s.final_revision}")
     learned = con.execute("SELECT count(learned_step) FROM learning WHERE model = ?", [m.label]).fetchone()[0]
     report.learned[m.label] = (int(learned), rows)
+
+
+def learning_columns_on_tops(con, label: str, prompts: dict[str, Prompts]) -> None:
+    """``learned_step_<model>`` and ``forgotten_<model>`` on the top tables, from the learning
+    table, so the task browser filters and sorts by them like any column: one transaction."""
+    learned, forgotten = (sql_identifier(c) for c in learned_columns(label))
+    with transaction(con):
+        for table, p in prompts.items():
+            t = sql_identifier(table)
+            for col, typ in ((learned, "UINTEGER"), (forgotten, "UTINYINT")):
+                con.execute(f"ALTER TABLE {t} DROP COLUMN IF EXISTS {col}")
+                con.execute(f"ALTER TABLE {t} ADD COLUMN {col} {typ}")
+            id1 = f"{t}.id1 = l.id1" if p.n == 3 else "l.id1 IS NULL"
+            con.execute(f"UPDATE {t} SET {learned} = l.learned_step, {forgotten} = l.forgotten::UTINYINT "
+                        f"FROM {LEARNING} l WHERE l.model = ? AND l.n = ? AND {t}.id0 = l.id0 AND {id1}",
+                        [label, p.n])
 
 
 def run_revisions(cfg: Config, announce: Announce = print) -> RevisionsReport:

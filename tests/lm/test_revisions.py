@@ -390,6 +390,15 @@ def test_curve_api_export_and_report(scored, ckpts, tmp_path):
         db, f"SELECT id{n - 1} FROM {'top_bigrams' if n == 2 else 'top_trigrams'} WHERE id0 = ?"
             + (" AND id1 = ?" if n == 3 else ""), ids)[0][0]
 
+    # the task browser filters and sorts by each model's learned_step and forgotten (top-table columns)
+    with Catalog(db) as cat:
+        early = cat.count_tasks("top_bigrams", {f"learned_step_{model}": (None, 2)})
+        lost = cat.count_tasks("top_trigrams", {f"forgotten_{model}": (1, 1)})
+        first = cat.tasks("top_bigrams", {f"learned_step_{model}": (0, None)}, f"-learned_step_{model}", limit=1)
+    assert early == db_rows(db, "SELECT count(*) FROM learning WHERE n = 2 AND learned_step <= 2")[0][0]
+    assert lost == db_rows(db, "SELECT count(*) FROM learning WHERE n = 3 AND forgotten")[0][0]
+    assert first.column(f"learned_step_{model}")[0].as_py() == db_rows(
+        db, "SELECT max(learned_step) FROM learning WHERE n = 2")[0][0]
     assert main(["export", "--db", str(db), "--out", str(tmp_path / "export")]) == 0
     for table in ("scores", "learning"):
         files = sorted((tmp_path / "export" / table).glob("*.parquet"))

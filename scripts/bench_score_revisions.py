@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Throughput of `score --revisions` against a final-checkpoint `score`, on one small catalog.
 
-    python scripts/bench_revisions.py                      # CPU, tiny random GPT-NeoX (vocab 50432)
-    python scripts/bench_revisions.py --device cuda --hidden 512 --layers 6
+    python scripts/bench_score_revisions.py                      # CPU, tiny random GPT-NeoX (vocab 50432)
+    python scripts/bench_score_revisions.py --device cuda --hidden 512 --layers 6
 
 Makes the catalog of scripts/gpu_check_score.py (top tables of phrases the model
 sampled), a model folder whose subfolders step0 ... are R copies of one tiny model, then
