@@ -67,7 +67,7 @@ def main() -> int:
         write_catalog(src, rows, vocab)
         prompts = sum(len(r) for r in rows.values())
         common = {"score.models": [str(ckpts / names[-1])], "score.device": args.device,
-                  "score.batch_size": args.batch, "score.rows_per_task": args.rows_per_task}
+                  "score.batch_size": args.batch, "score.rows_per_unit": args.rows_per_task}
         shutil.copy(src, tmp / "plain.duckdb")
         plain, plain_wall = run(tmp / "plain.duckdb", common)
         (run_,) = plain.runs.values()

@@ -17,7 +17,7 @@ import os
 from typing import Any, Sequence
 
 from ngram_dask.errors import UserError
-from ngram_dask.schema import EXPOSURE, LEARNING, SCORED_REVISIONS, SCORES, TOP_NGRAMS, top_table
+from ngram_dask.schema import EXPOSURE, LEARNING, SCORED_REVISIONS, SCORES, TOKENS, TOP_NGRAMS, top_table
 
 DESCRIPTIONS = {
     SCORES: ("`score --revisions`: the probability each model gives the expected next token after each "
@@ -44,6 +44,27 @@ COLUMNS = {
     "prompt_seen": "occurrences of the prompt in the sequences trained before the step",
     "task_seen": "of those, followed by the expected token",
 }
+
+
+class Curves:
+    """Part of ``Catalog`` (``catalog.api``): curves across training, and the special tokens."""
+
+    def curve(self, prompt: str | Sequence[int]) -> dict:
+        """The task's curves across training: per model ``p`` at each scored revision (with
+        the exposure by then) and its learning row (``curve`` below)."""
+        return curve(self, prompt)
+
+    def special_ids(self) -> list[int]:
+        """The tokenizer's special tokens (``<|endoftext|>``...); without a loadable tokenizer,
+        the ids whose ``tokens`` text looks like ``<|...|>``."""
+        try:
+            return sorted(set(int(i) for i in self.tokenizer.all_special_ids))
+        except UserError:
+            if TOKENS not in self.tables:
+                return []
+            with self._cursor() as cur:
+                return [int(r[0]) for r in cur.execute(
+                    f"SELECT id FROM {TOKENS} WHERE token LIKE '<|%|>' ORDER BY id").fetchall()]
 
 
 def column_description(table: str, column: str) -> str | None:

@@ -23,7 +23,7 @@ EXPOSURE_FLAGS = {
     "--seq-len": "exposure.seq_len",
     "--samples-per-step": "exposure.samples_per_step",
     "--input-format": "build.input_format",
-    "--explode-task-tokens": "build.explode_task_tokens",
+    "--explode-unit-tokens": "build.explode_unit_tokens",
 }
 
 EPILOG = """\

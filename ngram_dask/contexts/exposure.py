@@ -42,13 +42,12 @@ import pyarrow as pa
 from ngram_dask import faults
 from ngram_dask.config import Config
 from ngram_dask.contexts import kernel
-from ngram_dask.contexts.pieces import Piece, make_pieces, read_piece
 from ngram_dask.contexts.run import _read_prompts, default_work_dir
 from ngram_dask.contexts.task import load_prompts
-from ngram_dask.db import check_existing, read_only, transaction, write_info
-from ngram_dask.errors import BadInputError, ConfigError, DatabaseError
-from ngram_dask.inputs import plan_input
-from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, resumable, run_stage
+from ngram_dask.db import read_only, transaction, write_info
+from ngram_dask.errors import BadInputError, ConfigError
+from ngram_dask.inputs import PieceGroup, group_pieces, plan_input, read_group
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, resumable, run_stage
 from ngram_dask.schema import (
     EXPOSURE,
     EXPOSURE_INFO,
@@ -57,7 +56,7 @@ from ngram_dask.schema import (
     revision_step,
     typed_create_sql,
 )
-from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
+from ngram_dask.storage import atomic_write_parquet, join, redact_url
 
 Announce = Callable[[str], None]
 _PROMPTS_VIEW = "_ngram_dask_exposure_prompts"
@@ -118,11 +117,11 @@ def marker_url(s: ExposureSettings, piece: str) -> str:
     return join(s.dir, "_done", f"{piece}.json")
 
 
-@resumable(lambda piece, s: marker_url(s, piece.name))
-def exposure_piece(piece: Piece, s: ExposureSettings) -> dict:
+@resumable(lambda group, s: marker_url(s, group.name))
+def exposure_group(group: PieceGroup, s: ExposureSettings) -> dict:
     """One unit: the counts of one piece group per prompt and interval, as a Parquet part."""
     families = load_prompts(s.prompts_url, s.bits)
-    data = read_piece(piece, s.vocab_size, s.verify_hashes)
+    data = read_group(group, s.vocab_size, s.verify_hashes)
     sequences = np.asarray(s.file_offsets, np.int64)[data.files] + data.samples
     interval = sequence_intervals(sequences, np.asarray(s.steps), s.samples_per_step)
     intervals = len(s.steps) + 1
@@ -139,8 +138,8 @@ def exposure_piece(piece: Piece, s: ExposureSettings) -> dict:
         base += len(p)
     table = pa.table({name: pa.array(np.concatenate(v) if v else np.zeros(0, np.int64), pa.int64())
                       for name, v in cols.items()})
-    nbytes = atomic_write_parquet(parts_url(s, piece.name), table, compression="zstd")
-    return {"piece": piece.name, "samples": int(len(data.offsets) - 1),
+    nbytes = atomic_write_parquet(parts_url(s, group.name), table, compression="zstd")
+    return {"group": group.name, "samples": int(len(data.offsets) - 1),
             "tokens": int(data.offsets[-1] - data.offsets[0]), "prompt_seen": totals[0], "task_seen": totals[1],
             "first_sequence": int(sequences.min()) if len(sequences) else None, "bytes": nbytes}
 
@@ -167,40 +166,37 @@ def file_offsets(parts) -> tuple[int, ...]:
 
 
 @dataclass
-class ExposureReport:
-    db: str
+class ExposureReport(StageReport):
+    db: str = ""
     input: str = ""
     steps: list[int] = field(default_factory=list)
-    pieces: int = 0
-    skipped: int = 0
+    groups: int = 0
     sequences: int = 0
     tokens: int = 0
     totals: list[int] = field(default_factory=lambda: [0, 0])
     rows: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def run_exposure(cfg: Config, announce: Announce = print) -> ExposureReport:
     """One pass over the training stream: the exposure table of every top prompt at every checkpoint."""
-    cfg.check("exposure")
+    return run_stage(cfg, "exposure", lambda info: declare_exposure(cfg, info, announce), announce,
+                     needs_db="run `ngram-dask build --tokenizer ...` first")
+
+
+def declare_exposure(cfg: Config, info: dict, announce: Announce) -> Stage:
+    """The plan (checked before any work) and one step of piece groups; the writer sums the parts."""
     e = cfg.exposure
     db = cfg.db
-    if not cfg.input:
-        raise ConfigError("'input' is required (flag --input): the training stream, in training order")
-    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)
-    info = check_existing(db)
-    if not info or "vocab_size" not in info:
-        raise DatabaseError(f"database {db} holds no catalog: run `ngram-dask build --tokenizer ...` first")
     revisions = expand_revisions(e.revisions, "exposure.revisions")
     steps = [revision_step(r) for r in revisions if revision_step(r) is not None]
     if not steps:
         raise ConfigError("exposure.revisions names no step<N> revision: the exposure is counted per step")
     vocab = int(info["vocab_size"])
     with read_only(db) as con:
-        prompts, sum_counts, sizes = _read_prompts(db, con, info)
+        prompts, _, sizes = _read_prompts(db, con, info)
     read_as = plan_input(cfg.input, input_format=cfg.build.input_format, token_dtype=cfg.build.token_dtype,
                          seq_len=e.seq_len, samples="seq-len", token_column=cfg.build.token_column,
-                         task_tokens=cfg.build.explode_task_tokens)
+                         unit_tokens=cfg.build.explode_unit_tokens)
     _check_tokenizer(cfg.input, info)
     drop_eos = json.loads(info.get("drop_eos", "false"))
     digest_of = {"input": redact_url(cfg.input), "steps": steps, "samples_per_step": e.samples_per_step,
@@ -212,22 +208,19 @@ def run_exposure(cfg: Config, announce: Announce = print) -> ExposureReport:
     s = ExposureSettings(dir=join(work, f"exposure-{digest}"), vocab_size=vocab, steps=tuple(steps),
                          samples_per_step=e.samples_per_step, file_offsets=file_offsets(read_as.pieces),
                          drop_eos=drop_eos, eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
-    pieces = make_pieces(read_as.pieces, cfg.build.explode_task_tokens)
-    report = ExposureReport(db=db, input=redact_url(cfg.input), steps=steps, pieces=len(pieces))
+    groups = group_pieces(list(read_as.pieces), cfg.build.explode_unit_tokens)
+    report = ExposureReport(db=db, input=redact_url(cfg.input), steps=steps, groups=len(groups))
     identity = {k: v for k, v in digest_of.items() if k != "pieces"}
-    manifest = Manifest(join(s.dir, "manifest.json"), {**identity, "pieces": [p.name for p in pieces]},
-                        f"exposure dir {s.dir}")
+    manifest = Manifest(join(s.dir, "manifest.json"), {**identity, "pieces": [g.name for g in groups]},
+                        f"exposure dir {s.dir}",
+                        prepare=lambda: atomic_write_parquet(s.prompts_url, prompts, compression="zstd"))
 
     def steps_of(ctx: StageContext):
-        if manifest.read() is None:
-            atomic_write_parquet(s.prompts_url, prompts, compression="zstd")
         announce(f"exposure: {', '.join(f'{t} {k:,}' for t, k in sizes.items())} prompts at {len(steps)} step(s) "
                  f"(step{steps[0]} .. step{steps[-1]}, {e.samples_per_step:,} sequences of {e.seq_len:,} tokens "
-                 f"per step); {len(pieces)} piece(s) of {report.input} -> {s.dir}")
+                 f"per step); {len(groups)} piece group(s) of {report.input} -> {s.dir}")
 
         def finish(stats: list[dict], ctx: StageContext) -> None:
-            report.skipped = ctx.skipped["exposure"]
-            report.seconds["exposure"] = ctx.seconds["exposure"]
             for m in stats:
                 report.sequences += int(m["samples"])
                 report.tokens += int(m["tokens"])
@@ -235,19 +228,17 @@ def run_exposure(cfg: Config, announce: Announce = print) -> ExposureReport:
                 report.totals[1] += int(m["task_seen"])
             _check_matches(report, cfg.input, db)
             t0 = time.perf_counter()
-            report.rows = write_exposure(ctx.db(), s, prompts, [parts_url(s, p.name) for p in pieces],
+            report.rows = write_exposure(ctx.db(), s, prompts, [parts_url(s, g.name) for g in groups],
                                          {**identity, "totals": {"pass": report.totals}}, vocab)
             report.seconds["write"] = time.perf_counter() - t0
+            announce(f"exposure: {report.rows:,} rows written to {db} (table {EXPOSURE})")
 
-        yield Step("exposure", pieces, exposure_piece, args=lambda piece: (piece, s), unit="pieces",
+        yield Step("exposure", groups, exposure_group, args=lambda group: (group, s), counts="piece groups",
                    disk=DiskFull(f"the exposure dir {s.dir}", advice="free space (or give another --work-dir)"),
                    on_result=lambda stats, ctx: faults.crash_point(faults.CRASH_IN_CONTEXTS, "exposure"),
                    finish=finish)
 
-    run_stage(Stage(name="exposure", cluster=cfg.cluster, storage=cfg.storage, steps=steps_of, manifest=manifest,
-                    db=db, access=(cfg.input, s.dir)), announce)
-    announce(f"exposure: {report.rows:,} rows written to {db} (table {EXPOSURE})")
-    return report
+    return Stage(steps_of, report, manifest=manifest, db=db, access=(cfg.input, s.dir))
 
 
 def _check_tokenizer(url: str, info: dict) -> None:
@@ -313,13 +304,14 @@ def write_exposure(con, s: ExposureSettings, prompts: pa.Table, parts: list[str]
 
 def summary_lines(report: ExposureReport) -> list[str]:
     seen, task = report.totals
+    skipped = report.skipped.get("exposure", 0)
     lines = ["", "summary:",
-             f"  pieces {report.pieces} ({report.skipped} already done), sequences {report.sequences:,}, "
+             f"  piece groups {report.groups} ({skipped} already done), sequences {report.sequences:,}, "
              f"tokens {report.tokens:,}",
              f"  steps {len(report.steps)} (step{report.steps[0]} .. step{report.steps[-1]})" if report.steps else "",
              f"  occurrences of the top prompts {seen:,}, followed by the expected id {task:,}",
              f"  exposure rows {report.rows:,}"]
     sec = report.seconds.get("exposure")
-    if sec and report.tokens and report.skipped < report.pieces:
+    if sec and report.tokens and skipped < report.groups:
         lines.append(f"  {report.tokens / sec / 1e6:.2f}M tokens/s")
     return [line for line in lines if line]

@@ -14,7 +14,7 @@ On disk (the catalog database, written by the client only):
 * ``p_<model>`` on the top tables is filled from ``score.final_revision`` when scored;
 * ``catalog_info['scored_revisions']``: per model, its revisions and the threshold.
 
-The work: one unit per (model, revision, slice of ``score.rows_per_task`` prompts), each
+The work: one unit per (model, revision, slice of ``score.rows_per_unit`` prompts), each
 one Dask task, submitted model by model and revision by revision in step order, so a
 worker scores every slice of a checkpoint after loading it once (``models.load_model``
 keeps one checkpoint per worker). The writer inserts each unit's rows as it arrives, one
@@ -36,7 +36,7 @@ from ngram_dask.db import columns, read_info, read_only, table_names, transactio
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.learning import write_learning
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
-from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage
+from ngram_dask.runtime import DiskFull, Stage, StageReport, Step, gpu_resources, run_stage
 from ngram_dask.schema import (
     LEARNING,
     SCORED_REVISIONS,
@@ -92,11 +92,10 @@ class RevisionPart:
 
 
 @dataclass
-class RevisionsReport:
-    db: str
+class RevisionsReport(StageReport):
+    db: str = ""
     models: list[ModelRevisions] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)  # label -> rows scored now
-    seconds: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)  # label -> rows scored now (seconds: per label too)
     learned: dict[str, tuple[int, int]] = field(default_factory=dict)  # label -> (learned, prompts)
     device: str = ""
 
@@ -204,7 +203,7 @@ def _parts(m: ModelRevisions, prompts: dict[str, Prompts], cfg: Config, placemen
             if rows is None:
                 continue
             out += [RevisionPart(settings, m.label, revision, table, prompts[table].n, rows[a:b])
-                    for a, b in partitions(len(rows), s.rows_per_task)]
+                    for a, b in partitions(len(rows), s.rows_per_unit)]
     return out
 
 
@@ -303,15 +302,13 @@ def scored_revisions(info: dict) -> dict[str, dict]:
 
 def _model_step(m: ModelRevisions, prompts: dict[str, Prompts], cfg: Config, vocab: int,
                 report: RevisionsReport, ctx) -> Step:
-    from ngram_dask.lm.score import _placement_of
-
     s = cfg.score
-    parts = _parts(m, prompts, cfg, _placement_of(ctx.client))
+    parts = _parts(m, prompts, cfg, ctx.worker_placement())
     m.units = len(parts)
     report.rows[m.label] = 0
     revisions = sorted({r for r, _ in m.todo}, key=m.revisions.index)
     ctx.announce(f"{m.label}: {m.model}, {len(revisions)} revision(s) to score "
-                 f"({revisions[0]} .. {revisions[-1]}), {len(parts)} unit(s) of up to {s.rows_per_task:,} prompts"
+                 f"({revisions[0]} .. {revisions[-1]}), {len(parts)} unit(s) of up to {s.rows_per_unit:,} prompts"
                  + (f"; {m.skipped_revisions} revision(s) scored earlier" if m.skipped_revisions else ""))
     if s.force:
         with transaction(ctx.db()):
@@ -324,7 +321,6 @@ def _model_step(m: ModelRevisions, prompts: dict[str, Prompts], cfg: Config, voc
         faults.crash_point(faults.CRASH_IN_SCORE, f"{m.label}:{res['revision']}")
 
     def finish(_, ctx) -> None:
-        report.seconds[m.label] = ctx.seconds[m.label]
         _conclude(ctx.db(), m, prompts, cfg, vocab, report, ctx.announce)
 
     disk = DiskFull("a worker's model cache", advice="free space (or set HF_HOME to a larger disk)")
@@ -375,12 +371,14 @@ def learning_columns_on_tops(con, label: str, prompts: dict[str, Prompts]) -> No
 
 def run_revisions(cfg: Config, announce: Announce = print) -> RevisionsReport:
     """Score every model of ``score.models`` at every revision of ``score.revisions``."""
-    cfg.check("score")
+    return run_stage(cfg, "score", lambda info: declare_revisions(cfg, info, announce), announce,
+                     needs_db="run `ngram-dask build --tokenizer ...` first")
+
+
+def declare_revisions(cfg: Config, info: dict, announce: Announce) -> Stage:
+    """One step per model with prompts left to score, revision after revision."""
     s = cfg.score
     db = cfg.db
-    from ngram_dask.lm.score import existing_catalog
-
-    info = existing_catalog(db)
     vocab = _vocab(info, db)
     expand_revisions(s.revisions)  # a malformed list is refused before the writer lock is taken
     report = RevisionsReport(db=db)
@@ -405,14 +403,10 @@ def run_revisions(cfg: Config, announce: Announce = print) -> RevisionsReport:
         if todo:
             announce(f"score {db}: {len(todo)} model(s) x up to {len(models[0].revisions)} revision(s) x "
                      + ", ".join(f"{t} {len(p.ids):,} prompts" for t, p in prompts.items()))
-            if not gpu_resources(ctx.client):
-                announce("  no worker advertises a GPU resource: units run anywhere")
         for m in todo:
             yield _model_step(m, prompts, cfg, vocab, report, ctx)
 
-    run_stage(Stage(name="score", cluster=cfg.cluster, storage=cfg.storage, steps=steps, db=db,
-                    uses_gpu=True, device=s.device, cpu_workers=1), announce)
-    return report
+    return Stage(steps, report, db=db, uses_gpu=True, device=s.device, cpu_workers=1)
 
 
 def summary_lines(report: RevisionsReport) -> list[str]:

@@ -86,7 +86,7 @@ def exposure(db, data, *extra: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = main(["exposure", "--db", str(db), "--input", str(data), "--revisions", REVISIONS,
-                   "--seq-len", str(SEQ), "--samples-per-step", str(SPP), "--explode-task-tokens", str(7 * SEQ),
+                   "--seq-len", str(SEQ), "--samples-per-step", str(SPP), "--explode-unit-tokens", str(7 * SEQ),
                    *extra])
     return rc, out.getvalue()
 
@@ -163,14 +163,14 @@ def test_killed_pass_resumes_with_the_missing_pieces(catalog, tmp_path):
     db = tmp_path / "ngrams.duckdb"
     shutil.copy(src, db)
     args = ["exposure", "--db", str(db), "--input", str(data), "--revisions", REVISIONS, "--seq-len", str(SEQ),
-            "--samples-per-step", str(SPP), "--explode-task-tokens", str(7 * SEQ), "--work-dir", str(tmp_path / "w"),
+            "--samples-per-step", str(SPP), "--explode-unit-tokens", str(7 * SEQ), "--work-dir", str(tmp_path / "w"),
             "--n-workers", "1", "--threads-per-worker", "1"]
     res = run_cli(*args, env={"NGRAM_DASK_CRASH_IN_CONTEXTS": "exposure"})
     assert res.returncode == 86, res.stdout + res.stderr
     assert "exposure" not in [r[0] for r in db_rows(db, "SELECT table_name FROM information_schema.tables")]
     res = run_cli(*args)
     assert res.returncode == 0, res.stdout + res.stderr
-    done = int(res.stdout.split("pieces 18 (")[1].split(" already done")[0])
+    done = int(res.stdout.split("piece groups 18 (")[1].split(" already done")[0])
     assert done >= 1
     assert table(db) == brute(db, seqs)
 

@@ -235,7 +235,7 @@ def scored(catalog, ckpts, procs, tmp_path_factory):
         before = next(iter(c.run(revision_loads).values()))
     rc, out = score("--db", str(db), "--models", str(ckpts), "--revisions", "step2,step0,step8",
                     "--final-revision", "step8", "--learned-threshold", THRESHOLD, "--device", "cpu",
-                    "--rows-per-task", "40", "--batch-size", "16", "--scheduler", procs.address)
+                    "--rows-per-unit", "40", "--batch-size", "16", "--scheduler", procs.address)
     assert rc == 0, out
     with Client(procs.address) as c:
         after = next(iter(c.run(revision_loads).values()))
@@ -288,7 +288,7 @@ def test_kill_and_rerun_then_an_added_revision_scores_only_itself(catalog, ckpts
     db = tmp_path / "ngrams.duckdb"
     shutil.copy(catalog, db)
     model = label(ckpts)
-    common = ["--models", str(ckpts), "--device", "cpu", "--rows-per-task", "40", "--batch-size", "16",
+    common = ["--models", str(ckpts), "--device", "cpu", "--rows-per-unit", "40", "--batch-size", "16",
               "--learned-threshold", THRESHOLD, "--scheduler", procs.address]
     # killed after the first unit of step2 was written: step0 complete, step2 one unit
     res = run_cli("score", "--db", str(db), "--revisions", "step0,step2", *common,
