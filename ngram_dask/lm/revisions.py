@@ -324,7 +324,7 @@ def _model_step(m: ModelRevisions, prompts: dict[str, Prompts], cfg: Config, voc
         _conclude(ctx.db(), m, prompts, cfg, vocab, report, ctx.announce)
 
     disk = DiskFull("a worker's model cache", advice="free space (or set HF_HOME to a larger disk)")
-    return Step(m.label, parts, score_part, args=lambda part: (part,), unit="units", gpu=True, release=True,
+    return Step(m.label, parts, score_part, args=lambda part: (part,), counts="units", gpu=True, release=True,
                 submit=submit_in_order, disk=disk, on_result=on_result, finish=finish)
 
 
