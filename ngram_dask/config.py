@@ -211,6 +211,21 @@ class ContextsConfig:
 
 
 @dataclass
+class ExposureConfig:
+    """`exposure`: per top prompt, its occurrences in the sequences trained before each checkpoint."""
+
+    revisions: list[str] = setting(["pythia"], "the checkpoints to count up to: step<N> names, pythia (all "
+                                               "154), pythia-log or a range step1000:143000:4000")
+    seq_len: int = setting(2049, "tokens per training sequence (Pythia: 2,049); an MDS sample is one sequence")
+    samples_per_step: int = setting(1024, "sequences per optimizer step: sequence i is trained at step "
+                                          "i // samples_per_step")
+
+    def __post_init__(self) -> None:
+        _at_least("exposure.seq_len", self.seq_len, 2)
+        _at_least("exposure.samples_per_step", self.samples_per_step, 1)
+
+
+@dataclass
 class ConvertConfig:
     """Raw text -> tokenized MDS (`ngram-dask convert`); the tokenizer is the top-level key."""
 
@@ -263,8 +278,16 @@ class ScoreConfig:
     cpu_threads: Optional[int] = setting(None, "torch threads per worker on CPU "
                                                "(default: (cores - 1) / workers on the host)")
     force: bool = setting(False, "rescore models already scored")
+    revisions: list[str] = setting([], "training checkpoints to score into the scores table: step<N> names, "
+                                       "pythia (all 154), pythia-log (step0, 1..512, every 10,000 and "
+                                       "step143000) or a range step1000:143000:4000")
+    final_revision: str = setting("step143000", "the revision whose scores also fill p_<model> "
+                                                "(Pythia's final checkpoint)")
+    learned_threshold: float = setting(0.5, "p from which a task counts as learned (the learning table)")
 
     def __post_init__(self) -> None:
+        if not 0 < self.learned_threshold <= 1:
+            raise ConfigError(f"score.learned_threshold must be in (0, 1], got {self.learned_threshold}")
         self.tables = list(dict.fromkeys(t.strip() for t in self.tables if t.strip()))
         if not self.tables:
             raise ConfigError("score.tables is empty: name top_bigrams and/or top_trigrams")
@@ -391,6 +414,7 @@ REQUIRED = {
     "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
     "score": {"db": "--db"},
     "contexts": {"db": "--db"},
+    "exposure": {"db": "--db", "input": "--input"},
     "verify": {"db": "--db"},
     "export": {"export.out": "--out"},
     "report": {"report.out": "--out"},
@@ -412,6 +436,7 @@ class Config:
     build: BuildConfig = field(default_factory=BuildConfig)
     top: TopConfig = field(default_factory=TopConfig)
     contexts: ContextsConfig = field(default_factory=ContextsConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)

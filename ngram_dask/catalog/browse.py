@@ -95,6 +95,11 @@ class TaskBrowser:
         numeric = set(self.numeric_columns(table))
         clauses, params = [], []
         for key, value in (filters or {}).items():
+            if key == "no_special":  # hide tasks whose prompt or next token is a special token
+                ids = [c for c, _ in self.columns(table) if re.fullmatch(r"id\d+", c)] if value else []
+                special = ", ".join(str(int(i)) for i in self.special_ids())
+                clauses += [f'"{c}" NOT IN ({special})' for c in ids] if special else []
+                continue
             if key == "contains":
                 if value is None or value == "":
                     continue

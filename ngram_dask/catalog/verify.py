@@ -103,6 +103,9 @@ def checks(con) -> Iterator[Callable[[], Check]]:
 
             yield nested
     yield from context_checks(con)
+    from ngram_dask.catalog.verify_revisions import revision_checks
+
+    yield from revision_checks(con, Check)
 
 
 def context_checks(con) -> Iterator[Callable[[], Check]]:

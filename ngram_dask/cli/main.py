@@ -11,7 +11,8 @@ from ngram_dask.cli.common import Parser
 from ngram_dask.errors import UserError
 
 # In the order `ngram-dask --help` lists them: the pipeline's order.
-COMMANDS = ("demo", "convert", "build", "contexts", "verify", "query", "serve", "score", "scan", "report", "export")
+COMMANDS = ("demo", "convert", "build", "contexts", "exposure", "verify", "query", "serve", "score", "scan", "report",
+            "export")
 
 
 def build_parser() -> Parser:

@@ -288,7 +288,12 @@ def _means(con, report: ScoreReport) -> None:
 
 
 def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
-    """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``."""
+    """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``
+    (at each training checkpoint of ``score.revisions`` when given: ``lm.revisions``)."""
+    if cfg.score.revisions:
+        from ngram_dask.lm.revisions import run_revisions
+
+        return run_revisions(cfg, announce)
     return run_stage(cfg, "score", lambda info: declare_score(cfg, announce), announce,
                      needs_db="run `ngram-dask build --tokenizer ...` first")
 
@@ -323,6 +328,10 @@ def declare_score(cfg: Config, announce: Announce) -> Stage:
 
 def summary_lines(report: ScoreReport) -> list[str]:
     """The table printed at the end: mean probability (and share of rows with p > 0.5) per model."""
+    if not isinstance(report, ScoreReport):
+        from ngram_dask.lm import revisions
+
+        return revisions.summary_lines(report)
     if not report.plans:
         return []
     head = ["model", "column"] + [f"{t} mean p (p>0.5)" for t in report.tables] + ["rows/s"]
