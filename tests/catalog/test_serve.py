@@ -302,6 +302,9 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             expect(page.locator("#followers tbody tr").first.locator(".tok")).to_have_text("·common")
             expect(page.locator("#followers tbody tr").first.locator(".share")).to_have_text("91.7%")
             expect(page.locator("#models svg circle")).to_have_count(len(MODELS))
+            # where the eye is: beside the table, in the window, not below the rows
+            task, grid = page.locator("#task-section").bounding_box(), page.locator("#grid").bounding_box()
+            assert task["x"] >= grid["x"] + grid["width"] and 0 <= task["y"] < 1000, (task, grid)
             # its examples from the corpus: the prompt and its next token highlighted
             examples = page.locator("#examples li.example")
             expect(examples).to_have_count(5)

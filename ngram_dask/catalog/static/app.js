@@ -227,14 +227,22 @@ function renderGrid(res) {
 
 let taskSeq = 0;
 
+// The task view opens beside the table where the window is wide enough (style.css), in
+// view whatever row was clicked; below the table on a narrow window, scrolled to.
+function showTaskSection() {
+  $("#task-section").hidden = false;
+  $("#workspace").classList.add("with-task");
+  const top = $("#task-section").getBoundingClientRect().top;
+  if (top > window.innerHeight * 0.6 || top < 0) $("#task-section").scrollIntoView({ block: "start" });
+}
+
 async function openTask(table, row) {
   const t = tableInfo(table);
   const box = $("#task");
-  $("#task-section").hidden = false;
   if (t.kind !== "top") {
     box.replaceChildren(el("dl", { class: "kv" }, Object.entries(row).flatMap(([k, v]) =>
       [el("dt", {}, k), el("dd", {}, fmtNum(v, (t.columns.find((c) => c.name === k) || {}).type))])));
-    $("#task-section").scrollIntoView();
+    showTaskSection();
     return;
   }
   const seq = ++taskSeq;
@@ -270,7 +278,7 @@ async function openTask(table, row) {
     el("div", { class: "muted" }, "loading…"));
   const curves = el("div", { id: "curves" });
   box.replaceChildren(el("div", { class: "task-grid" }, parts), curves, examples);
-  $("#task-section").scrollIntoView();
+  showTaskSection();
   loadCurve(res.context, curves, () => seq === taskSeq);
   loadExamples(res.context, examples, seq);
 }
@@ -359,7 +367,12 @@ async function main() {
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadPage(); });
   $("#next").addEventListener("click", () => { state.offset += state.limit; loadPage(); });
   $("#pagesize").addEventListener("change", () => { state.limit = Number($("#pagesize").value); state.offset = 0; loadPage(); });
-  $("#close-task").addEventListener("click", () => { $("#task-section").hidden = true; state.task = null; saveView(); });
+  $("#close-task").addEventListener("click", () => {
+    $("#task-section").hidden = true;
+    $("#workspace").classList.remove("with-task");
+    state.task = null;
+    saveView();
+  });
   state.limit = Number($("#pagesize").value);
   const task = restoreView(info.tables[0].name);
   await loadPage();
