@@ -187,3 +187,30 @@ def test_the_name_check_catches_a_parse_outside_schema(line):
     path = PACKAGE / "catalog" / "api.py"
     found = name_violations({path: path.read_text() + f"\n{line}\n"})
     assert any(line in v for v in found), found
+
+
+# --- calls that have one home ------------------------------------------------------------
+
+def method_calls(method: str, allowed: set[Path], edited: dict[Path, str] | None = None) -> list[str]:
+    """``<anything>.<method>(...)`` calls outside the ``allowed`` files."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path in allowed:
+            continue
+        text = (edited or {}).get(path) or path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_only_the_driver_asks_the_scheduler_for_its_workers():
+    """``runtime.workers`` lists every worker on every distributed release pyproject allows
+    (some list five unless asked for all, older ones take no ``n_workers``)."""
+    driver = PACKAGE / "runtime" / "driver.py"
+    assert method_calls("scheduler_info", {driver}) == []
+    path = PACKAGE / "lm" / "score.py"
+    edited = path.read_text() + "\n\ndef hosts(client):\n    return client.scheduler_info()['workers']\n"
+    assert method_calls("scheduler_info", {driver}, {path: edited}) == [
+        f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]
+

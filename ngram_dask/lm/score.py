@@ -34,7 +34,7 @@ from ngram_dask.config import Config, ScoreConfig
 from ngram_dask.db import check_existing, columns, read_info, read_only, table_names, transaction, write_info
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
-from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage
+from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage, workers
 from ngram_dask.schema import INFO, scored_models, scored_models_info
 from ngram_dask.storage import sql_identifier
 
@@ -177,9 +177,8 @@ def partitions(rows: int, size: int) -> list[tuple[int, int]]:
 
 
 def _placement_of(client) -> tuple[tuple[str, int, int], ...]:
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
     by_host: dict[str, list[str]] = {}
-    for address, w in workers.items():
+    for address, w in workers(client).items():
         by_host.setdefault(w.get("host") or address.rsplit(":", 1)[0], []).append(address)
     out = []
     for addresses in by_host.values():

@@ -12,9 +12,9 @@
   one fails.
 """
 
-from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources, map_tasks
+from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources, map_tasks, workers
 from ngram_dask.runtime.stage import Manifest, Stage, StageContext, Step, run_stage
 from ngram_dask.runtime.tasks import completed, resumable, thread_buffer
 
 __all__ = ["DiskFull", "Manifest", "Progress", "Stage", "StageContext", "Step", "as_finished", "completed",
-           "gpu_resources", "map_tasks", "resumable", "run_stage", "thread_buffer"]
+           "gpu_resources", "map_tasks", "resumable", "run_stage", "thread_buffer", "workers"]

@@ -106,14 +106,21 @@ def map_tasks(client, fn: Callable, items: Iterable, disk: DiskFull, resources: 
         yield res
 
 
+def workers(client) -> dict[str, dict]:
+    """Every worker the scheduler knows: ``{address: info}``. The one call of
+    ``scheduler_info``: from 2025.1 until its default changed, distributed lists only
+    the first five workers unless asked for all, and before 2025.1 it takes no
+    ``n_workers`` (pyproject allows both)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # distributed before 2025.1 lists them all anyway
+        info = client.scheduler_info()
+    return dict(info.get("workers", {}))
+
+
 def gpu_resources(client) -> dict | None:
     """``{"GPU": 1}`` when some worker advertises a GPU resource (``dask worker --resources
     GPU=1``): tasks then run only there, one per GPU at a time. None: run anywhere."""
-    try:
-        info = client.scheduler_info(n_workers=-1)  # every worker, not the first few
-    except TypeError:  # distributed before 2025.1 lists them all anyway
-        info = client.scheduler_info()
-    workers = info.get("workers", {})
-    if any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers.values()):
+    if any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers(client).values()):
         return {"GPU": 1}
     return None

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ngram_dask.errors import WorkDirError
-from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources
+from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources, workers
 from ngram_dask.runtime.tasks import completed
 from ngram_dask.storage import read_marker, write_marker
 
@@ -222,7 +222,7 @@ def _start_cluster(stage: Stage, stack: contextlib.ExitStack, options: dict, ann
         check_worker_access(client, *stage.access)
     if stage.manifest:
         stage.manifest.claim()
-    at_start = set(client.scheduler_info()["workers"])
+    at_start = set(workers(client))
     stack.callback(_warn_lost_workers, client, at_start, stage.name, announce)
     stack.enter_context(performance_report(stage.cluster.performance_report))
     return client
@@ -280,7 +280,7 @@ def _results(step: Step, todo: list, ctx: StageContext) -> Iterator[list[Stats]]
 
 def _warn_lost_workers(client, at_start: set, stage: str, announce: Announce) -> None:
     try:
-        lost = at_start - set(client.scheduler_info()["workers"])
+        lost = at_start - set(workers(client))
     except Exception:  # the stage is ending on another error: that one is the news
         return
     if lost:
