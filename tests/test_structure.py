@@ -214,3 +214,28 @@ def test_only_the_driver_asks_the_scheduler_for_its_workers():
     assert method_calls("scheduler_info", {driver}, {path: edited}) == [
         f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]
 
+
+def own_publishing(edited: dict[Path, str] | None = None) -> list[str]:
+    """Files renamed or uploaded into place by a counting stage itself (``os.replace``,
+    ``os.rename``, ``fs.put_file``/``fs.put``) instead of through ``storage.atomic_write_*``.
+    (``convert`` publishes a whole shard folder, and ``catalog`` writes the user's own
+    output files: not counted here.)"""
+    found = []
+    for family in ("ngrams", "lm", "contexts", "inputs", "runtime"):
+        for path in sorted((PACKAGE / family).rglob("*.py")):
+            text = (edited or {}).get(path) or path.read_text()
+            for node in ast.walk(ast.parse(text)):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                f = node.func
+                if f.attr in ("put_file", "put") or (
+                        f.attr in ("replace", "rename") and isinstance(f.value, ast.Name) and f.value.id == "os"):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_stages_publish_their_files_through_storage():
+    assert own_publishing() == []
+    path = PACKAGE / "ngrams" / "aggregate.py"
+    edited = path.read_text() + "\n\ndef publish(a, b):\n    os.replace(a, b)\n"
+    assert own_publishing({path: edited}) == [f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]
