@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ngram_dask.catalog.reader import open_catalog
 from ngram_dask.db import columns as table_columns
 from ngram_dask.errors import UserError
+from ngram_dask.lm.models import model_size
 from ngram_dask.schema import (
     CONTEXT_COUNTS,
     CONTEXTS,
@@ -49,7 +50,6 @@ from ngram_dask.tokenizer import DEFAULT_TOKENIZER
 NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
                  "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "REAL"}
 _NESTED = re.compile(r"\[\]$|^(STRUCT|MAP|UNION)\b|\[\d+\]$")
-_SIZE = re.compile(r"(?<![a-z0-9])(\d+(?:[._]\d+)?)([mb])(?![a-z])")
 
 
 class EmptyPromptError(UserError):
@@ -59,16 +59,6 @@ class EmptyPromptError(UserError):
 def resolve_tokenizer_name(flag: str | None, info: Mapping[str, str], configured: str) -> str:
     """``--tokenizer``, else the one the build recorded, else the configured one."""
     return flag or info.get("tokenizer") or configured
-
-
-def model_size(name: str) -> float | None:
-    """Parameters of a model from its name: ``pythia-1.4b-deduped`` -> 1.4e9, ``p_pythia_70m`` -> 7e7."""
-    # The last size-looking part wins ("pythia-12b" rather than a version number before it).
-    found = list(_SIZE.finditer(os.path.basename(name.rstrip("/")).lower()))
-    if not found:
-        return None
-    m = found[-1]
-    return float(m.group(1).replace("_", ".")) * (1e6 if m.group(2) == "m" else 1e9)
 
 
 def _output(table, output: str):
@@ -382,8 +372,8 @@ class Catalog:
                 continue
             model = str(scored.get(c, {}).get("model") or score_column_model(c))
             size = model_size(model)
-            if size is None:
-                size = model_size(score_column_model(c))
+            if size is None:  # a recorded local path may not say; the column may
+                size = model_size(c)
             out.append({"column": c, "model": model, "size": size})
         return sorted(out, key=lambda m: (m["size"] is None, m["size"] or 0, m["column"]))
 

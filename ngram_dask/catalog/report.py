@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from ngram_dask.catalog.export_common import provenance
 from ngram_dask.catalog.reader import OpenCatalog, open_catalog
 from ngram_dask.errors import UserError
+from ngram_dask.lm.models import model_size
 from ngram_dask.schema import (
     catalog_tables,
     is_score_column,
@@ -82,17 +83,6 @@ def _threshold(info: dict[str, str], n: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def model_size(name: str) -> float:
-    """Parameters a model's name states (``p_pythia_1_4b_deduped``, ``EleutherAI/pythia-1.4b``
-    -> 1.4e9), else inf (sorted last)."""
-    name = score_column_model(name)
-    m = re.search(r"(?:^|[^0-9a-z])(\d+)(?:[._](\d+))?([mb])(?:[^a-z]|$)", name.lower())
-    if not m:
-        return math.inf
-    value = float(m.group(1) + ("." + m.group(2) if m.group(2) else ""))
-    return value * (1e6 if m.group(3) == "m" else 1e9)
-
-
 def model_labels(cat: OpenCatalog, columns: list[str]) -> dict[str, str]:
     """Column -> the model's name as scoring recorded it (``catalog_info`` ``scored_models``)."""
     scored = scored_models(cat.info)
@@ -107,7 +97,10 @@ def model_columns(cat: OpenCatalog, table: str) -> list[str]:
     """The ``p_<model>`` columns of a top table, smallest model first."""
     cols = [c for c, t in cat.columns(table) if is_score_column(c) and t in ("DOUBLE", "FLOAT")]
     labels = model_labels(cat, cols)
-    return sorted(cols, key=lambda c: (min(model_size(labels[c]), model_size(c)), c))
+    def size(name: str) -> float:
+        return model_size(name) or math.inf  # no size stated: last
+
+    return sorted(cols, key=lambda c: (min(size(labels[c]), size(c)), c))
 
 
 # --- data (small aggregates) ---------------------------------------------------------------
