@@ -116,6 +116,22 @@ def transaction(con) -> Iterator:
     con.execute("COMMIT")
 
 
+def one(con, sql: str, params=None) -> tuple | None:
+    """The first row of a query, its result read to the end (None: no row).
+
+    A result left half-read (``.fetchone()`` of a SELECT, which leaves the end unread even
+    for one row) makes DuckDB 2 refuse the connection's next ``register``, ``unregister``,
+    ``sql`` or ``from_arrow`` (``ResourceInUseException``: "connection has an unfinished
+    result"), so a connection that is used again reads whole results only."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
+def scalar(con, sql: str, params=None):
+    """The one value of a one-value query (``SELECT count(*) ...``), its result read to the end."""
+    return one(con, sql, params)[0]
+
+
 def table_names(con) -> set[str]:
     return {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ngram_dask.catalog.export_common import provenance
 from ngram_dask.catalog.reader import OpenCatalog, open_catalog
+from ngram_dask.db import scalar
 from ngram_dask.errors import UserError
 from ngram_dask.lm.models import model_size
 from ngram_dask.schema import (
@@ -140,7 +141,7 @@ def ngram_total(cat: OpenCatalog, n: int) -> int:
     total = cat.info.get(f"ngram_total_{n}")
     if total is not None:
         return int(total)
-    return int(cat.con.execute(f"SELECT coalesce(sum(count), 0) FROM {ngram_table(n)}").fetchone()[0])
+    return int(scalar(cat.con, f"SELECT coalesce(sum(count), 0) FROM {ngram_table(n)}"))
 
 
 def coverage(cat: OpenCatalog, n: int) -> dict:

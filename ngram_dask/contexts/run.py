@@ -29,7 +29,7 @@ from ngram_dask.config import Config
 from ngram_dask.contexts.pieces import Piece, make_pieces
 from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
-from ngram_dask.db import check_existing, read_info, read_only, table_names
+from ngram_dask.db import check_existing, read_info, read_only, scalar, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
 from ngram_dask.inputs import plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
@@ -180,7 +180,7 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
     if p.present:
         report.present = True
         with read_only(p.db) as con:
-            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
+            report.rows = int(scalar(con, f"SELECT count(*) FROM {CONTEXTS}"))
         announce(f"contexts: {p.db} holds them already ({report.rows:,} examples of {prompts_line} prompts, "
                  f"seed {p.identity['seed']}): nothing to do")
         return report

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ngram_dask.db import scalar
 from ngram_dask.errors import WorkDirError
 from ngram_dask.ngrams.counting import KEY_DTYPE, Counts, add_sorted, sum_runs, unpack_keys
 from ngram_dask.ngrams.explode import explode_dir
@@ -232,7 +233,7 @@ def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], out
             if previous:
                 con.execute(f"DROP TABLE {previous}")
             previous = table
-            res = {"rows": con.execute(f"SELECT count(*) FROM {table}").fetchone()[0], "prefix_rows": 0, "files": {}}
+            res = {"rows": scalar(con, f"SELECT count(*) FROM {table}"), "prefix_rows": 0, "files": {}}
             spilled = max(spilled, _spilled_bytes(con))
             ngrams_sql, prefixes_sql = chunk_sql(n, table)
             queries = {"ngrams": ngrams_sql}
@@ -246,9 +247,7 @@ def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], out
                 res["files"][kind] = outs[n][kind]
             if prefixes_sql:
                 head = ", ".join(id_columns(n)[:-1])
-                res["prefix_rows"] = con.execute(
-                    f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM {table})"
-                ).fetchone()[0]
+                res["prefix_rows"] = scalar(con, f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM {table})")
             res["spilled_bytes"] = spilled
             results[n] = res
         con.close()
@@ -259,7 +258,7 @@ def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], out
 
 def _spilled_bytes(con) -> int:
     """Bytes DuckDB holds in its temp directory now (evicted blocks of the temp table)."""
-    return int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchone()[0])
+    return int(scalar(con, "SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()"))
 
 
 def _reason(method: str, path: str, estimate: int, budget: int) -> str:

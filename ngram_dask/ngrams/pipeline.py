@@ -19,7 +19,7 @@ from typing import Callable
 from ngram_dask import __version__
 from ngram_dask.cluster import package_versions
 from ngram_dask.config import Config
-from ngram_dask.db import read_info, table_names
+from ngram_dask.db import read_info, scalar, table_names
 from ngram_dask.errors import BadInputError
 from ngram_dask.inputs import InputPlan, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
@@ -144,7 +144,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
             _run_catalog(writer, cfg, tokenizer, announce, report)
         for n in sorted(b.ngrams):
             for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
-                report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                report.rows[table] = scalar(writer.con, f"SELECT count(*) FROM {table}")
 
     ctx = run_stage(Stage(
         name="build", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
