@@ -160,7 +160,8 @@ def ensure_info(con) -> None:
 def write_info(con, info: Mapping[str, object]) -> None:
     """Set keys of ``catalog_info``; values that are not strings are stored as JSON."""
     rows = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()]
-    con.executemany(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)", rows)
+    if rows:  # DuckDB's executemany refuses an empty list
+        con.executemany(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)", rows)
 
 
 def check_owner(path: str, info: Mapping[str, str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,14 @@ from ngram_dask import __version__
 from ngram_dask.cluster import package_versions
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, scalar, table_names
-from ngram_dask.errors import BadInputError
+from ngram_dask.errors import BadInputError, DatabaseError
 from ngram_dask.inputs import InputPlan, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
 from ngram_dask.ngrams.load import WRITER_SETTINGS, CatalogWriter
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
-from ngram_dask.schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
+from ngram_dask.schema import LEDGER, SCHEMA_VERSION, TOOL, ngram_table, prefix_table
 from ngram_dask.storage import is_local, join, local_path, redact_url, use_storage
 
 Announce = Callable[[str], None]
@@ -123,7 +124,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         report.skipped["explode"] = sum(len(s["shards"]) for s in ctx.results["explode"] if s.get("skipped"))
         if "explode" in b.steps:
             report.seconds["explode"] = ctx.seconds["explode"]
-        if not {"aggregate", "load"} & set(b.steps):
+        if not {"aggregate", "load", "catalog"} & set(b.steps):
             return
         if report.tokens == 0:
             raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: its samples hold no tokens")
@@ -135,7 +136,10 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
                     **{f"ngram_total_{n}": str(v) for n, v in report.ngrams.items()},
                     "token_dtype": xs.token_dtype, "started_at": started}
             writer = CatalogWriter(ctx.db(), b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
-        yield _aggregate_step(cfg, ags, writer, announce, report)
+        if {"aggregate", "load"} & set(b.steps):
+            yield _aggregate_step(cfg, ags, writer, announce, report)
+        if writer is None and tokenizer is not None:
+            writer = _loaded_counts(ctx, cfg)  # the catalog step without the load: an earlier run's counts
         if writer is None:
             return
         if report.loaded_chunks:
@@ -251,6 +255,20 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
                 not_run=lambda u: f"chunk {u[1]} of n={u[0]} has not been aggregated yet: "
                                   "run the aggregate step first",
                 on_result=on_result, finish=finish)
+
+
+def _loaded_counts(ctx: StageContext, cfg: Config) -> CatalogWriter:
+    """The writer over counts an earlier run loaded: every chunk of every n, else one line
+    (and a database that does not exist is not created)."""
+    missing_db = not os.path.exists(cfg.db)
+    loaded = set() if missing_db or LEDGER not in table_names(ctx.db()) else \
+        {(int(n), int(c)) for n, c in ctx.db().execute(f"SELECT n, chunk FROM {LEDGER}").fetchall()}
+    missing = sorted((n, c) for n in cfg.build.ngrams for c in range(cfg.build.chunks) if (n, c) not in loaded)
+    if missing:
+        n, c = missing[0]
+        raise DatabaseError(f"database {cfg.db} has not loaded chunk {c} of n={n} ({len(missing)} chunk(s) "
+                            "missing): run the load step first (--steps load,catalog)")
+    return CatalogWriter(ctx.db(), cfg.build.ngrams, cfg.vocab_size, cfg.build.chunks, {}, cfg.work_dir)
 
 
 def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announce,
