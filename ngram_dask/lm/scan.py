@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
 import re
@@ -226,13 +227,16 @@ def scan_identity(cfg: Config, model: str, plan: InputPlan) -> dict:
         "samples": plan.samples,
         "sample_len": b.seq_len if plan.format != "mds" else None,
         "token_column": b.token_column,
-        # batches run across pieces; a work dir of shard-bound batches (older ngram-dask) has no pieces
-        "pieces": [piece.identity() for piece in plan.pieces],
+        # batches run across pieces; a work dir of shard-bound batches (older ngram-dask) has no
+        # pieces. A digest: a whole corpus in pieces of about one batch is millions of them.
+        "pieces": f"{len(plan.pieces)} piece(s), sha256 "
+                  + hashlib.sha256(json.dumps([p.identity() for p in plan.pieces]).encode()).hexdigest()[:16],
     }
 
 
 def plan_scan_input(cfg: Config) -> InputPlan:
-    """The input's pieces, cut into samples as ``build`` cuts them; pieces of about one batch."""
+    """The input's pieces, cut into samples as ``build`` cuts them. Pieces hold about one
+    batch (not a build task's tokens), so a batch reads little more than its own samples."""
     b, s = cfg.build, cfg.scan
     plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
                       samples=b.samples, token_column=b.token_column,
