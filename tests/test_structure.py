@@ -241,13 +241,8 @@ def test_stages_publish_their_files_through_storage():
     assert own_publishing({path: edited}) == [f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]
 
 
-# contexts/write.py: its prune's count is being fixed in its own change (issue 30); drop it from
-# here once that change is in.
-HALF_READ_PENDING = {PACKAGE / "contexts" / "write.py"}
-
-
 def test_no_result_is_left_half_read():
     """``fetchone``/``fetchmany`` leave a DuckDB result unfinished, which makes DuckDB 2 refuse
     the connection's next register or sql: ``db.one``/``db.scalar`` read to the end instead."""
-    allowed = {PACKAGE / "db.py"} | HALF_READ_PENDING
+    allowed = {PACKAGE / "db.py"}
     assert method_calls("fetchone", allowed) == [] and method_calls("fetchmany", allowed) == []
