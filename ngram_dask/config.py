@@ -429,7 +429,7 @@ class Config:
                                           ".npy token files, or Parquet with a list column of ids")
     work_dir: Optional[str] = setting(None, "intermediate Parquet; every worker must reach it")
     db: Optional[str] = setting(None, "the catalog database (a local DuckDB file)")
-    tokenizer: str = setting(DEFAULT_TOKENIZER, "hub id or local folder of the tokenizer")
+    tokenizer: str = setting(DEFAULT_TOKENIZER, "hub id, local folder or tokenizer.json file of the tokenizer")
     vocab_size: int = setting(50432, "ids are below this (Pythia pads GPT-NeoX's 50277 tokens to 50432)")
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)

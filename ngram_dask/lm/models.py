@@ -13,7 +13,7 @@ from collections import Counter
 
 from ngram_dask.config import DEVICE
 from ngram_dask.errors import UserError
-from ngram_dask.schema import score_column
+from ngram_dask.schema import score_column, score_column_model
 
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 
@@ -27,6 +27,27 @@ def expand_model_name(name: str) -> str:
     if name.lower() in PYTHIA_SIZES:
         return f"EleutherAI/pythia-{name.lower()}-deduped"
     return name
+
+
+# A size in a model's name: digits, an optional fraction ("1.4", or "1_4" in a score
+# column), then m or b, standing alone between non-alphanumerics ("pythia-1.4b-deduped").
+_SIZE = re.compile(r"(?<![a-z0-9])(\d+(?:[._]\d+)?)([mb])(?![a-z])")
+
+
+def model_size(name: str) -> float | None:
+    """Parameters a model's name states, None when it states none: ``1.4b``,
+    ``EleutherAI/pythia-1.4b-deduped`` and its score column ``p_pythia_1_4b_deduped`` ->
+    1.4e9; ``/models/opt-350m`` -> 3.5e8; ``gpt2`` -> None.
+
+    Only the name itself counts (the last part of a path or hub id, without the score
+    column's ``p_``), case aside; of several sizes in it the last wins (a version or step
+    count comes before the size in names like ``v2-pythia-12b``)."""
+    base = os.path.basename(score_column_model(name.strip()).rstrip("/")).lower()
+    found = list(_SIZE.finditer(base))
+    if not found:
+        return None
+    m = found[-1]
+    return float(m.group(1).replace("_", ".")) * (1e6 if m.group(2) == "m" else 1e9)
 
 
 def column_name(name: str) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ngram_dask import faults
 from ngram_dask.config import Config, ScoreConfig
-from ngram_dask.db import columns, read_info, read_only, table_names, transaction, write_info
+from ngram_dask.db import columns, one, read_info, read_only, scalar, table_names, transaction, write_info
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
 from ngram_dask.runtime import DiskFull, Stage, StageReport, Step, run_stage
@@ -256,7 +256,7 @@ def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[st
             con.register(_SCORES_VIEW, arrow)
             try:
                 on = " AND ".join(f"{tq}.{c} = s.{c}" for c in keys)
-                updated = con.execute(f"UPDATE {tq} SET {col} = s.p FROM {_SCORES_VIEW} s WHERE {on}").fetchone()[0]
+                updated = scalar(con, f"UPDATE {tq} SET {col} = s.p FROM {_SCORES_VIEW} s WHERE {on}")
             finally:
                 con.unregister(_SCORES_VIEW)
             if int(updated) != t.rows:
@@ -281,8 +281,8 @@ def _means(con, report: ScoreReport) -> None:
             if plan.column not in _columns(con, table):
                 continue
             col = sql_identifier(plan.column)
-            n, mean, share = con.execute(
-                f"SELECT count({col}), avg({col}), avg(({col} > 0.5)::DOUBLE) FROM {sql_identifier(table)}").fetchone()
+            n, mean, share = one(
+                con, f"SELECT count({col}), avg({col}), avg(({col} > 0.5)::DOUBLE) FROM {sql_identifier(table)}")
             per[table] = (int(n), mean, share)
         report.means[plan.column] = per
 

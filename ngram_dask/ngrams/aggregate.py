@@ -35,12 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ngram_dask.db import scalar
 from ngram_dask.errors import WorkDirError
 from ngram_dask.ngrams.counting import KEY_DTYPE, Counts, add_sorted, sum_runs, unpack_keys
 from ngram_dask.ngrams.explode import explode_dir
 from ngram_dask.runtime import resumable
 from ngram_dask.schema import id_columns
-from ngram_dask.storage import get_fs, glob, is_local, join, local_path, sql_string
+from ngram_dask.storage import atomic_write_path, get_fs, glob, is_local, join, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -232,24 +233,21 @@ def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], out
             if previous:
                 con.execute(f"DROP TABLE {previous}")
             previous = table
-            res = {"rows": con.execute(f"SELECT count(*) FROM {table}").fetchone()[0], "prefix_rows": 0, "files": {}}
+            res = {"rows": scalar(con, f"SELECT count(*) FROM {table}"), "prefix_rows": 0, "files": {}}
             spilled = max(spilled, _spilled_bytes(con))
             ngrams_sql, prefixes_sql = chunk_sql(n, table)
             queries = {"ngrams": ngrams_sql}
             if prefixes_sql:
                 queries["prefixes"] = prefixes_sql
             for kind, sql in queries.items():
-                staged = _staging_path(outs[n][kind], tmp_root)
-                con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd, "
-                            "COMPRESSION_LEVEL 1)")
+                with atomic_write_path(outs[n][kind], tmp_root) as staged:
+                    con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd, "
+                                "COMPRESSION_LEVEL 1)")
                 spilled = max(spilled, _spilled_bytes(con))
-                _publish(staged, outs[n][kind])
                 res["files"][kind] = outs[n][kind]
             if prefixes_sql:
                 head = ", ".join(id_columns(n)[:-1])
-                res["prefix_rows"] = con.execute(
-                    f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM {table})"
-                ).fetchone()[0]
+                res["prefix_rows"] = scalar(con, f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM {table})")
             res["spilled_bytes"] = spilled
             results[n] = res
         con.close()
@@ -260,7 +258,7 @@ def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], out
 
 def _spilled_bytes(con) -> int:
     """Bytes DuckDB holds in its temp directory now (evicted blocks of the temp table)."""
-    return int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchone()[0])
+    return int(scalar(con, "SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()"))
 
 
 def _reason(method: str, path: str, estimate: int, budget: int) -> str:
@@ -400,24 +398,6 @@ def _write_final(n: int, keys, sums, bits: int, out_dtype, outs: dict[str, str])
         res["prefix_rows"] = len(heads)
         res["files"]["prefixes"] = outs["prefixes"]
     return res
-
-
-def _staging_path(url: str, tmp_root: str) -> str:
-    """Where DuckDB writes first: beside the final file when local (so the publish is a
-    rename), else in the worker's scratch dir (then uploaded in one PUT)."""
-    if is_local(url):
-        dst = local_path(url)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.tmp-{os.getpid()}")
-    return os.path.join(tmp_root, os.path.basename(url))
-
-
-def _publish(staged: str, url: str) -> None:
-    if is_local(url):
-        os.replace(staged, local_path(url))
-    else:
-        fs, path = get_fs(url)
-        fs.put_file(staged, path)
 
 
 # ----------------------------------------------------------------------------- as a Dask DataFrame
