@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import importlib
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, STORAGE_FLAGS, add_switches, announcer, command, config_from
+from ngram_dask.cli.common import (
+    CLUSTER_FLAGS,
+    CLUSTER_SWITCHES,
+    STORAGE_FLAGS,
+    add_switches,
+    announcer,
+    command,
+    config_from,
+)
 
 BUILD_FLAGS = {
     "--input": "input",
@@ -59,5 +67,6 @@ def run_build_and_contexts(cfg, announce) -> None:
 
 def register(sub) -> None:
     p = command(sub, __doc__, [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
+    add_switches(p, CLUSTER_SWITCHES)
     add_switches(p, {"--drop-eos": ("build.drop_eos", True)})
     p.set_defaults(_run=run)

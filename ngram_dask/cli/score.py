@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, add_flags, add_switches, command, flag_help, stage
+from ngram_dask.cli.common import CLUSTER_FLAGS, CLUSTER_SWITCHES, add_flags, add_switches, command, flag_help, stage
 
 SCORE_FLAGS = {
     "--db": "db",
@@ -38,4 +38,5 @@ def register(sub) -> None:
                    help=flag_help("score.tables"))
     add_switches(p, {"--force": ("score.force", True)})
     add_flags(p, CLUSTER_FLAGS)
+    add_switches(p, CLUSTER_SWITCHES)
     p.set_defaults(_run=stage("ngram_dask.lm.score", "run_score"))
