@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import warnings
 from typing import TYPE_CHECKING, Iterator
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
+# A busy default dashboard port is not an error: Dask picks another, and the link says which.
+_PORT_IN_USE = ".*Port .* is already in use.*"
 
 
 def _security(cfg: ClusterConfig):
@@ -244,11 +247,17 @@ def _slurm(cfg: ClusterConfig, security, announce) -> Iterator[Client]:
 
     from ngram_dask import cluster_slurm as slurm
 
-    cluster = slurm.start(cfg.slurm, worker_environ(), cfg.dashboard_address, security, _silence())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PORT_IN_USE)
+        cluster = slurm.start(cfg.slurm, worker_environ(), cfg.dashboard_address, security, _silence())
     try:
         with Client(cluster, security=security) as client:
-            announce(f"SLURM: {slurm.describe(cfg.slurm)}; dashboard: {client.dashboard_link}")
-            _announce_tunnel(client.dashboard_link, announce)
+            link = client.dashboard_link
+            if _dashboard_host(cfg.dashboard_address) in ("127.0.0.1", "localhost"):
+                # Dask's link names the scheduler's address; the dashboard listens on loopback
+                link = re.sub(r"//[^/]+:(\d+)", r"//127.0.0.1:\1", link, count=1)
+            announce(f"SLURM: {slurm.describe(cfg.slurm)}; dashboard: {link}")
+            _announce_tunnel(link, announce)
             wait_for_workers(client, cfg.wait_workers or slurm.expected_workers(cfg.slurm), cfg.wait_timeout,
                              announce, lambda: "SLURM jobs: " + slurm.queue_state(slurm.job_ids(cluster)),
                              advice="; wait longer (--wait-timeout), start with fewer (--wait-workers) or ask "
@@ -282,8 +291,7 @@ def _local(cfg: ClusterConfig, security, announce) -> Iterator[Client]:
 
     n_workers = cfg.n_workers or _default_workers(cfg.threads_per_worker)
     with warnings.catch_warnings(), dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
-        # A busy default dashboard port is not an error: Dask picks another and says which.
-        warnings.filterwarnings("ignore", message=".*Port .* is already in use.*")
+        warnings.filterwarnings("ignore", message=_PORT_IN_USE)
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=cfg.threads_per_worker,

@@ -144,9 +144,9 @@ class ClusterConfig:
                                              "none starts a LocalCluster here")
     scheduler_file: Optional[str] = setting(None, "a running scheduler's file (dask scheduler "
                                                   "--scheduler-file): the batch pattern of docs/clusters.md")
-    wait_workers: Optional[int] = setting(None, "slurm or scheduler file: workers to wait for before the first "
-                                                "task (default: slurm, all of the jobs' workers; a scheduler "
-                                                "file, 1)")
+    wait_workers: Optional[int] = setting(None, "workers to wait for before the first task (default: slurm, all "
+                                                "of the jobs' workers; a scheduler file, 1; an address, none: "
+                                                "it must have workers already)")
     wait_timeout: float = setting(600, "seconds to wait for the scheduler file and those workers before "
                                        "stopping with what SLURM says of the pending jobs")
     n_workers: Optional[int] = setting(None, "LocalCluster workers (default: cores / threads per worker)")
