@@ -60,6 +60,11 @@ def _slurm_args(tmp: Path, name: str, *extra: str) -> list[str]:
             "--slurm-log-directory", str(tmp / "jobs"), "--wait-timeout", "120", *extra]
 
 
+WITH_CONTEXTS = ("--steps", "explode,aggregate,load,catalog,contexts")
+BUILD_TABLES = {"bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes", "tokens", "top_bigrams",
+                "top_trigrams"}
+
+
 def _tables(db: Path) -> dict:
     # catalog_info and load_ledger record when and where the build ran, not what it found
     names = [t for (t,) in db_rows(db, "SELECT table_name FROM information_schema.tables")
@@ -67,18 +72,25 @@ def _tables(db: Path) -> dict:
     return table_dump(db, sorted(names))
 
 
+def _same_as_local(db: Path, local_build: dict) -> None:
+    """Every table of ``db`` equals the LocalCluster build's, and the catalog's are all there."""
+    got = _tables(db)
+    assert BUILD_TABLES <= set(got)
+    assert got == {name: local_build[name] for name in got}
+
+
 @pytest.fixture(scope="module")
 def local_build(corpus, tmp_path_factory, local_cluster, neox_tokenizer_path):
     """The same build on the session's LocalCluster, checked against the brute-force oracle."""
     mds, samples = corpus
     tmp = tmp_path_factory.mktemp("slurm-local-build")
-    r = run_cli(*_args(mds, tmp, neox_tokenizer_path, "--scheduler", local_cluster))
+    r = run_cli(*_args(mds, tmp, neox_tokenizer_path, "--scheduler", local_cluster, *WITH_CONTEXTS))
     assert r.returncode == 0, r.stderr
     tables = _tables(tmp / "c.duckdb")
     for n, table in ((2, "bigrams"), (3, "trigrams")):
         got = Counter({tuple(row[:-1]): row[-1] for row in tables[table]})
         assert got == oracle(samples, n)
-    assert {"tokens", "top_bigrams", "top_trigrams"} <= set(tables)
+    assert BUILD_TABLES | {"contexts"} <= set(tables) and tables["contexts"]
     return tables
 
 
@@ -99,18 +111,18 @@ def _no_jobs_left(slurm, name: str, timeout: float = 30) -> None:
 def test_a_slurm_build_equals_the_local_build_table_for_table(slurm, corpus, local_build, tmp_path,
                                                               neox_tokenizer_path):
     mds, _ = corpus
-    r = run_cli(*_args(mds, tmp_path, neox_tokenizer_path), *_slurm_args(tmp_path, "ngram-equal"),
+    # two stages, build and contexts, each on its own worker jobs
+    r = run_cli(*_args(mds, tmp_path, neox_tokenizer_path, *WITH_CONTEXTS), *_slurm_args(tmp_path, "ngram-equal"),
                 env=slurm.env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:] + slurm.logs()
+    assert r.stdout.count("SLURM: 2 job(s)") == 2
     assert "SLURM: 2 job(s) x 1 worker(s) x 1 thread(s), 2GiB per job, the default partition; dashboard: " \
         in r.stdout
     # the dashboard listens on this machine's loopback (cluster.dashboard_address): so do the link and the tunnel
     assert re.search(r"dashboard: http://127\.0\.0\.1:(\d+)/status\n  from your machine: "
                      r"ssh -N -L \1:127\.0\.0\.1:\1 \S+@\S+\n", r.stdout), r.stdout
     assert _tables(tmp_path / "c.duckdb") == local_build
-    # the worker jobs ran what dask-jobqueue wrote, with the workers' malloc settings
-    outs = list((tmp_path / "jobs").glob("ngram-equal-*.err"))
-    assert len(outs) == 2
+    assert len(list((tmp_path / "jobs").glob("ngram-equal-*.err"))) == 4  # each job's log
     _no_jobs_left(slurm, "ngram-equal")
 
 
@@ -141,7 +153,7 @@ def test_a_worker_job_cancelled_mid_explode_still_gives_the_exact_catalog(slurm,
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
     assert "warning: 1 worker(s) were lost during the build; their tasks were re-run" in out
-    assert _tables(tmp_path / "c.duckdb") == local_build
+    _same_as_local(tmp_path / "c.duckdb", local_build)
     _no_jobs_left(slurm, "ngram-cancel")
 
 
@@ -176,7 +188,7 @@ def test_the_sbatch_script_of_the_docs_builds_on_a_scheduler_file(slurm, corpus,
     outs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("job-*.out"))
     assert r.returncode == 0, r.stderr + outs + slurm.logs()
     assert "attached to tcp://" in outs and "(from " in outs
-    assert _tables(tmp_path / "c.duckdb") == local_build
+    _same_as_local(tmp_path / "c.duckdb", local_build)
 
 
 def test_a_partition_that_does_not_exist_is_one_line(slurm, corpus, tmp_path, neox_tokenizer_path):
