@@ -97,8 +97,8 @@ def describe(cfg: SlurmConfig) -> str:
 
 
 def expected_workers(cfg: SlurmConfig) -> int:
-    """Workers the jobs asked for at the start bring (adaptive: its minimum, at least one)."""
-    jobs = max(1, cfg.min_jobs) if cfg.max_jobs else cfg.jobs
+    """Workers the jobs asked for at the start bring (adaptive: its minimum)."""
+    jobs = cfg.min_jobs if cfg.max_jobs else cfg.jobs
     return jobs * cfg.processes
 
 

@@ -86,7 +86,8 @@ class SlurmConfig:
     """``cluster.kind: slurm``: the worker jobs dask-jobqueue submits (one ``sbatch`` each)."""
 
     jobs: int = setting(1, "worker jobs to submit (without max_jobs)")
-    min_jobs: int = setting(0, "with max_jobs: the fewest jobs Dask's adaptive scaling keeps")
+    min_jobs: int = setting(1, "with max_jobs: the fewest jobs Dask's adaptive scaling keeps (at least one: "
+                               "the stage starts once its workers are up)")
     max_jobs: Optional[int] = setting(None, "scale adaptively between min_jobs and this many jobs instead of "
                                             "a fixed number")
     cores: int = setting(1, "cores per job (split among its worker processes)")
@@ -114,10 +115,9 @@ class SlurmConfig:
                                                  "slurm-<job>.out in the current directory)")
 
     def __post_init__(self) -> None:
-        for key in ("jobs", "cores", "processes"):
+        for key in ("jobs", "min_jobs", "cores", "processes"):
             _at_least(f"cluster.slurm.{key}", getattr(self, key), 1)
-        _at_least("cluster.slurm.min_jobs", self.min_jobs, 0)
-        _at_least("cluster.slurm.max_jobs", self.max_jobs, max(1, self.min_jobs), optional=True)
+        _at_least("cluster.slurm.max_jobs", self.max_jobs, self.min_jobs, optional=True)
         if self.cores % self.processes:
             raise ConfigError(f"cluster.slurm.cores ({self.cores}) must be a multiple of "
                               f"cluster.slurm.processes ({self.processes}): each worker gets cores / processes threads")

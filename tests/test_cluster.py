@@ -158,9 +158,9 @@ def test_the_slurm_job_script_carries_every_setting(tmp_path):
         assert part in worker, (part, worker)
     assert expected_workers(cfg) == 12
     assert describe(cfg) == "3 job(s) x 4 worker(s) x 2 thread(s), 64GiB per job, gres gpu:4, partition gpu"
-    adaptive = SlurmConfig(min_jobs=0, max_jobs=5, processes=2, cores=2)
-    assert expected_workers(adaptive) == 2  # adaptive from zero: wait for the first job's workers
-    assert describe(adaptive).startswith("0-5 (adaptive) job(s) x 2 worker(s) x 1 thread(s)")
+    adaptive = SlurmConfig(min_jobs=2, max_jobs=5, processes=2, cores=2)
+    assert expected_workers(adaptive) == 4  # adaptive: the minimum's workers
+    assert describe(adaptive).startswith("2-5 (adaptive) job(s) x 2 worker(s) x 1 thread(s)")
     cpu = SlurmConfig(gres="tmpdisk:100")
     assert "--resources" not in cluster_kwargs(cpu, {}, ":0")["worker_extra_args"]
 

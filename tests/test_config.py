@@ -105,6 +105,7 @@ def test_cli_config_errors_are_one_line(tmp_path, args, match):
     ({"cluster.wait_workers": "0"}, "cluster.wait_workers must be >= 1"),
     ({"cluster.slurm.jobs": "0"}, "cluster.slurm.jobs must be >= 1"),
     ({"cluster.slurm.min_jobs": "3", "cluster.slurm.max_jobs": "2"}, "cluster.slurm.max_jobs must be >= 3"),
+    ({"cluster.slurm.min_jobs": "0", "cluster.slurm.max_jobs": "2"}, "cluster.slurm.min_jobs must be >= 1"),
     ({"cluster.slurm.cores": "6", "cluster.slurm.processes": "4"},
      r"cluster.slurm.cores \(6\) must be a multiple of cluster.slurm.processes \(4\)"),
     ({"cluster.slurm.memory": "plenty"}, "cluster.slurm.memory must be a size like 16GiB, got 'plenty'"),
@@ -250,4 +251,4 @@ def test_slurm_flags_and_yaml_set_the_slurm_section(tmp_path):
     cfg = config_from(args).cluster
     assert (cfg.runs_on, cfg.wait_timeout) == ("slurm", 30)
     assert (cfg.slurm.partition, cfg.slurm.gres, cfg.slurm.processes, cfg.slurm.cores) == ("gpu", "gpu:2", 2, 8)
-    assert (cfg.slurm.job_extra, cfg.slurm.max_jobs, cfg.slurm.min_jobs) == (["--qos=high"], 8, 0)
+    assert (cfg.slurm.job_extra, cfg.slurm.max_jobs, cfg.slurm.min_jobs) == (["--qos=high"], 8, 1)

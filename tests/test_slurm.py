@@ -54,8 +54,8 @@ def _args(mds: Path, tmp: Path, tokenizer: str, *extra: str) -> list[str]:
             "--tokenizer", tokenizer, "--chunks", "4", "--explode-task-tokens", "1", *extra]
 
 
-def _slurm_args(tmp: Path, name: str, *extra: str) -> list[str]:
-    return ["--slurm", "--slurm-jobs", "2", "--slurm-cores", "1", "--slurm-memory", "2GiB",
+def _slurm_args(tmp: Path, name: str, *extra: str, jobs: tuple[str, ...] = ("--slurm-jobs", "2")) -> list[str]:
+    return ["--slurm", *jobs, "--slurm-cores", "1", "--slurm-memory", "2GiB",
             "--slurm-walltime", "00:20:00", "--slurm-job-name", name,
             "--slurm-log-directory", str(tmp / "jobs"), "--wait-timeout", "120", *extra]
 
@@ -155,6 +155,18 @@ def test_a_worker_job_cancelled_mid_explode_still_gives_the_exact_catalog(slurm,
     assert "warning: 1 worker(s) were lost during the build; their tasks were re-run" in out
     _same_as_local(tmp_path / "c.duckdb", local_build)
     _no_jobs_left(slurm, "ngram-cancel")
+
+
+def test_an_adaptive_slurm_build_gives_the_exact_catalog(slurm, corpus, local_build, tmp_path, neox_tokenizer_path):
+    mds, _ = corpus
+    adaptive = ("--slurm-min-jobs", "1", "--slurm-max-jobs", "2")
+    r = run_cli(*_args(mds, tmp_path, neox_tokenizer_path), *_slurm_args(tmp_path, "ngram-adapt", jobs=adaptive),
+                env=slurm.env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:] + slurm.logs()
+    assert "SLURM: 1-2 (adaptive) job(s) x 1 worker(s) x 1 thread(s)" in r.stdout
+    assert "were lost" not in r.stdout, r.stdout  # workers adaptive scaling retired were not lost
+    _same_as_local(tmp_path / "c.duckdb", local_build)
+    _no_jobs_left(slurm, "ngram-adapt")
 
 
 def _docs_sbatch_script() -> str:
