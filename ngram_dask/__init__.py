@@ -4,20 +4,20 @@ The pipeline, one package per stage family:
 
     convert/   raw text -> tokenized MDS
     inputs/    the corpora a build reads: MDS, Megatron .bin/.idx, flat .bin/.npy, Parquet
-    ngrams/    input -> explode -> aggregate -> load -> catalog (the n-gram tables)
+    ngrams/    the build: explode -> aggregate -> load -> top (the n-gram and top tables)
     contexts/  examples of every task from the corpus (contexts, context_counts)
     lm/        score / scan with causal language models
     catalog/   reading the finished catalog: query, serve, frames, verify, report, export
     cli/       the thin command line
 
-and what they stand on: ``runtime`` (``run_stage``, which runs every stage: manifest,
-cluster, skipping done units, progress, the single writer; resumable tasks),
+and what they stand on: ``runtime`` (``run_stage``, which runs every stage: checks,
+manifest, cluster, skipping done units, progress, report, the single writer; resumable units),
 ``db`` (the only module that opens DuckDB), ``cluster`` (where the work runs),
 ``config`` (every setting, checked once), ``storage`` (fsspec edges), ``mds`` (the
 MDS format), ``schema`` (table layouts), ``faults`` (the test hooks).
 
 Public API: ``ngram_dask.Catalog`` (read a catalog) and ``ngram_dask.counts`` (its
-tables as Dask DataFrames).
+tables as Dask DataFrames). The words have one meaning each: docs/glossary.md.
 """
 
 __version__ = "0.1.0"

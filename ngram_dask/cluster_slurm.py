@@ -55,7 +55,7 @@ def cluster_kwargs(cfg: SlurmConfig, environ: dict, dashboard_address: str, secu
         job_extra_directives=directives,
         job_directives_skip=[],
         job_script_prologue=prologue,
-        # one GPU per worker process: score and scan tasks then ask for GPU=1 each
+        # one GPU per worker process: each score and scan unit then asks for GPU=1
         worker_extra_args=["--resources", "GPU=1"] if gres_has_gpu(cfg.gres) else [],
         interface=cfg.interface,
         python=cfg.python,

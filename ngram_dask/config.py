@@ -1,7 +1,7 @@
 """One config object for every command: defaults < YAML file < command-line flags.
 
 A YAML file mirrors the dataclasses below: shared keys at the top level, and one
-section per stage (``cluster``, ``storage``, ``build``, ``catalog``, ``contexts``,
+section per stage (``cluster``, ``storage``, ``build``, ``top``, ``contexts``,
 ``convert``, ``score``, ``scan``) and per reader command (``query``, ``serve``, ``export``,
 ``report``, ``demo``).
 
@@ -30,8 +30,8 @@ from ngram_dask.errors import ConfigError
 from ngram_dask.schema import check_key_fits, key_bits
 from ngram_dask.tokenizer import DEFAULT_TOKENIZER
 
-STEPS = ("explode", "aggregate", "load", "catalog", "contexts")
-DEFAULT_STEPS = ("explode", "aggregate", "load", "catalog")  # contexts: on request
+STEPS = ("explode", "aggregate", "load", "top")
+DEFAULT_STEPS = STEPS
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 TORCH_DTYPES = ("float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32", "float")
 # MDSWriter's compressions, with their levels.
@@ -97,7 +97,7 @@ class SlurmConfig:
     partition: Optional[str] = setting(None, "partition (sbatch -p; default: the cluster's default partition)")
     account: Optional[str] = setting(None, "account charged (sbatch -A)")
     gres: Optional[str] = setting(None, "generic resources per job, e.g. gpu:1 (sbatch --gres); naming a gpu "
-                                        "makes each worker process advertise GPU=1, so score and scan tasks "
+                                        "makes each worker process advertise GPU=1, so score and scan units "
                                         "run one per GPU")
     local_directory: Optional[str] = setting(None, "the workers' scratch and spill directory on node-local "
                                                    "disk, e.g. $TMPDIR or /scratch/$USER (expanded on the node)")
@@ -144,7 +144,7 @@ class ClusterConfig:
                                              "none starts a LocalCluster here")
     scheduler_file: Optional[str] = setting(None, "a running scheduler's file (dask scheduler "
                                                   "--scheduler-file): the batch pattern of docs/clusters.md")
-    wait_workers: Optional[int] = setting(None, "workers to wait for before the first task (default: slurm, all "
+    wait_workers: Optional[int] = setting(None, "workers to wait for before the first unit (default: slurm, all "
                                                 "of the jobs' workers; a scheduler file, 1; an address, none: "
                                                 "it must have workers already)")
     wait_timeout: float = setting(600, "seconds to wait for the scheduler file and those workers before "
@@ -208,8 +208,10 @@ class BuildConfig:
 
     chunks: int = setting(64, "K: n-grams go to chunk id0 % K (aggregated, loaded and exported per chunk)")
     ngrams: list[int] = setting([2, 3], "which n to count: any n whose ids fit one 64-bit key (n <= 4 for 16-bit ids)")
-    steps: list[str] = setting(list(DEFAULT_STEPS), "steps to run, of " + ", ".join(STEPS)
-                               + " (contexts: `ngram-dask contexts` after the build)")
+    steps: list[str] = setting(list(DEFAULT_STEPS), "the build's steps to run, of " + ", ".join(STEPS)
+                               + " (top: the top tables)")
+    contexts: bool = setting(False, "after the build, run the contexts stage (`ngram-dask contexts`): "
+                                    "real examples of every task")
     token_dtype: str = setting("auto", "uint16 or uint32: how a flat .bin stores ids; auto: MDS reads the "
                                        "dataset's ngram_dask.json, Megatron/.npy/Parquet their own headers, "
                                        ".bin takes uint16")
@@ -228,9 +230,9 @@ class BuildConfig:
     verify_hashes: bool = setting(True, "check shard hashes listed in index.json")
     count_engine: str = setting("duckdb", "explode's counting: duckdb (hash aggregate, then a sort of the distinct "
                                           "n-grams) or numpy (sort every packed key); equal results")
-    explode_task_tokens: int = setting(34_000_000, "shards per explode task: as many consecutive shards as hold "
-                                                   "this many tokens (~8 B each of worker memory while counting); "
-                                                   "a work dir keeps its grouping")
+    explode_unit_tokens: int = setting(34_000_000, "tokens per explode unit: each unit reads as many consecutive "
+                                                   "input pieces as hold this many tokens (~8 B each of worker "
+                                                   "memory while counting); a work dir keeps its grouping")
     duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
     duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
     aggregate_method: str = setting("auto", "auto: the numpy merge for chunks that fit duckdb_memory_fraction of "
@@ -246,6 +248,8 @@ class BuildConfig:
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise ConfigError(f"unknown step {unknown[0]!r}; steps are {', '.join(STEPS)}")
+        if not self.steps and not self.contexts:
+            raise ConfigError(f"build.steps is empty: name some of {', '.join(STEPS)} (or pass --contexts)")
         _one_of("build.token_dtype", self.token_dtype, ("auto", "uint16", "uint32"))
         _one_of("build.input_format", self.input_format, ("auto", "mds", "megatron", "bin", "npy", "parquet"))
         _one_of("build.samples", self.samples, ("seq-len", "documents"))
@@ -255,13 +259,13 @@ class BuildConfig:
         if not 0 < self.duckdb_memory_fraction <= 1:
             raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
         _at_least("build.duckdb_threads", self.duckdb_threads, 1, optional=True)
-        if not 1 <= self.explode_task_tokens < 1 << 32:  # partial counts are stored as uint32
-            raise ConfigError(f"build.explode_task_tokens must be in [1, 2**32), got {self.explode_task_tokens}")
+        if not 1 <= self.explode_unit_tokens < 1 << 32:  # partial counts are stored as uint32
+            raise ConfigError(f"build.explode_unit_tokens must be in [1, 2**32), got {self.explode_unit_tokens}")
 
 
 @dataclass
-class CatalogConfig:
-    """Human-readable tables: tokens and the top (most predictive) prefixes."""
+class TopConfig:
+    """The build's `top` step: the tokens table and the top tables (the most predictive prompts)."""
 
     top_bigram_min_frac: float = setting(0.5, "top_bigrams keeps prefixes with frac_max above this")
     top_bigram_min_count: int = setting(0, "... and sum_count above this")
@@ -338,7 +342,7 @@ class ScoreConfig:
     dtype: str = setting("auto", "auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32")
     batch_size: int = setting(1024, "prompts per forward pass")
     batch_sizes: list[str] = setting([], "per-model batch sizes, e.g. 12b=256,./m=64")
-    rows_per_task: int = setting(65536, "rows per Dask task")
+    rows_per_unit: int = setting(65536, "rows of a top table per scoring unit (one Dask task)")
     cpu_threads: Optional[int] = setting(None, "torch threads per worker on CPU "
                                                "(default: (cores - 1) / workers on the host)")
     force: bool = setting(False, "rescore models already scored")
@@ -351,7 +355,7 @@ class ScoreConfig:
             if not re.fullmatch(r"top_[a-z0-9_]+", t):
                 raise ConfigError(f"cannot score table {t!r}: only the catalog's top_* tables are scored")
         _at_least("score.batch_size", self.batch_size, 1)
-        _at_least("score.rows_per_task", self.rows_per_task, 1)
+        _at_least("score.rows_per_unit", self.rows_per_unit, 1)
         _at_least("score.cpu_threads", self.cpu_threads, 1, optional=True)
         _device_and_dtype("score", self.device, self.dtype)
         for entry in self.batch_sizes:
@@ -489,7 +493,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    top: TopConfig = field(default_factory=TopConfig)
     contexts: ContextsConfig = field(default_factory=ContextsConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -631,6 +635,60 @@ def _merge(base: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+# Names from before the vocabulary settled (docs/glossary.md): they keep working for one
+# release, each use told once, on stderr, with its new name.
+RENAMED_KEYS: dict[str, str] = {  # old dotted key (or section) -> new
+    "build.explode_task_tokens": "build.explode_unit_tokens",
+    "score.rows_per_task": "score.rows_per_unit",
+    "catalog": "top",
+}
+RENAMED_STEPS: dict[str, str] = {"catalog": "top"}  # old build step -> new
+# old build steps that became a switch: step -> (dotted key set to true, how it is said)
+STEPS_TO_SWITCHES: dict[str, tuple[str, str]] = {"contexts": ("build.contexts", "'build --contexts'")}
+
+
+def _say_deprecated(old: str, new: str) -> None:
+    import sys
+
+    print(f"ngram-dask: deprecated: {old} is now {new}; the old name works until the next release",
+          file=sys.stderr, flush=True)
+
+
+def _upgrade_names(data: dict) -> None:
+    """Move settings given under their old names to the new ones (in place), saying so."""
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        if isinstance(value, dict):  # a whole section: its keys move under the new one
+            for key, inner in value.items():
+                _merge(data, f"{new}.{key}", inner)
+        else:
+            _merge(data, new, value)
+        _say_deprecated(f"'{old}'", f"'{new}'")
+    build = data.get("build")
+    given = build.get("steps") if isinstance(build, dict) else None
+    if isinstance(given, str):  # a flag's "explode,catalog"
+        given = [step.strip() for step in given.split(",") if step.strip()]
+    if isinstance(given, list):
+        steps = []
+        for step in given:
+            if step in STEPS_TO_SWITCHES:
+                key, said = STEPS_TO_SWITCHES[step]
+                _say_deprecated(f"build step '{step}'", said)
+                _merge(data, key, True)
+                continue
+            if step in RENAMED_STEPS:
+                _say_deprecated(f"build step '{step}'", f"'{RENAMED_STEPS[step]}'")
+                step = RENAMED_STEPS[step]
+            steps.append(step)
+        build["steps"] = steps
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file at ``path``, then ``overrides`` (dotted keys; None = not set)."""
     data: Any = {}
@@ -647,4 +705,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _merge(data, dotted, value)
+    _upgrade_names(data)
     return _build(Config, data)

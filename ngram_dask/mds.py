@@ -58,8 +58,8 @@ class ShardRef:
         return f"{self.index:06d}-{safe}"
 
 
-class ShardTokens(NamedTuple):
-    """All samples of one shard concatenated, with ``len(samples) + 1`` boundaries."""
+class Samples(NamedTuple):
+    """Consecutive samples (of an MDS shard or any input piece) concatenated, with ``len(samples) + 1`` boundaries."""
 
     tokens: np.ndarray
     offsets: np.ndarray
@@ -233,7 +233,7 @@ def read_shard_bytes(ref: ShardRef, verify_hashes: bool = True) -> bytes:
     return data
 
 
-def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype) -> ShardTokens:
+def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype) -> Samples:
     """The ``tokens`` column of every sample of a raw shard, vectorised (no per-sample loop)."""
     token_dtype = np.dtype(token_dtype).newbyteorder("<")
     width = token_dtype.itemsize
@@ -286,11 +286,11 @@ def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype) -> ShardToke
     if token_dtype.byteorder not in ("<", "=", "|"):
         tokens = tokens.astype(token_dtype.newbyteorder("="))
     token_offsets = np.concatenate(([0], np.cumsum(nbytes // width))).astype(np.int64)
-    return ShardTokens(tokens, token_offsets)
+    return Samples(tokens, token_offsets)
 
 
 def read_shard(ref: ShardRef, token_dtype="uint16", vocab_size: int | None = None,
-               verify_hashes: bool = True) -> ShardTokens:
+               verify_hashes: bool = True) -> Samples:
     """Read and validate one shard: every id below ``vocab_size``."""
     shard = decode_shard(ref, read_shard_bytes(ref, verify_hashes), np.dtype(token_dtype))
     if vocab_size is not None and len(shard.tokens):

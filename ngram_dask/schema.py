@@ -19,7 +19,7 @@ TOOL = "ngram-dask"
 INFO = "catalog_info"  # key/value: the build's identity, versions, rules, scores
 LEDGER = "load_ledger"  # (n, chunk) rows: which chunks the database holds
 TOKENS = "tokens"
-TOP_NGRAMS = (2, 3)  # the n that get a top table (thresholds in config.CatalogConfig)
+TOP_NGRAMS = (2, 3)  # the n that get a top table (thresholds in config.TopConfig)
 
 _NAMES = {1: "unigrams", 2: "bigrams", 3: "trigrams", 4: "fourgrams", 5: "fivegrams",
           6: "sixgrams", 7: "sevengrams", 8: "eightgrams"}
@@ -67,7 +67,7 @@ def top_table(n: int) -> str:
 
 
 def catalog_tables(ngrams: list[int]) -> list[str]:
-    """The tables the build's catalog step writes for these n."""
+    """The tables the build's top step writes for these n."""
     return [TOKENS] + [top_table(n) for n in ngrams if n in TOP_NGRAMS]
 
 

@@ -6,7 +6,7 @@
 
 Makes (or reuses) the build benchmark's corpus (``benchkit.corpus``: real text tokenized
 with the bundled GPT-NeoX tokenizer, 2048-token samples, MDS with zstd), builds it with
-the catalog step (top tables), then runs ``contexts`` on the same LocalCluster settings.
+the top step (top tables), then runs ``contexts`` on the same LocalCluster settings.
 It prints, per stage: wall seconds, the sum of the tasks' own seconds (from their
 markers: what a task costs, whatever the cluster), and both per million tokens. The
 target: contexts at most half the explode's time per token.
@@ -36,26 +36,24 @@ def task_seconds(pattern: Path) -> tuple[float, int]:
 
 def warm_tasks(mds: Path, out: Path, ctx_dir: Path, per_task: int) -> dict:
     from ngram_dask.contexts import task as ctask
-    from ngram_dask.contexts.pieces import make_pieces
-    from ngram_dask.inputs import plan_input
+    from ngram_dask.inputs import group_pieces, plan_input
     from ngram_dask.ngrams.counting import derived_in_aggregate
-    from ngram_dask.ngrams.explode import ExplodeSettings, ShardGroup, explode_group
+    from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
 
-    shards = plan_input(str(mds)).pieces
-    piece = make_pieces(shards, 34_000_000)[0]
+    group = group_pieces(plan_input(str(mds)).pieces, 34_000_000)[0]
     xs = ExplodeSettings(work_dir=str(out / "warm-explode"), ngrams=(2, 3), chunks=16, vocab_size=VOCAB,
                          token_dtype="uint16", derived=derived_in_aggregate([2, 3], False))
     cs = ctask.ContextsSettings(dir=str(ctx_dir), token_dtype="uint16", vocab_size=VOCAB, per_task=per_task,
                                 seed=0, before=32, after=8)
     times = {}
-    for name, run, done in (("explode", lambda: explode_group(ShardGroup(piece.shards), xs), out / "warm-explode"),
-                            ("contexts", lambda: ctask.contexts_piece(piece, cs), ctx_dir / "_done")):
+    for name, run, done in (("explode", lambda: explode_group(group, xs), out / "warm-explode"),
+                            ("contexts", lambda: ctask.contexts_group(group, cs), ctx_dir / "_done")):
         for _ in range(2):
             shutil.rmtree(done if name == "contexts" else done / "explode" / "_done", ignore_errors=True)
             t0 = time.perf_counter()
             run()
             times[name] = time.perf_counter() - t0
-    times["tokens"] = sum(r.raw_bytes // 2 for r in piece.shards)
+    times["tokens"] = sum(r.raw_bytes // 2 for r in group.pieces)
     return times
 
 

@@ -53,7 +53,7 @@ def build(url: str, work: Path, db: Path, workers: int) -> dict:
                              "build.steps": ["explode", "aggregate", "load"]})
     t0 = time.perf_counter()
     report = run_build(cfg, announce=lambda m: None)
-    return {"seconds": time.perf_counter() - t0, "tokens": report.tokens, "pieces": report.shards,
+    return {"seconds": time.perf_counter() - t0, "tokens": report.tokens, "pieces": report.pieces,
             **{k: v for k, v in report.seconds.items()}}
 
 

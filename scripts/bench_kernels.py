@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from benchkit.corpus import REPO, VOCAB, make_corpus
 
-from ngram_dask.inputs import plan_input
+from ngram_dask.inputs import group_pieces, plan_input, read_group
 from ngram_dask.ngrams import counting
-from ngram_dask.ngrams.explode import ExplodeSettings, _write_part, counts_table, group_shards, read_group
+from ngram_dask.ngrams.explode import ExplodeSettings, _write_part, counts_table
 
 SENTINEL = np.iinfo(np.uint64).max
 
@@ -102,7 +102,7 @@ def hash_kernels(keys: np.ndarray) -> dict:
 def profile_group(group, s: ExplodeSettings, reps: int, out_dir: str) -> dict:
     bits, k = s.bits, s.chunks
     row: dict[str, float] = {}
-    row["read"], data = timed(lambda: read_group(group, s), reps)
+    row["read"], data = timed(lambda: read_group(group, s.vocab_size, s.verify_hashes), reps)
     tokens, offsets = data.tokens, data.offsets
     workspace = np.empty(len(tokens), counting.KEY_DTYPE)
     row["keys"], (keys, invalid) = timed(lambda: counting._tagged_keys(tokens, offsets, 3, bits, k, workspace), reps)
@@ -153,7 +153,7 @@ def main() -> None:
     mds, info = make_corpus(Path(args.cache), int(args.tokens), args.shard_mib << 20, False, print, args.real_tokens)
     shards = plan_input(str(mds)).pieces
     s = ExplodeSettings(work_dir="", ngrams=(2, 3), chunks=64, vocab_size=VOCAB, token_dtype="uint16")
-    groups = group_shards(shards, s.task_tokens)
+    groups = group_pieces(shards, s.unit_tokens)
     picks = [groups[i] for i in np.linspace(0, len(groups) - 1, min(args.groups, len(groups))).astype(int)]
     out_dir = tempfile.mkdtemp(prefix="bench-kernels-")
     try:

@@ -8,7 +8,7 @@ request latency from a client over HTTP on 127.0.0.1:
   lays it out: one run per chunk (``id0 % chunks``), each sorted by (id0, id1, id2);
   ``bigrams`` a fifth of that; both prefix tables derived from them.
 * ``top_trigrams``: at least ``--top-rows`` rows (the published Pile table has 1.54M),
-  made by the catalog step's own SQL (``top_sql``) with the sum_count threshold that
+  made by the top step's own SQL (``top_sql``) with the sum_count threshold that
   yields that many, plus eight ``p_pythia_*`` columns as `score` would add.
 
 Measured, one request at a time (then 16 at once):
@@ -99,9 +99,9 @@ def _generate(con, n: int, rows: int, chunks: int, seed: int) -> None:
 def synthesize(db: Path, trigrams: int, top_rows: int, chunks: int) -> dict:
     import duckdb
 
-    from ngram_dask.config import CatalogConfig
+    from ngram_dask.config import TopConfig
     from ngram_dask.lm.models import column_name
-    from ngram_dask.ngrams.top import build_catalog
+    from ngram_dask.ngrams.top import build_top_tables
     from ngram_dask.schema import SCHEMA_VERSION, TOOL, create_sql, ngram_columns, prefix_columns, top_table
     from ngram_dask.tokenizer import BUNDLED_GPT_NEOX, load_tokenizer
 
@@ -142,7 +142,7 @@ def synthesize(db: Path, trigrams: int, top_rows: int, chunks: int) -> dict:
         con.executemany("INSERT INTO catalog_info VALUES (?, ?)", list(info.items()))
         con.executemany("INSERT INTO load_ledger VALUES (?, ?, 0, 0, now())",
                         [[n, c] for n in (2, 3) for c in range(chunks)])
-        # The catalog step itself (tokens, top_bigrams), then top_trigrams with the
+        # The top step itself (tokens, top_bigrams), then top_trigrams with the
         # sum_count threshold that gives at least top_rows rows.
         tok = load_tokenizer(str(BUNDLED_GPT_NEOX))
         counts = con.execute("SELECT count(*) FROM trigram_prefixes WHERE frac_max > 0.5").fetchall()[0][0]
@@ -150,9 +150,9 @@ def synthesize(db: Path, trigrams: int, top_rows: int, chunks: int) -> dict:
         min_count = con.execute("SELECT quantile_disc(sum_count, ?) FROM trigram_prefixes WHERE frac_max > 0.5",
                                 [q]).fetchall()[0][0]
         min_count = max(0, int(min_count) - 1)
-        cfg = CatalogConfig(top_trigram_min_count=min_count)
-        log(f"catalog step: tokens, top tables (top_trigrams: sum_count > {min_count})")
-        build_catalog(con, tok, VOCAB, [2, 3], cfg)
+        cfg = TopConfig(top_trigram_min_count=min_count)
+        log(f"top step: tokens, top tables (top_trigrams: sum_count > {min_count})")
+        build_top_tables(con, tok, VOCAB, [2, 3], cfg)
         scored = {}
         for m in MODELS:
             col = column_name(m)

@@ -125,14 +125,14 @@ def write_catalog(db: Path, rows: dict[str, np.ndarray], vocab: int) -> None:
     con.close()
 
 
-def score_copy(src: Path, dst: Path, model: str, device: str, dtype: str, batch: int, rows_per_task: int):
+def score_copy(src: Path, dst: Path, model: str, device: str, dtype: str, batch: int, rows_per_unit: int):
     from ngram_dask.config import load_config
     from ngram_dask.lm.score import run_score, summary_lines
 
     shutil.copy(src, dst)
     cfg = load_config(overrides={
         "db": str(dst), "score.models": [model], "score.device": device, "score.dtype": dtype,
-        "score.batch_size": batch, "score.rows_per_task": rows_per_task,
+        "score.batch_size": batch, "score.rows_per_unit": rows_per_unit,
         "cluster.n_workers": 1, "cluster.dashboard_address": "127.0.0.1:0",
     })
     t0 = time.perf_counter()
@@ -200,7 +200,7 @@ def main() -> int:
     ap.add_argument("--init-std", type=float, default=0.5, help="init std of the tiny model (0.5: peaked outputs)")
     ap.add_argument("--phrases", type=int, default=3000, help="distinct phrases of the corpus (~5 rows each)")
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--rows-per-task", type=int, default=4096)
+    ap.add_argument("--rows-per-unit", type=int, default=4096)
     ap.add_argument("--tol", type=float, default=2e-2, help="max abs difference allowed (fp16 vs fp32)")
     ap.add_argument("--json", default=None, help="write the numbers here")
     ap.add_argument("--keep", default=None, help="keep the work folder here (model, databases)")
@@ -250,10 +250,10 @@ def main() -> int:
         write_catalog(db, rows, vocab)
         col = column_name(model)
         print("pipeline: ngram-dask score --device cpu (float32)")
-        _, s_ref = score_copy(db, work / "cpu.duckdb", model, "cpu", "auto", args.batch_size, args.rows_per_task)
+        _, s_ref = score_copy(db, work / "cpu.duckdb", model, "cpu", "auto", args.batch_size, args.rows_per_unit)
         print(f"pipeline: ngram-dask score --device {args.device} --dtype {args.dtype}")
         _, s_dev = score_copy(db, work / "dev.duckdb", model, args.device, args.dtype, args.batch_size,
-                              args.rows_per_task)
+                              args.rows_per_unit)
         results["pipeline"] = {"seconds_ref": s_ref, "seconds_dev": s_dev}
         for table in rows:
             d = diff(read_column(work / "cpu.duckdb", table, col), read_column(work / "dev.duckdb", table, col))

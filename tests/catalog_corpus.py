@@ -59,7 +59,7 @@ def corpus_samples(tokenizer) -> list[list[int]]:
 
 
 def build_catalog_db(root: Path, scheduler: str, tokenizer_path: str, **overrides) -> tuple[Path, list[list[int]]]:
-    """MDS of the corpus -> ``ngram-dask build`` (with the catalog step) on ``scheduler``."""
+    """MDS of the corpus -> ``ngram-dask build`` (with the top step) on ``scheduler``."""
     from transformers import AutoTokenizer
 
     from ngram_dask.config import load_config

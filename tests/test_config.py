@@ -138,7 +138,7 @@ def test_help_text_comes_from_the_setting():
     r = run_cli("build", "--help")
     assert r.returncode == 0
     flat = " ".join(r.stdout.split())
-    assert " ".join(describe("build.explode_task_tokens").split()) in flat
+    assert " ".join(describe("build.explode_unit_tokens").split()) in flat
     assert "(config key build.chunks; default 64)" in flat
 
 
@@ -205,13 +205,16 @@ def test_every_option_of_every_command_is_a_setting():
     import argparse
 
     from ngram_dask.cli.main import build_parser
-    from ngram_dask.config import setting_help
+    from ngram_dask.config import RENAMED_KEYS, setting_help
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     common = {"_config", "_quiet", "_verbose", "help"}
     for name, p in sub.choices.items():
         for a in p._actions:
             if not a.option_strings or a.dest in common:
+                continue
+            if a.help == argparse.SUPPRESS:  # an old name, hidden: it must be one the config renames
+                assert a.dest in RENAMED_KEYS, (name, a.option_strings)
                 continue
             assert "(config key " in (a.help or ""), (name, a.option_strings)
             setting_help(a.dest)  # a real key of the config
@@ -252,3 +255,34 @@ def test_slurm_flags_and_yaml_set_the_slurm_section(tmp_path):
     assert (cfg.runs_on, cfg.wait_timeout) == ("slurm", 30)
     assert (cfg.slurm.partition, cfg.slurm.gres, cfg.slurm.processes, cfg.slurm.cores) == ("gpu", "gpu:2", 2, 8)
     assert (cfg.slurm.job_extra, cfg.slurm.max_jobs, cfg.slurm.min_jobs) == (["--qos=high"], 8, 1)
+
+
+def test_old_names_still_work_for_one_release_with_one_line_each(tmp_path, capsys):
+    """docs/glossary.md: renamed keys, a renamed section and renamed build steps are read as
+    the new ones, each use said once on stderr."""
+    old = tmp_path / "old.yaml"
+    old.write_text("build:\n  explode_task_tokens: 1000\n  steps: [explode, aggregate, load, catalog, contexts]\n"
+                   "score:\n  rows_per_task: 7\ncatalog:\n  top_trigram_min_count: 3\n")
+    cfg = load_config(old)
+    assert cfg.build.explode_unit_tokens == 1000 and cfg.score.rows_per_unit == 7
+    assert cfg.top.top_trigram_min_count == 3
+    assert cfg.build.steps == ["explode", "aggregate", "load", "top"] and cfg.build.contexts is True
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 5 and all(line.startswith("ngram-dask: deprecated: ") for line in said), said
+    assert "'build.explode_task_tokens' is now 'build.explode_unit_tokens'" in said[0]
+    # The new names say nothing.
+    new = tmp_path / "new.yaml"
+    new.write_text("build:\n  explode_unit_tokens: 1000\n  steps: [explode, top]\n  contexts: true\n")
+    assert load_config(new).build.steps == ["explode", "top"]
+    assert capsys.readouterr().err == ""
+
+
+def test_an_old_flag_works_and_says_its_new_name(tmp_path):
+    r = run_cli("build", "--input", str(tmp_path / "missing"), "--work-dir", str(tmp_path / "w"),
+                "--db", str(tmp_path / "c.duckdb"), "--explode-task-tokens", "1000", "--steps", "explode,catalog")
+    lines = r.stderr.splitlines()
+    assert lines[:2] == [
+        "ngram-dask: deprecated: 'build.explode_task_tokens' is now 'build.explode_unit_tokens'; "
+        "the old name works until the next release",
+        "ngram-dask: deprecated: build step 'catalog' is now 'top'; the old name works until the next release"]
+    assert r.returncode == 2 and len(lines) == 3 and "missing" in lines[2]  # then the input's own one line

@@ -352,7 +352,7 @@ def test_a_megatron_file_on_s3_builds_in_several_tasks_identical_to_local(tmp_pa
     fs.put(str(tmp_path / "pile.bin"), "ngram/meg/pile.bin")
     fs.put(str(tmp_path / "pile.idx"), "ngram/meg/pile.idx")
     common = ["--chunks", "4", "--steps", "explode,aggregate,load", "--seq-len", "256",
-              "--explode-task-tokens", "1024"]
+              "--explode-unit-tokens", "1024"]
     local = run_cli("build", "--input", str(tmp_path / "pile.bin"), "--work-dir", str(tmp_path / "lw"),
                     "--db", str(tmp_path / "local.duckdb"), "--scheduler", local_cluster, *common)
     assert local.returncode == 0, local.stderr

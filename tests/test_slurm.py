@@ -51,7 +51,7 @@ def corpus(tmp_path_factory):
 
 def _args(mds: Path, tmp: Path, tokenizer: str, *extra: str) -> list[str]:
     return ["build", "--input", str(mds), "--work-dir", str(tmp / "work"), "--db", str(tmp / "c.duckdb"),
-            "--tokenizer", tokenizer, "--chunks", "4", "--explode-task-tokens", "1", *extra]
+            "--tokenizer", tokenizer, "--chunks", "4", "--explode-unit-tokens", "1", *extra]
 
 
 def _slurm_args(tmp: Path, name: str, *extra: str, jobs: tuple[str, ...] = ("--slurm-jobs", "2")) -> list[str]:
@@ -60,7 +60,7 @@ def _slurm_args(tmp: Path, name: str, *extra: str, jobs: tuple[str, ...] = ("--s
             "--slurm-log-directory", str(tmp / "jobs"), "--wait-timeout", "120", *extra]
 
 
-WITH_CONTEXTS = ("--steps", "explode,aggregate,load,catalog,contexts")
+WITH_CONTEXTS = ("--contexts",)
 BUILD_TABLES = {"bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes", "tokens", "top_bigrams",
                 "top_trigrams"}
 
@@ -193,7 +193,7 @@ def test_the_sbatch_script_of_the_docs_builds_on_a_scheduler_file(slurm, corpus,
            "TOKENIZER": neox_tokenizer_path}
     # the docs size a job for the Pile; here: one node, its 2 CPUs, a little memory, and
     # this test's build options through NGRAM_DASK_ARGS
-    env["NGRAM_DASK_ARGS"] = "--chunks 4 --explode-task-tokens 1"
+    env["NGRAM_DASK_ARGS"] = "--chunks 4 --explode-unit-tokens 1"
     r = subprocess.run(["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=3G",
                         "--time=00:20:00", f"--output={tmp_path}/job-%j.out", str(script)],
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ngram_dask.catalog import export_common as common
 from ngram_dask.catalog.export_common import TableExport
 from ngram_dask.catalog.export_original import original_index, write_original
-from ngram_dask.catalog.reader import OpenCatalog, open_catalog
+from ngram_dask.catalog.reader import CatalogConnection, open_catalog
 from ngram_dask.config import ExportConfig
 from ngram_dask.errors import UserError
 from ngram_dask.schema import INFO, LEDGER, TOOL, ngram_table, prefix_table
@@ -130,7 +130,8 @@ def export_catalog(db: str, out: str, tables: list[str] | None = None, split_row
     return ExportResult(out=out, tables=done, card=card_path, layout=layout)
 
 
-def _export_default(cat: OpenCatalog, chosen: list[str], out: str, split_rows: int, announce) -> list[TableExport]:
+def _export_default(cat: CatalogConnection, chosen: list[str], out: str, split_rows: int,
+                    announce) -> list[TableExport]:
     done: list[TableExport] = []
     for table in chosen:
         cols = cat.columns(table)

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from ngram_dask.catalog.reader import OpenCatalog
+from ngram_dask.catalog.reader import CatalogConnection
 from ngram_dask.schema import (
     TOOL,
     is_scan_table,
@@ -179,7 +179,7 @@ def provenance(info: dict[str, str]) -> dict[str, str]:
 
 # --- writing (both layouts) ----------------------------------------------------------------
 
-def write_parquet(cat: OpenCatalog, query: str, dest: str, stem: str, chunks: int | None) -> list[str]:
+def write_parquet(cat: CatalogConnection, query: str, dest: str, stem: str, chunks: int | None) -> list[str]:
     """Write the rows of ``query`` as ``<dest>/<stem>-00000-of-00001.parquet``, or with
     ``chunks`` as one ``<stem>-<c>-of-<chunks>.parquet`` per ``id0 % chunks = c``; returns the names."""
     os.makedirs(dest)

@@ -40,7 +40,7 @@ from ngram_dask.catalog.export_common import (
     table_description,
     write_parquet,
 )
-from ngram_dask.catalog.reader import OpenCatalog
+from ngram_dask.catalog.reader import CatalogConnection
 from ngram_dask.errors import UserError
 from ngram_dask.lm.models import PYTHIA_SIZES, column_name
 from ngram_dask.schema import SCORE_PREFIX, TOOL, is_scan_table
@@ -128,7 +128,7 @@ def original_columns(table: str, columns: list[str], chunks: int, counts: str = 
     return out
 
 
-def _check_uint32(cat: OpenCatalog, table: str, columns: list[str]) -> None:
+def _check_uint32(cat: CatalogConnection, table: str, columns: list[str]) -> None:
     """Refuse ``--counts uint32`` when a count of ``table`` does not fit (checked before any writing)."""
     for c in UINT32_COLUMNS:
         if c in columns and n_of(table):
@@ -254,7 +254,7 @@ def original_index(tables: list[TableExport], counts: str) -> str:
     return "\n".join(lines)
 
 
-def write_original(cat: OpenCatalog, chosen: list[str], out: str, split_rows: int, counts: str,
+def write_original(cat: CatalogConnection, chosen: list[str], out: str, split_rows: int, counts: str,
                    announce) -> list[TableExport]:
     plans = {}
     for table in chosen:  # every check before the first file is written

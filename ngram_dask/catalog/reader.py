@@ -13,15 +13,15 @@ import os
 from dataclasses import dataclass, field
 
 from ngram_dask.db import check_owner, columns, connect, read_info, table_names
-from ngram_dask.errors import DatabaseError
+from ngram_dask.errors import DatabaseError, UserError
 from ngram_dask.schema import INFO, LEDGER, ngram_table, prefix_table
 
 BUILD_FIRST = "run `ngram-dask build` first"
-CATALOG_FIRST = "run `ngram-dask build --tokenizer ...` first (its catalog step writes it)"
+CATALOG_FIRST = "run `ngram-dask build --tokenizer ...` first (its top step writes it)"
 
 
 @dataclass
-class OpenCatalog:
+class CatalogConnection:
     """A finished catalog database, opened read-only, with its ``catalog_info``."""
 
     path: str
@@ -70,14 +70,14 @@ class OpenCatalog:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self) -> "OpenCatalog":
+    def __enter__(self) -> "CatalogConnection":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def open_catalog(path: str | None) -> OpenCatalog:
+def open_catalog(path: str | None) -> CatalogConnection:
     """Open a finished ngram-dask database read-only, or raise a one-line ``DatabaseError``.
 
     Refused: no such file, not a DuckDB file, a database of another tool (no
@@ -100,7 +100,7 @@ def open_catalog(path: str | None) -> OpenCatalog:
             )
         info = read_info(con)
         check_owner(path, info)
-        cat = OpenCatalog(path=path, con=con, info=info, tables=tables)
+        cat = CatalogConnection(path=path, con=con, info=info, tables=tables)
         _check_complete(cat)
         return cat
     except BaseException:
@@ -108,7 +108,7 @@ def open_catalog(path: str | None) -> OpenCatalog:
         raise
 
 
-def _check_complete(cat: OpenCatalog) -> None:
+def _check_complete(cat: CatalogConnection) -> None:
     if "ngrams" not in cat.info and LEDGER not in cat.tables:
         return  # no build yet (a scan table alone): the readers ask for the tables they need
     if LEDGER not in cat.tables:
@@ -120,3 +120,12 @@ def _check_complete(cat: OpenCatalog) -> None:
             f"database {cat.path} is an unfinished build ({len(want & got)} of {len(want)} chunks "
             "loaded): rerun `ngram-dask build` to finish it"
         )
+
+
+def as_output(table, output: str):
+    """A query's Arrow table as the caller asked: ``arrow`` or ``pandas``."""
+    if output == "arrow":
+        return table
+    if output == "pandas":
+        return table.to_pandas()
+    raise UserError(f"output must be 'arrow' or 'pandas', got {output!r}")

@@ -2,9 +2,9 @@
 
 Explode the MDS samples into partial counts per id0 chunk (a Dask bag of shard
 groups), aggregate each chunk (a Dask DataFrame of chunks), load them into the one
-DuckDB file and write the tokens and top tables. With --steps ...,contexts, then
-find real examples of every task (`ngram-dask contexts`). Rerun the same command to
-resume.
+DuckDB file and write the tokens and top tables. With --contexts, then find real
+examples of every task (the contexts stage, `ngram-dask contexts`). Rerun the same
+command to resume.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from ngram_dask.cli.common import (
     CLUSTER_FLAGS,
     CLUSTER_SWITCHES,
     STORAGE_FLAGS,
+    add_renamed,
     add_switches,
     announcer,
     command,
@@ -37,7 +38,7 @@ BUILD_FLAGS = {
     "--token-column": "build.token_column",
     "--aggregate-method": "build.aggregate_method",
     "--spill-dir": "build.spill_dir",
-    "--explode-task-tokens": "build.explode_task_tokens",
+    "--explode-unit-tokens": "build.explode_unit_tokens",
     "--count-engine": "build.count_engine",
 }
 
@@ -50,15 +51,14 @@ def run(args) -> int:
 
 
 def run_build_and_contexts(cfg, announce) -> None:
-    """The build's own steps, then ``contexts`` when the steps name it (the stage families
-    do not import each other, so the two stages meet here)."""
-    steps = list(cfg.build.steps)
-    if [s for s in steps if s != "contexts"]:
+    """The build's steps, then the contexts stage with ``build.contexts`` (the stage
+    families do not import each other, so the two stages meet here)."""
+    if cfg.build.steps:
         pipeline = importlib.import_module("ngram_dask.ngrams.pipeline")
         report = pipeline.run_build(cfg, announce)
         for line in pipeline.summary_lines(report):
             announce(line)
-    if "contexts" in steps:
+    if cfg.build.contexts:
         contexts = importlib.import_module("ngram_dask.contexts.run")
         report = contexts.run_contexts(cfg, announce)
         for line in contexts.summary_lines(report):
@@ -68,5 +68,6 @@ def run_build_and_contexts(cfg, announce) -> None:
 def register(sub) -> None:
     p = command(sub, __doc__, [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
     add_switches(p, CLUSTER_SWITCHES)
-    add_switches(p, {"--drop-eos": ("build.drop_eos", True)})
+    add_switches(p, {"--drop-eos": ("build.drop_eos", True), "--contexts": ("build.contexts", True)})
+    add_renamed(p, {"--explode-task-tokens": "build.explode_task_tokens"})
     p.set_defaults(_run=run)

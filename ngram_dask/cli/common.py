@@ -62,6 +62,13 @@ def add_flags(parser: argparse.ArgumentParser, flags: dict[str | tuple[str, ...]
                             help=flag_help(key))
 
 
+def add_renamed(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
+    """Flags from before a rename (docs/glossary.md), hidden from --help: they set the old
+    config key, which the config moves to its new name with a deprecation line."""
+    for flag, old_key in flags.items():
+        parser.add_argument(flag, dest=old_key, default=None, help=argparse.SUPPRESS)
+
+
 def add_switches(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, bool]]) -> None:
     """``--flag`` (no value) that sets a boolean config key to the given value."""
     for flag, (key, value) in flags.items():

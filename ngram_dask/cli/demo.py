@@ -21,8 +21,8 @@ def run(args) -> int:
 
 
 def _contexts_step(cfg, announce) -> None:
-    """The demo's config has the contexts step: real examples of every task."""
-    if "contexts" not in cfg.build.steps:
+    """The demo's config runs the contexts stage after the build: real examples of every task."""
+    if not cfg.build.contexts:
         return
     from ngram_dask.contexts.run import run_contexts, summary_lines
 

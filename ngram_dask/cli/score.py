@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import argparse
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, CLUSTER_SWITCHES, add_flags, add_switches, command, flag_help, stage
+from ngram_dask.cli.common import (
+    CLUSTER_FLAGS,
+    CLUSTER_SWITCHES,
+    add_flags,
+    add_renamed,
+    add_switches,
+    command,
+    flag_help,
+    stage,
+)
 
 SCORE_FLAGS = {
     "--db": "db",
@@ -17,7 +26,7 @@ SCORE_FLAGS = {
     "--dtype": "score.dtype",
     "--batch-size": "score.batch_size",
     "--batch-sizes": "score.batch_sizes",
-    "--rows-per-task": "score.rows_per_task",
+    "--rows-per-unit": "score.rows_per_unit",
     "--cpu-threads": "score.cpu_threads",
 }
 
@@ -37,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("--table", "--tables", dest="score.tables", default=None, metavar="TABLES",
                    help=flag_help("score.tables"))
     add_switches(p, {"--force": ("score.force", True)})
+    add_renamed(p, {"--rows-per-task": "score.rows_per_task"})
     add_flags(p, CLUSTER_FLAGS)
     add_switches(p, CLUSTER_SWITCHES)
     p.set_defaults(_run=stage("ngram_dask.lm.score", "run_score"))

@@ -1,15 +1,16 @@
-"""The client of ``ngram-dask contexts``: check, plan, run the pieces, write.
+"""The client of ``ngram-dask contexts``: check, plan, run the piece groups, write.
 
-A stage of the runtime (``runtime.run_stage``): it checks and claims the contexts dir's
-manifest, holds the database's single writer, starts the cluster only when a piece is
-left to do and skips pieces whose marker exists. This module declares the rest: the
-``plan`` (checked before any work), one step of pieces (the task
-``task.contexts_piece``), and the writer (``write.ContextsWriter``), which merges each
-piece's parts as its result arrives and writes everything in one transaction at the end.
+A stage of the runtime (``runtime.run_stage``): it checks the database and the settings,
+checks and claims the contexts dir's manifest (writing the prompts every unit reads
+into a new dir first), holds the database's single writer, starts the cluster only when
+a unit is left to do and skips units whose marker exists. This module declares the
+rest: the ``plan`` (checked before any work), one step of piece groups (the task
+``task.contexts_group``), and the writer (``write.ContextsWriter``), which merges each
+unit's parts as its result arrives and writes everything in one transaction at the end.
 
 Before any work: the database must be an ngram-dask catalog with top tables; the input
 is the one ``catalog_info`` recorded (``--input``, when given, must be that one) and
-must have its shards and samples; the settings and the prompts name the contexts dir
+must have its pieces and samples; the settings and the prompts name the contexts dir
 (``<work dir>/contexts-<digest>``), so parts of other settings never mix. When the
 database already holds contexts of these settings and prompts, nothing runs.
 """
@@ -26,30 +27,27 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask.config import Config
-from ngram_dask.contexts.pieces import Piece, make_pieces
-from ngram_dask.contexts.task import ContextsSettings, contexts_piece, prompts_table
+from ngram_dask.contexts.task import ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
-from ngram_dask.db import check_existing, read_info, read_only, table_names
+from ngram_dask.db import read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import plan_input
-from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
+from ngram_dask.inputs import PieceGroup, group_pieces, plan_input
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
-from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
+from ngram_dask.storage import atomic_write_parquet, join, redact_url
 
 Announce = Callable[[str], None]
 
 
 @dataclass
-class ContextsReport:
-    pieces: int = 0
-    skipped: int = 0
+class ContextsReport(StageReport):
+    groups: int = 0  # units: piece groups of the input
     tokens: int = 0
     occurrences: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     prompts: dict[str, int] = field(default_factory=dict)
     present: bool = False  # the database held these contexts already: nothing ran
     dir: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,7 +58,7 @@ class Plan:
     identity: dict  # what the database's contexts must have been written with
     prompts: pa.Table
     sum_counts: np.ndarray
-    pieces: list[Piece]
+    groups: list[PieceGroup]
     present: bool
 
 
@@ -74,7 +72,7 @@ def _read_prompts(db: str, con, info: dict) -> tuple[pa.Table, np.ndarray, dict[
     tops = [n for n in TOP_NGRAMS if top_table(n) in tables]
     if not tops:
         raise DatabaseError(f"database {db} has no top tables ({', '.join(top_table(n) for n in TOP_NGRAMS)}): "
-                            "run `ngram-dask build --tokenizer ...` with its catalog step first")
+                            "run `ngram-dask build --tokenizer ...` with its top step first")
     from ngram_dask.contexts.kernel import Prompts
 
     bits = int(int(info["vocab_size"]) - 1).bit_length()
@@ -93,13 +91,11 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
-    """Everything checked before any work: database, input, prompts, settings, pieces."""
+def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
+    """Everything checked before any work: database, input, prompts, settings, pieces
+    (``info``: the database's ``catalog_info``)."""
     db = cfg.db
-    info = check_existing(db)
-    if info is None:
-        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build` first")
-    if not info or "input" not in info:
+    if "input" not in info:
         raise DatabaseError(f"database {db} holds no build: run `ngram-dask build` first")
     recorded = info["input"]
     if cfg.input and redact_url(cfg.input) != recorded:
@@ -115,15 +111,15 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
     read_as = plan_input(source, input_format=info.get("input_format", "auto"),
                          token_dtype=info.get("token_dtype") or b.token_dtype,
                          seq_len=int(info.get("seq_len", b.seq_len)), samples=info.get("samples_mode", b.samples),
-                         token_column=info.get("token_column") or None, task_tokens=b.explode_task_tokens)
-    shards = read_as.pieces
+                         token_column=info.get("token_column") or None, unit_tokens=b.explode_unit_tokens)
+    pieces = read_as.pieces
     if read_as.format == "mds":
-        size, unit, recorded_size = sum(r.extra.samples for r in shards), "samples", info.get("samples")
+        size, unit, recorded_size = sum(r.extra.samples for r in pieces), "samples", info.get("samples")
     else:
-        size, unit, recorded_size = sum(r.tokens for r in shards), "tokens", info.get("tokens")
-    # (token files are cut into pieces by the task size, which may differ from the build's)
-    if (read_as.format == "mds" and str(len(shards)) != info.get("shards")) or str(size) != recorded_size:
-        raise DatabaseError(f"the input {redact_url(source)} has {len(shards)} piece(s) and {size:,} {unit}; "
+        size, unit, recorded_size = sum(r.tokens for r in pieces), "tokens", info.get("tokens")
+    # (token files are cut into pieces by the unit size, which may differ from the build's)
+    if (read_as.format == "mds" and str(len(pieces)) != info.get("shards")) or str(size) != recorded_size:
+        raise DatabaseError(f"the input {redact_url(source)} has {len(pieces)} piece(s) and {size:,} {unit}; "
                             f"database {db} was built from {info.get('shards')} piece(s) and "
                             f"{int(recorded_size or 0):,} {unit}: the input changed since the build")
     c = cfg.contexts
@@ -136,16 +132,16 @@ def plan(cfg: Config) -> tuple[Plan, dict[str, int]]:
                 "drop_eos": drop_eos, "eos_id": cfg.build.eos_id if drop_eos else None,
                 "prompts": prompt_digest[:16]}
     present = have_tables and _recorded(info) == identity
-    task_tokens = cfg.build.explode_task_tokens
+    unit_tokens = cfg.build.explode_unit_tokens
     work = cfg.work_dir or default_work_dir(db)
-    digest = _digest({**identity, "task_tokens": task_tokens, "token_dtype": token_dtype,
-                      "shards": [r.identity() for r in shards]})[:12]
+    digest = _digest({**identity, "unit_tokens": unit_tokens, "token_dtype": token_dtype,
+                      "shards": [r.identity() for r in pieces]})[:12]
     settings = ContextsSettings(
         dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
         per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
         eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
-    pieces = make_pieces(shards, task_tokens)
-    return Plan(db, source, settings, identity, prompts, sum_counts, pieces, present), sizes
+    groups = group_pieces(pieces, unit_tokens)
+    return Plan(db, source, settings, identity, prompts, sum_counts, groups, present), sizes
 
 
 def _recorded(info: dict) -> dict | None:
@@ -158,43 +154,39 @@ def _recorded(info: dict) -> dict | None:
 
 
 def manifest_of(p: Plan) -> Manifest:
-    """The contexts dir's manifest: its settings, prompts and pieces."""
-    return Manifest(join(p.settings.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.pieces]},
-                    f"contexts dir {p.settings.dir}")
-
-
-def _write_prompts(p: Plan) -> None:
-    """The prompts every task reads, written once into the contexts dir (before any task runs)."""
-    if manifest_of(p).read() is None:
-        atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd")
+    """The contexts dir's manifest: its settings, prompts and pieces. A new dir gets the
+    prompts every unit reads before the manifest is written."""
+    return Manifest(join(p.settings.dir, "manifest.json"), {**p.identity, "pieces": [x.name for x in p.groups]},
+                    f"contexts dir {p.settings.dir}",
+                    prepare=lambda: atomic_write_parquet(p.settings.prompts_url, p.prompts, compression="zstd"))
 
 
 def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
-    """Plan, then one runtime stage: a step of pieces whose results the single writer merges
-    as they arrive and writes in one transaction when all are in."""
-    cfg.check("contexts")
-    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
-    p, sizes = plan(cfg)
-    report = ContextsReport(pieces=len(p.pieces), prompts=sizes, dir=p.settings.dir)
+    """Plan, then one runtime stage: a step of piece groups whose results the single writer
+    merges as they arrive and writes in one transaction when all are in."""
+    return run_stage(cfg, "contexts", lambda info: declare_contexts(cfg, info, announce), announce,
+                     needs_db="run `ngram-dask build` first")
+
+
+def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
+    p, sizes = plan(cfg, info)
+    report = ContextsReport(groups=len(p.groups), prompts=sizes, dir=p.settings.dir)
     prompts_line = ", ".join(f"{t} {k:,}" for t, k in sizes.items())
     if p.present:
         report.present = True
         with read_only(p.db) as con:
-            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
+            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchall()[0][0])
         announce(f"contexts: {p.db} holds them already ({report.rows:,} examples of {prompts_line} prompts, "
                  f"seed {p.identity['seed']}): nothing to do")
-        return report
+        return Stage(lambda ctx: (), report)
     s = p.settings
 
     def steps(ctx: StageContext):
-        _write_prompts(p)
         writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts)
         announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
-                 f"{len(p.pieces)} piece(s) of {redact_url(p.input)} -> {s.dir}")
+                 f"{len(p.groups)} piece group(s) of {redact_url(p.input)} -> {s.dir}")
 
         def finish(stats: list[dict], ctx: StageContext) -> None:
-            report.skipped = ctx.skipped["contexts"]
-            report.seconds["contexts"] = ctx.seconds["contexts"]
             t0 = time.perf_counter()
             _tally(report, stats)
             info = read_info(ctx.db())
@@ -202,20 +194,15 @@ def run_contexts(cfg: Config, announce: Announce = print) -> ContextsReport:
                 raise BadInputError(f"the input holds {report.tokens:,} tokens, database {p.db} counted "
                                     f"{int(info.get('tokens', 0)):,}: it was built from other data")
             writer.check_counts(p.db)
-            report.rows = writer.commit({**p.identity, "pieces": len(p.pieces)})
+            report.rows = writer.commit({**p.identity, "pieces": len(p.groups)})
             report.seconds["write"] = time.perf_counter() - t0
+            announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
 
-        yield Step("contexts", p.pieces, contexts_piece, args=lambda piece: (piece, s), unit="pieces",
+        yield Step("contexts", p.groups, contexts_group, args=lambda group: (group, s), counts="piece groups",
                    disk=DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)"),
                    on_result=lambda stats, ctx: writer.add(stats), finish=finish)
 
-    run_stage(Stage(
-        name="contexts", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-        manifest=manifest_of(p),
-        db=p.db, access=(p.input, s.dir),
-    ), announce)
-    announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
-    return report
+    return Stage(steps, report, manifest=manifest_of(p), db=p.db, access=(p.input, s.dir))
 
 
 def _tally(report: ContextsReport, stats) -> None:
@@ -229,15 +216,14 @@ def summary_lines(report: ContextsReport) -> list[str]:
     lines = ["", "summary:"]
     if report.present:
         return lines + [f"  contexts already present: {report.rows:,} examples (nothing ran)"]
-    lines.append(f"  pieces {report.pieces} ({report.skipped} already done), tokens {report.tokens:,}")
+    lines.append(f"  piece groups {report.groups} ({report.skipped.get('contexts', 0)} already done), "
+                 f"tokens {report.tokens:,}")
     for n, v in sorted(report.occurrences.items()):
         lines.append(f"  {top_table(int(n)):<13} {report.prompts.get(top_table(int(n)), 0):>10,} prompts, "
                      f"{v:,} occurrences")
     lines.append(f"  examples      {report.rows:>10,}")
-    for stage, sec in report.seconds.items():
-        lines.append(f"  {stage:<13} {sec:8.2f} s")
+    lines += report.time_lines(width=13)
     sec = report.seconds.get("contexts", 0)
-    if sec and report.tokens and report.skipped < report.pieces:
+    if sec and report.tokens and report.ran("contexts"):
         lines.append(f"  {report.tokens / sec / 1e6:.2f}M tokens/s")
     return lines
-

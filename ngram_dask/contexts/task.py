@@ -1,13 +1,13 @@
-"""The contexts task: one piece of input -> its parts, then a marker (``runtime.resumable``).
+"""The contexts unit: one piece group of the input -> its parts, then a marker (``runtime.resumable``).
 
-A task reads its piece (``pieces.read_piece``) and the prompts (``prompts.parquet`` in
+A unit reads its piece group (``inputs.read_group``) and the prompts (``prompts.parquet`` in
 the contexts dir, written by the client before any task runs, read once per worker
 process), runs ``kernel.scan`` for each family and writes two files under names fixed
-by the piece, so a retried task overwrites its own output and nothing counts twice::
+by the piece group, so a retried unit overwrites its own output and nothing counts twice::
 
-    <contexts dir>/examples/<piece>.parquet   the piece's k smallest per prompt, with windows
-    <contexts dir>/counts/<piece>.parquet     per prompt with occurrences: how many
-    <contexts dir>/_done/<piece>.json         the statistics, written last
+    <contexts dir>/examples/<group>.parquet   the group's k smallest per prompt, with windows
+    <contexts dir>/counts/<group>.parquet     per prompt with occurrences: how many
+    <contexts dir>/_done/<group>.json         the statistics, written last
 
 Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet``.
 """
@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ngram_dask import faults
 from ngram_dask.contexts import kernel
-from ngram_dask.contexts.pieces import Piece, read_piece
+from ngram_dask.inputs import PieceGroup, read_group
 from ngram_dask.runtime import resumable, thread_buffer
 from ngram_dask.storage import atomic_write_parquet, get_fs, join
 
@@ -51,16 +51,16 @@ class ContextsSettings:
         return join(self.dir, "prompts.parquet")
 
 
-def examples_url(s: ContextsSettings, piece: str) -> str:
-    return join(s.dir, "examples", f"{piece}.parquet")
+def examples_url(s: ContextsSettings, group: str) -> str:
+    return join(s.dir, "examples", f"{group}.parquet")
 
 
-def counts_url(s: ContextsSettings, piece: str) -> str:
-    return join(s.dir, "counts", f"{piece}.parquet")
+def counts_url(s: ContextsSettings, group: str) -> str:
+    return join(s.dir, "counts", f"{group}.parquet")
 
 
-def marker_url(s: ContextsSettings, piece: str) -> str:
-    return join(s.dir, "_done", f"{piece}.json")
+def marker_url(s: ContextsSettings, group: str) -> str:
+    return join(s.dir, "_done", f"{group}.json")
 
 
 # --- the prompts ---------------------------------------------------------------------------
@@ -157,11 +157,11 @@ def _workspace(tokens: int) -> np.ndarray:
     return thread_buffer("contexts-keys", tokens, np.uint64)
 
 
-@resumable(lambda piece, s: marker_url(s, piece.name))
-def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
-    """Count and choose the examples of one piece; write its parts; return its statistics."""
+@resumable(lambda group, s: marker_url(s, group.name))
+def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
+    """Count and choose the examples of one piece group; write its parts; return its statistics."""
     families = load_prompts(s.prompts_url, s.bits)
-    data = read_piece(piece, s.vocab_size, s.verify_hashes)
+    data = read_group(group, s.vocab_size, s.verify_hashes)
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
                          s.seed, s.before, s.after, exclude, _workspace(len(data.tokens)))
@@ -169,13 +169,13 @@ def contexts_piece(piece: Piece, s: ContextsSettings) -> dict:
     base, row = {}, 0
     for n, p in sorted(families.items()):
         base[n], row = row, row + len(p)
-    examples, counts = found_tables(found, families, {part.file_index: part.location for part in piece.shards}, base)
+    examples, counts = found_tables(found, families, {piece.file_index: piece.location for piece in group.pieces}, base)
     faults.delay_point(faults.CONTEXTS_TEST_DELAY)
-    nbytes = atomic_write_parquet(examples_url(s, piece.name), examples, compression="zstd")
-    nbytes += atomic_write_parquet(counts_url(s, piece.name), counts, compression="zstd")
+    nbytes = atomic_write_parquet(examples_url(s, group.name), examples, compression="zstd")
+    nbytes += atomic_write_parquet(counts_url(s, group.name), counts, compression="zstd")
     return {
-        "piece": piece.name,
-        "shards": [ref.name for ref in piece.shards],
+        "group": group.name,
+        "pieces": [piece.name for piece in group.pieces],
         "samples": int(len(data.offsets) - 1),
         "tokens": int(data.offsets[-1] - data.offsets[0]),
         "occurrences": {str(f.n): int(f.counts.sum()) for f in found},

@@ -62,7 +62,7 @@ class ContextsWriter:
 
     def add(self, stats: dict) -> None:
         """One piece's parts (its statistics as the task returned them)."""
-        piece = stats["piece"]
+        piece = stats["group"]
         examples = _read(examples_url(self.s, piece))
         counts = _read(counts_url(self.s, piece))
         np.add.at(self.counts, counts.column("prompt").to_numpy(), counts.column("occurrences").to_numpy())

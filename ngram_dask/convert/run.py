@@ -16,7 +16,6 @@ import json
 import os
 import posixpath
 import shutil
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,9 +25,9 @@ from ngram_dask.config import Config, parse_size
 from ngram_dask.convert.settings import ConvertSettings, SourceShard
 from ngram_dask.convert.shard import MARKER, STAGING, convert_shard
 from ngram_dask.convert.sources import discover_shards
-from ngram_dask.errors import ConfigError, UserError
+from ngram_dask.errors import ConfigError
 from ngram_dask.mds import SIDECAR
-from ngram_dask.runtime import DiskFull, Manifest, Stage, Step, completed, run_stage
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageReport, Step, run_stage
 from ngram_dask.storage import (
     atomic_write_bytes,
     get_fs,
@@ -36,30 +35,27 @@ from ngram_dask.storage import (
     join,
     local_path,
     redact_url,
-    use_storage,
 )
 
 Announce = Callable[[str], None]
 
 
 @dataclass
-class ConvertReport:
+class ConvertReport(StageReport):
     out: str = ""  # the MDS root written
     shards_total: int = 0  # in the source
     shards_run: int = 0  # in --begin/--end-shard
     converted: int = 0
-    skipped: int = 0  # finished by an earlier run
     documents: int = 0
     tokens: int = 0
     samples: int = 0
     bytes: int = 0
     invalid_utf8: int = 0
     first_invalid: str | None = None
-    seconds: float = 0.0
     new_tokens: int = 0  # tokenized by this run (for the rate)
     indexed_shards: int = 0  # sub-datasets in the root index.json
     token_dtype: str = "uint16"
-    dashboard: str | None = None
+    already_done: int = 0  # shards of this run's range whose marker was found (an earlier run's, or a retry's)
 
 
 def settings_from(cfg: Config, tokenizer) -> ConvertSettings:
@@ -116,12 +112,9 @@ def sidecar_manifest(s: ConvertSettings, source: str) -> Manifest:
         join(s.out, SIDECAR), {**s.identity_dict, "source": source}, f"{s.out}",
         refusal=lambda key, old, new: (f"{s.out} holds a conversion with {key} = {old!r}, not {new!r}; "
                                        "use a fresh --out (or delete this one)"),
-        binds=lambda: bool(fs.glob(posixpath.join(path, "*", MARKER))))
-
-
-def fs_exists(url: str) -> bool:
-    fs, path = get_fs(url)
-    return fs.exists(path)
+        binds=lambda: bool(fs.glob(posixpath.join(path, "*", MARKER))),
+        foreign=lambda: (f"{s.out} holds an MDS dataset that `ngram-dask convert` did not write; use a fresh --out"
+                         if fs.exists(posixpath.join(path, "index.json")) else None))
 
 
 def _remove_staging_leftovers(out: str) -> int:
@@ -135,16 +128,15 @@ def _remove_staging_leftovers(out: str) -> int:
     return len(stale)
 
 
-def write_root_index(s: ConvertSettings, shards: list[SourceShard]) -> list[SourceShard]:
-    """Merge the index.json of every finished sub-dataset into out/index.json (shard order).
+def write_root_index(s: ConvertSettings, finished: list[SourceShard]) -> int:
+    """Merge the index.json of every finished sub-dataset into out/index.json (source order).
 
     Basenames get their sub-folder prefixed, as ``streaming.base.util.merge_index``
     does, so ``StreamingDataset(local=out)`` and the build's reader see one dataset.
+    Returns the number of sub-datasets listed.
     """
-    merged, included = [], []
-    for shard in shards:
-        if completed(convert_shard, shard, s) is None:
-            continue
+    merged = []
+    for shard in finished:
         with fsspec.open(join(s.out, shard.name, "index.json"), "rb") as f:
             index = json.load(f)
         for entry in index["shards"]:
@@ -152,42 +144,39 @@ def write_root_index(s: ConvertSettings, shards: list[SourceShard]) -> list[Sour
                 if entry.get(key):
                     entry[key]["basename"] = posixpath.join(shard.name, entry[key]["basename"])
             merged.append(entry)
-        included.append(shard)
     atomic_write_bytes(join(s.out, "index.json"), json.dumps({"version": 2, "shards": merged}).encode())
-    return included
+    return len(finished)
 
 
 def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
+    return run_stage(cfg, "convert", lambda info: declare_convert(cfg, announce), announce)
+
+
+def declare_convert(cfg: Config, announce: Announce) -> Stage:
+    """One step over every source shard: this run converts those of --begin/--end-shard;
+    the root index lists every shard finished, by this run or an earlier one."""
     from ngram_dask.tokenizer import load_tokenizer
 
-    cfg.check("convert")
     c = cfg.convert
-    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the source is listed here first
     shards = discover_shards(c)
     if c.begin_shard >= len(shards):
         raise ConfigError(f"--begin-shard {c.begin_shard}: the source has {len(shards)} shard(s) "
                           f"(0..{len(shards) - 1})")
     todo = shards[c.begin_shard:c.end_shard]
+    in_range = {shard.name for shard in todo}
     tokenizer = load_tokenizer(cfg.tokenizer)  # fail here, before any work, when it cannot be had
     s = settings_from(cfg, tokenizer)
-    report = ConvertReport(shards_total=len(shards), shards_run=len(todo), token_dtype=s.token_dtype,
-                           out=s.out)
-
+    report = ConvertReport(shards_total=len(shards), shards_run=len(todo), token_dtype=s.token_dtype, out=s.out)
     fs, out_path = get_fs(s.out)
     fs.makedirs(out_path, exist_ok=True)
-    manifest = sidecar_manifest(s, redact_url(c.source))
-    if manifest.read() is None and fs_exists(join(s.out, "index.json")):
-        raise UserError(f"{s.out} holds an MDS dataset that `ngram-dask convert` did not write; "
-                        "use a fresh --out")
-    manifest.claim()  # before any task: the build reads the token_dtype from it
-    _remove_staging_leftovers(s.out)
     sep = f"BOS {s.bos_id}, EOS {s.eos_id}"
     announce(f"convert: {len(todo)} of {len(shards)} source shard(s) -> {redact_url(s.out)} "
              f"({cfg.tokenizer}, {s.token_dtype}, seq_len {s.seq_len}{'' if s.wrap else ', no wrap'}, {sep})")
-
     done_here = [0]
 
     def on_result(st: dict, ctx) -> None:
+        if st["name"] not in in_range:
+            return  # finished by an earlier run outside this range: only indexed
         _tally(report, st)
         done_here[0] += 1
         what = "already done" if st["skipped"] else (
@@ -196,23 +185,23 @@ def run_convert(cfg: Config, announce: Announce = print) -> ConvertReport:
         bad = f", {st['invalid_utf8']} invalid UTF-8 skipped" if st.get("invalid_utf8") else ""
         announce(f"  [{done_here[0]}/{len(todo)}] {st['name']}: {what}{bad}")
 
-    def steps(ctx):
-        yield Step("convert", todo, convert_shard, kwargs={"s": s}, unit="shards",
-                   disk=DiskFull(f"the output {redact_url(s.out)}"), on_result=on_result)
+    def finish(stats: list[dict], ctx) -> None:
+        _remove_staging_leftovers(s.out)
+        finished = {st["name"] for st in stats}
+        report.indexed_shards = write_root_index(s, [shard for shard in shards if shard.name in finished])
 
-    t0 = time.perf_counter()
-    ctx = run_stage(Stage(name="convert", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-                          manifest=manifest), announce)
-    report.dashboard = ctx.dashboard
-    report.seconds = time.perf_counter() - t0
-    _remove_staging_leftovers(s.out)
-    report.indexed_shards = len(write_root_index(s, shards))
-    return report
+    def steps(ctx):
+        _remove_staging_leftovers(s.out)
+        yield Step("convert", shards, convert_shard, kwargs={"s": s}, counts="shards",
+                   select=lambda shard: shard.name in in_range,
+                   disk=DiskFull(f"the output {redact_url(s.out)}"), on_result=on_result, finish=finish)
+
+    return Stage(steps, report, manifest=sidecar_manifest(s, redact_url(c.source)))
 
 
 def _tally(report: ConvertReport, st: dict) -> None:
     if st["skipped"]:
-        report.skipped += 1
+        report.already_done += 1
     else:
         report.converted += 1
         report.new_tokens += st["tokens"]
@@ -226,12 +215,13 @@ def _tally(report: ConvertReport, st: dict) -> None:
 
 def summary_lines(report: ConvertReport) -> list[str]:
     out = report.out
-    rate = report.new_tokens / report.seconds if report.seconds else 0.0
+    seconds = report.seconds.get("convert", 0.0)
+    rate = report.new_tokens / seconds if seconds else 0.0
     lines = [
         "", "summary:",
-        f"  shards {report.shards_run} ({report.converted} converted, {report.skipped} already done), "
+        f"  shards {report.shards_run} ({report.converted} converted, {report.already_done} already done), "
         f"documents {report.documents:,}, tokens {report.tokens:,}, samples {report.samples:,}",
-        f"  written {report.bytes / 1e6:,.2f} MB ({report.token_dtype} ids) in {report.seconds:.1f} s, "
+        f"  written {report.bytes / 1e6:,.2f} MB ({report.token_dtype} ids) in {seconds:.1f} s, "
         f"{rate / 1e6:.2f}M tokens/s",
     ]
     if report.invalid_utf8:

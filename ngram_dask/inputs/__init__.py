@@ -1,5 +1,5 @@
-"""The corpora a build reads, as *pieces*: small descriptors of about ``task_tokens`` tokens
-that a worker turns into samples (``ShardTokens``: token ids and sample boundaries).
+"""The corpora a build reads, as *pieces*: small descriptors of about ``unit_tokens`` tokens
+that a worker turns into samples (``Samples``: token ids and sample boundaries).
 
 ======== ====================================== ================================== ==========================
 format   files                                  a piece is                         samples
@@ -26,14 +26,18 @@ one-line ``BadInputError`` naming the file (and the sample, document or offset).
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 
 from ngram_dask.errors import BadInputError, ConfigError
 from ngram_dask.inputs import flat, megatron, parquet
-from ngram_dask.inputs.base import FORMATS, InputPlan, Piece, ShardTokens, checked
+from ngram_dask.inputs.base import FORMATS, InputPlan, Piece, Samples, checked
 from ngram_dask.storage import get_fs, is_local, redact_url
 
-__all__ = ["FORMATS", "InputPlan", "Piece", "ShardTokens", "detect_format", "group_pieces", "plan_input",
-           "read_piece"]
+__all__ = ["FORMATS", "GroupSamples", "InputPlan", "Piece", "PieceGroup", "Samples", "detect_format", "group_pieces",
+           "plan_input", "read_group", "read_piece"]
 
 _SUFFIX = {".bin": "bin", ".npy": "npy", ".parquet": "parquet", ".idx": "megatron"}
 
@@ -98,7 +102,7 @@ def detect_format(files: list[str]) -> str:
 
 def plan_input(url: str, *, input_format: str = "auto", token_dtype: str = "auto", seq_len: int = 2048,
                samples: str = "seq-len", token_column: str | None = None,
-               task_tokens: int = 34_000_000) -> InputPlan:
+               unit_tokens: int = 34_000_000) -> InputPlan:
     """The pieces of ``url`` (a local path or fsspec URL: one file, a folder or a glob)."""
     if input_format not in ("auto",) + FORMATS:
         raise ConfigError(f"unknown input format {input_format!r}: use auto, {', '.join(FORMATS)}")
@@ -119,15 +123,15 @@ def plan_input(url: str, *, input_format: str = "auto", token_dtype: str = "auto
         return mds.plan(url, token_dtype)
     if fmt == "megatron":
         bins = sorted({f[:-4] + ".bin" for f in files if f.endswith((".idx", ".bin"))})
-        return megatron.plan(bins, seq_len, samples, task_tokens)
+        return megatron.plan(bins, seq_len, samples, unit_tokens)
     if fmt in ("bin", "npy"):
         chosen = [f for f in files if f.lower().endswith("." + fmt)]
-        return flat.plan(chosen, fmt, token_dtype, seq_len, task_tokens)
+        return flat.plan(chosen, fmt, token_dtype, seq_len, unit_tokens)
     chosen = [f for f in files if f.lower().endswith(".parquet")]
-    return parquet.plan(chosen, token_column, samples, task_tokens)
+    return parquet.plan(chosen, token_column, samples, unit_tokens)
 
 
-def read_piece(piece: Piece, vocab_size: int | None = None, verify_hashes: bool = True) -> ShardTokens:
+def read_piece(piece: Piece, vocab_size: int | None = None, verify_hashes: bool = True) -> Samples:
     """The samples of one piece, ids checked against ``vocab_size``."""
     if piece.format == "mds":
         from ngram_dask.inputs import mds
@@ -142,19 +146,68 @@ def read_piece(piece: Piece, vocab_size: int | None = None, verify_hashes: bool 
     return checked(piece, data, vocab_size)
 
 
-def group_pieces(pieces: list[Piece], task_tokens: int) -> list[tuple[Piece, ...]]:
-    """Consecutive pieces, greedily, until the next would pass ``task_tokens`` tokens: one
-    task's input. A piece's tokens are exact for token files and an upper bound from the raw
+@dataclass(frozen=True)
+class PieceGroup:
+    """The consecutive pieces one unit reads (an explode or a contexts unit); small, so it
+    travels in the task graph. Its name names the unit's files and marker."""
+
+    pieces: tuple[Piece, ...]
+
+    @property
+    def name(self) -> str:
+        first = self.pieces[0].name
+        return first if len(self.pieces) == 1 else f"{first}+{len(self.pieces) - 1}"
+
+    @property
+    def tokens(self) -> int:
+        return sum(piece.tokens for piece in self.pieces)
+
+
+def group_pieces(pieces: list[Piece], unit_tokens: int) -> list[PieceGroup]:
+    """Consecutive pieces, greedily, until the next would pass ``unit_tokens`` tokens: one
+    unit's input. A piece's tokens are exact for token files and an upper bound from the raw
     bytes for MDS; a piece larger than the budget is a group of its own."""
-    groups: list[tuple[Piece, ...]] = []
+    groups: list[PieceGroup] = []
     current: list[Piece] = []
     tokens = 0
     for piece in pieces:
-        if current and tokens + piece.tokens > task_tokens:
-            groups.append(tuple(current))
+        if current and tokens + piece.tokens > unit_tokens:
+            groups.append(PieceGroup(tuple(current)))
             current, tokens = [], 0
         current.append(piece)
         tokens += piece.tokens
     if current:
-        groups.append(tuple(current))
+        groups.append(PieceGroup(tuple(current)))
     return groups
+
+
+class GroupSamples(NamedTuple):
+    """Every sample of a piece group concatenated: ``offsets`` (samples + 1 boundaries), and
+    per sample ``files`` (its file's index in the dataset) and ``samples`` (its index in
+    that file): where an example was found."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+    files: np.ndarray
+    samples: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: bool = True) -> GroupSamples:
+    """The samples of every piece of the group, in order, ids checked against ``vocab_size``
+    (boundaries kept: nothing a unit counts crosses them)."""
+    parts = [read_piece(piece, vocab_size, verify_hashes) for piece in group.pieces]
+    files = np.concatenate([np.full(len(p.offsets) - 1, piece.file_index, np.int64)
+                            for p, piece in zip(parts, group.pieces)])
+    samples = np.concatenate([piece.sample0 + np.arange(len(p.offsets) - 1, dtype=np.int64)
+                              for p, piece in zip(parts, group.pieces)])
+    if len(parts) == 1:
+        return GroupSamples(parts[0].tokens, np.asarray(parts[0].offsets, np.int64), files, samples)
+    tokens = np.concatenate([p.tokens for p in parts])
+    starts = np.cumsum([0] + [len(p.tokens) for p in parts[:-1]])
+    offsets = np.concatenate([np.asarray(parts[0].offsets[:1], np.int64)]
+                             + [np.asarray(p.offsets[1:], np.int64) + base for p, base in zip(parts, starts)])
+    return GroupSamples(tokens, offsets, files, samples)

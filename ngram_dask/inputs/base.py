@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from ngram_dask.errors import BadInputError
-from ngram_dask.mds import ShardTokens
+from ngram_dask.mds import Samples
 from ngram_dask.storage import get_fs, redact_url
 
-__all__ = ["FORMATS", "InputPlan", "Piece", "ShardTokens", "checked", "file_piece_name", "plan_of", "read_range",
+__all__ = ["FORMATS", "InputPlan", "Piece", "Samples", "checked", "file_piece_name", "plan_of", "read_range",
            "stream_pieces", "wide_or_narrow"]
 
 FORMATS = ("mds", "megatron", "bin", "npy", "parquet")
@@ -83,10 +83,10 @@ def plan_of(fmt: str, pieces: list[Piece], files: list[str], samples: str) -> In
                      files, samples)
 
 
-def stream_pieces(file: str, file_index: int, fmt: str, total: int, seq_len: int, task_tokens: int,
+def stream_pieces(file: str, file_index: int, fmt: str, total: int, seq_len: int, unit_tokens: int,
                   **fields) -> list[Piece]:
-    """Pieces of a stream of ``total`` tokens: about ``task_tokens`` each, on multiples of ``seq_len``."""
-    step = max(seq_len, task_tokens // seq_len * seq_len)
+    """Pieces of a stream of ``total`` tokens: about ``unit_tokens`` each, on multiples of ``seq_len``."""
+    step = max(seq_len, unit_tokens // seq_len * seq_len)
     return [Piece(fmt, file, file_index, file_piece_name(file_index, file, a), min(a + step, total) - a,
                   a // seq_len, start=a, stop=min(a + step, total), seq_len=seq_len, **fields)
             for a in range(0, total, step)]
@@ -104,14 +104,14 @@ def read_range(file: str, start: int, stop: int) -> bytes:
     return data
 
 
-def stream_samples(piece: Piece, ids: np.ndarray) -> ShardTokens:
+def stream_samples(piece: Piece, ids: np.ndarray) -> Samples:
     """Cut a piece's ids into samples of ``seq_len`` (it starts on a sample boundary)."""
     n = len(ids)
     offsets = np.arange(0, n, piece.seq_len, dtype=np.int64)
-    return ShardTokens(ids, np.append(offsets, n).astype(np.int64) if n else np.zeros(1, np.int64))
+    return Samples(ids, np.append(offsets, n).astype(np.int64) if n else np.zeros(1, np.int64))
 
 
-def checked(piece: Piece, data: ShardTokens, vocab_size: int | None) -> ShardTokens:
+def checked(piece: Piece, data: Samples, vocab_size: int | None) -> Samples:
     """Ids as the build holds them, every one in ``[0, vocab_size)``; else one line naming where."""
     ids = data.tokens
     bad = None
@@ -130,4 +130,4 @@ def checked(piece: Piece, data: ShardTokens, vocab_size: int | None) -> ShardTok
     want = np.dtype(piece.token_dtype)
     if ids.dtype != want:
         ids = ids.astype(want)
-    return ShardTokens(ids, data.offsets)
+    return Samples(ids, data.offsets)

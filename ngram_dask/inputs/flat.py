@@ -15,7 +15,7 @@ from ngram_dask.errors import BadInputError
 from ngram_dask.inputs.base import (
     InputPlan,
     Piece,
-    ShardTokens,
+    Samples,
     plan_of,
     read_range,
     stream_pieces,
@@ -53,7 +53,7 @@ def npy_header(file: str) -> tuple[np.dtype, int, int]:
     return dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype, int(shape[0]), offset
 
 
-def plan(files: list[str], fmt: str, token_dtype: str, seq_len: int, task_tokens: int) -> InputPlan:
+def plan(files: list[str], fmt: str, token_dtype: str, seq_len: int, unit_tokens: int) -> InputPlan:
     pieces: list[Piece] = []
     for i, file in enumerate(files):
         if fmt == "npy":
@@ -66,14 +66,14 @@ def plan(files: list[str], fmt: str, token_dtype: str, seq_len: int, task_tokens
                 raise BadInputError(f"{redact_url(file)} has {size} bytes, not a multiple of {stored.itemsize} "
                                     f"({stored.name} ids; --token-dtype says how wide they are)")
             total = size // stored.itemsize
-        pieces += stream_pieces(file, i, fmt, total, seq_len, task_tokens, stored=stored.str,
+        pieces += stream_pieces(file, i, fmt, total, seq_len, unit_tokens, stored=stored.str,
                                 data_offset=offset, token_dtype=wide_or_narrow(stored))
     if not pieces:
         raise BadInputError(f"the input's {fmt} files hold no tokens: {', '.join(map(redact_url, files[:3]))}")
     return plan_of(fmt, pieces, files, "seq-len")
 
 
-def read(piece: Piece) -> ShardTokens:
+def read(piece: Piece) -> Samples:
     stored = np.dtype(piece.stored)
     data = read_range(piece.file, piece.data_offset + piece.start * stored.itemsize,
                       piece.data_offset + piece.stop * stored.itemsize)

@@ -4,7 +4,7 @@ each, read by ``ngram_dask.mds`` (which reads the format without importing strea
 from __future__ import annotations
 
 from ngram_dask.errors import BadInputError
-from ngram_dask.inputs.base import InputPlan, Piece, ShardTokens
+from ngram_dask.inputs.base import InputPlan, Piece, Samples
 from ngram_dask.mds import list_shards, read_shard, resolve_token_dtype
 from ngram_dask.storage import redact_url
 
@@ -22,5 +22,5 @@ def plan(url: str, token_dtype: str = "auto") -> InputPlan:
     return InputPlan("mds", dtype, pieces, [ref.url for ref in shards], "seq-len")
 
 
-def read(piece: Piece, vocab_size: int | None, verify_hashes: bool) -> ShardTokens:
+def read(piece: Piece, vocab_size: int | None, verify_hashes: bool) -> Samples:
     return read_shard(piece.extra, piece.token_dtype, vocab_size, verify_hashes)

@@ -33,7 +33,7 @@ from ngram_dask.errors import BadInputError
 from ngram_dask.inputs.base import (
     InputPlan,
     Piece,
-    ShardTokens,
+    Samples,
     file_piece_name,
     plan_of,
     read_range,
@@ -120,7 +120,7 @@ def _check_file(bin_url: str, head: IndexHeader) -> tuple[int, np.ndarray]:
     return int(starts[-1]), starts
 
 
-def plan(bins: list[str], seq_len: int, samples: str, task_tokens: int) -> InputPlan:
+def plan(bins: list[str], seq_len: int, samples: str, unit_tokens: int) -> InputPlan:
     pieces: list[Piece] = []
     for i, bin_url in enumerate(bins):
         idx = bin_url[:-4] + ".idx"
@@ -133,14 +133,14 @@ def plan(bins: list[str], seq_len: int, samples: str, task_tokens: int) -> Input
         dtype = wide_or_narrow(head.dtype)
         common = {"stored": head.dtype.str, "index": idx, "token_dtype": dtype}
         if samples == "seq-len":
-            pieces += stream_pieces(bin_url, i, "megatron", total, seq_len, task_tokens, **common)
+            pieces += stream_pieces(bin_url, i, "megatron", total, seq_len, unit_tokens, **common)
             continue
         docs = head.document_indices()
         doc_tokens = starts[docs]  # token index where each document starts; the last is the total
         d = 0
         while d < len(docs) - 1:
-            # documents [d, e): as many as fit task_tokens, at least one
-            e = int(np.searchsorted(doc_tokens, doc_tokens[d] + task_tokens, side="right")) - 1
+            # documents [d, e): as many as fit unit_tokens, at least one
+            e = int(np.searchsorted(doc_tokens, doc_tokens[d] + unit_tokens, side="right")) - 1
             e = min(max(e, d + 1), len(docs) - 1)
             a, b = int(doc_tokens[d]), int(doc_tokens[e])
             pieces.append(Piece("megatron", bin_url, i, file_piece_name(i, bin_url, d), b - a, d,
@@ -151,7 +151,7 @@ def plan(bins: list[str], seq_len: int, samples: str, task_tokens: int) -> Input
     return plan_of("megatron", pieces, bins, samples)
 
 
-def read(piece: Piece) -> ShardTokens:
+def read(piece: Piece) -> Samples:
     stored = np.dtype(piece.stored)
     if piece.seq_len:  # seq-len mode: a token range
         data = read_range(piece.file, piece.start * stored.itemsize, piece.stop * stored.itemsize)
@@ -163,4 +163,4 @@ def read(piece: Piece) -> ShardTokens:
     offsets = seq_starts[docs - docs[0]]
     a = piece.tokens_start
     data = read_range(piece.file, a * stored.itemsize, (a + int(offsets[-1])) * stored.itemsize)
-    return ShardTokens(np.frombuffer(data, stored), offsets.astype(np.int64))
+    return Samples(np.frombuffer(data, stored), offsets.astype(np.int64))

@@ -1,6 +1,6 @@
 """Parquet with a list column of integer token ids (``input_ids``, ``tokens``, ...): one
 row is one sample. A piece is a run of consecutive row groups holding about
-``task_tokens`` ids (counted from the column chunks' value counts in the footer), read
+``unit_tokens`` ids (counted from the column chunks' value counts in the footer), read
 with pyarrow over an fsspec file (ranged reads of those row groups only).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ngram_dask.errors import BadInputError
-from ngram_dask.inputs.base import InputPlan, Piece, ShardTokens, file_piece_name, plan_of
+from ngram_dask.inputs.base import InputPlan, Piece, Samples, file_piece_name, plan_of
 from ngram_dask.storage import get_fs, redact_url
 
 __all__ = ["TOKEN_COLUMNS", "plan", "read"]
@@ -45,7 +45,7 @@ def _column(file: str, pf, wanted: str | None) -> tuple[str, str]:
     return name, np.dtype(typ.value_type.to_pandas_dtype()).str
 
 
-def plan(files: list[str], token_column: str | None, samples: str, task_tokens: int) -> InputPlan:
+def plan(files: list[str], token_column: str | None, samples: str, unit_tokens: int) -> InputPlan:
     pieces: list[Piece] = []
     for i, file in enumerate(files):
         pf = _open(file)
@@ -57,7 +57,7 @@ def plan(files: list[str], token_column: str | None, samples: str, task_tokens: 
         g, row0 = 0, 0
         while g < len(counts):
             h, tokens = g, 0
-            while h < len(counts) and (h == g or tokens + counts[h] <= task_tokens):
+            while h < len(counts) and (h == g or tokens + counts[h] <= unit_tokens):
                 tokens += counts[h]
                 h += 1
             pieces.append(Piece("parquet", file, i, file_piece_name(i, file, g), tokens, row0, "uint32",
@@ -69,7 +69,7 @@ def plan(files: list[str], token_column: str | None, samples: str, task_tokens: 
     return plan_of("parquet", pieces, files, samples)
 
 
-def read(piece: Piece) -> ShardTokens:
+def read(piece: Piece) -> Samples:
     pf = _open(piece.file)
     column = pf.read_row_groups(list(range(piece.start, piece.stop)), columns=[piece.column]).column(0)
     column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
@@ -81,4 +81,4 @@ def read(piece: Piece) -> ShardTokens:
     if values.null_count:
         raise BadInputError(f"{redact_url(piece.file)}: column {piece.column!r} holds null ids")
     ids = np.asarray(values)[offsets[0]:offsets[-1]]
-    return ShardTokens(ids, offsets - offsets[0])
+    return Samples(ids, offsets - offsets[0])

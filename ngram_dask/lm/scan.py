@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,9 +39,9 @@ from ngram_dask.lm.scan_gather import (
 )
 from ngram_dask.lm.scan_stats import FLOAT_STATS, candidate_mask, context_bounds, position_statistics
 from ngram_dask.mds import ShardRef, list_shards, read_shard, resolve_token_dtype
-from ngram_dask.runtime import DiskFull, Manifest, Stage, Step, resumable, run_stage
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageReport, Step, resumable, run_stage
 from ngram_dask.schema import scan_table
-from ngram_dask.storage import atomic_write_parquet, join, redact_url, use_storage
+from ngram_dask.storage import atomic_write_parquet, join, redact_url
 
 Announce = Callable[[str], None]
 
@@ -162,9 +162,8 @@ def scan_batch(batch: BatchRef, s: ScanSettings) -> dict:
 # ---------------------------------------------------------------------------------------
 
 @dataclass
-class ScanReport:
+class ScanReport(StageReport):
     batches: int = 0
-    skipped: int = 0
     samples: int = 0
     tokens: int = 0
     positions: int = 0
@@ -173,7 +172,6 @@ class ScanReport:
     rows: int = 0
     out: str | None = None
     table: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _model_config(name: str):
@@ -210,14 +208,16 @@ def scan_identity(cfg: Config, model: str, token_dtype: str, shards: Sequence[Sh
 
 def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
     """Scan every batch (resumable), gather the candidates into ``--out`` (and ``scan_<L>``)."""
+    return run_stage(cfg, "scan", lambda info: declare_scan(cfg, announce), announce)
+
+
+def declare_scan(cfg: Config, announce: Announce) -> Stage:
     from ngram_dask.lm.models import expand_model_name
     from ngram_dask.tokenizer import load_tokenizer
 
-    cfg.check("scan")
     s = cfg.scan
     report = ScanReport(out=s.out)
     model = expand_model_name(s.model)
-    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
     shards = list_shards(cfg.input)
     if not shards or sum(r.samples for r in shards) == 0:
         raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: no samples in {len(shards)} shard(s)")
@@ -240,8 +240,6 @@ def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
     report.batches = len(batches)
 
     def gather(stats: list[dict], ctx) -> None:
-        report.skipped = ctx.skipped["scan"]
-        report.seconds["scan"] = ctx.seconds["scan"]
         for m in stats:
             report.samples += m["samples"]
             report.tokens += m["tokens"]
@@ -274,16 +272,15 @@ def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
     def steps(ctx):
         announce(f"scan: {model}, L = {s.seq_len}, {len(batches)} batch(es) of <= {s.samples_per_batch} "
                  f"samples -> {scan_dir}")
-        yield Step("scan", batches, scan_batch, args=lambda b: (b, settings), unit="batches", gpu=True,
+        yield Step("scan", batches, scan_batch, args=lambda b: (b, settings), counts="batches", gpu=True,
                    disk=DiskFull(f"the scan work dir {scan_dir}"), finish=gather)
 
-    run_stage(Stage(
-        name="scan", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
+    return Stage(
+        steps, report,
         manifest=Manifest(join(scan_dir, "manifest.json"), scan_identity(cfg, model, token_dtype, shards),
                           f"scan work dir {scan_dir}", describe={"shards": "input shards"}),
         db=cfg.db if s.to_db else None, access=(cfg.input, work_dir), uses_gpu=True, device=s.device,
-    ), announce)
-    return report
+    )
 
 
 def write_scan_table(con, seq_len: int, table, info: dict) -> str:
@@ -301,14 +298,13 @@ def write_scan_table(con, seq_len: int, table, info: dict) -> str:
 
 def summary_lines(report: ScanReport) -> list[str]:
     lines = ["", "summary:",
-             f"  batches {report.batches} ({report.skipped} already done), samples {report.samples:,}, "
+             f"  batches {report.batches} ({report.skipped.get('scan', 0)} already done), samples {report.samples:,}, "
              f"tokens {report.tokens:,}, positions {report.positions:,}",
              f"  candidates {report.kept:,}, rows after dedup {report.rows:,}"]
-    for stage, sec in report.seconds.items():
-        lines.append(f"  {stage:<8} {sec:8.2f} s")
+    lines += report.time_lines(width=8)
     scan_sec = report.seconds.get("scan", 0)
     if scan_sec and report.scanned_positions:
         lines.append(f"  {report.scanned_positions / scan_sec:,.0f} positions/s")
-    if report.skipped == report.batches:
+    if report.ran("scan") == 0:
         lines.append("  every batch was scanned already: only the gather step ran")
     return lines

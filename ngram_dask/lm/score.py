@@ -8,7 +8,7 @@ How the work is split:
 
 * The client reads the ids of every row (read-only), sorted by ``sum_count``
   descending as in the original, and cuts them into partitions of
-  ``score.rows_per_task`` rows; each partition is one Dask task
+  ``score.rows_per_unit`` rows; each partition is one Dask task
   (``score_worker.score_partition``) that receives a small numpy array of ids and
   returns the probabilities.
 * When workers advertise a ``GPU`` resource (``dask worker --resources GPU=1``) each
@@ -22,7 +22,6 @@ How the work is split:
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,10 +30,10 @@ import numpy as np
 
 from ngram_dask import faults
 from ngram_dask.config import Config, ScoreConfig
-from ngram_dask.db import check_existing, columns, read_info, read_only, table_names, transaction, write_info
+from ngram_dask.db import columns, read_info, read_only, table_names, transaction, write_info
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
-from ngram_dask.runtime import DiskFull, Stage, Step, gpu_resources, run_stage
+from ngram_dask.runtime import DiskFull, Stage, StageReport, Step, run_stage
 from ngram_dask.schema import INFO, scored_models, scored_models_info
 from ngram_dask.storage import sql_identifier
 
@@ -85,9 +84,9 @@ class ModelRun:
 
 
 @dataclass
-class ScoreReport:
-    db: str
-    tables: list[str]
+class ScoreReport(StageReport):
+    db: str = ""
+    tables: list[str] = field(default_factory=list)
     plans: list[ModelPlan] = field(default_factory=list)
     runs: dict[str, ModelRun] = field(default_factory=dict)
     # column -> table -> (rows, mean p, share of rows with p > 0.5)
@@ -116,7 +115,7 @@ def read_rows(db: str, tables: list[str]) -> tuple[dict[str, TableRows], dict[st
             if table not in present:
                 raise DatabaseError(
                     f"database {db} has no table {table}: run `ngram-dask build --tokenizer ...` first "
-                    "(the catalog step writes the top tables)")
+                    "(the top step writes the top tables)")
             cols = _columns(con, table)
             ids = [c for c in cols if re.fullmatch(r"id\d+", c)]
             n = len(ids)
@@ -176,18 +175,6 @@ def partitions(rows: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
-def _placement_of(client) -> tuple[tuple[str, int, int], ...]:
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    by_host: dict[str, list[str]] = {}
-    for address, w in workers.items():
-        by_host.setdefault(w.get("host") or address.rsplit(":", 1)[0], []).append(address)
-    out = []
-    for addresses in by_host.values():
-        for i, address in enumerate(sorted(addresses)):
-            out.append((address, i, len(addresses)))
-    return tuple(out)
-
-
 @dataclass(frozen=True)
 class RowsPart:
     """Rows ``[start, stop)`` of one top table, with their ids: one scoring task's unit."""
@@ -205,16 +192,16 @@ def score_rows(part: RowsPart, s: TaskSettings) -> dict:
 
 def _model_step(plan: ModelPlan, rows: dict[str, TableRows], cfg: Config, report: ScoreReport,
                 ctx) -> Step:
-    """One model over its tables: tasks of ``rows_per_task`` rows; the writer fills the column."""
+    """One model over its tables: tasks of ``rows_per_unit`` rows; the writer fills the column."""
     s = cfg.score
     settings = TaskSettings(model=plan.model, device=s.device, dtype=s.dtype, batch_size=plan.batch_size,
-                            cpu_threads=s.cpu_threads, placement=_placement_of(ctx.client))
+                            cpu_threads=s.cpu_threads, placement=ctx.worker_placement())
     parts = [RowsPart(table, a, b, rows[table].ids[a:b])
-             for table in plan.tables for a, b in partitions(rows[table].rows, s.rows_per_task)]
+             for table in plan.tables for a, b in partitions(rows[table].rows, s.rows_per_unit)]
     probs = {t: np.full(rows[t].rows, np.nan) for t in plan.tables}
     run = ModelRun(plan.column, rows=sum(rows[t].rows for t in plan.tables))
     ctx.announce(f"{plan.column}: {plan.model} on {', '.join(plan.tables)} "
-                 f"(batch {plan.batch_size}, {s.rows_per_task:,} rows per task)")
+                 f"(batch {plan.batch_size}, {s.rows_per_unit:,} rows per task)")
 
     def on_result(res: dict, ctx) -> None:
         probs[res["table"]][res["start"]:res["stop"]] = res["p"]
@@ -223,7 +210,7 @@ def _model_step(plan: ModelPlan, rows: dict[str, TableRows], cfg: Config, report
         faults.crash_point(faults.CRASH_IN_SCORE, plan.column)
 
     def finish(_, ctx) -> None:
-        run.seconds = ctx.seconds[plan.column]
+        run.seconds = ctx.report.seconds.get(plan.column, 0.0)
         write_model(ctx.db(), plan, rows, probs, run)
         report.runs[plan.column] = run
         ctx.announce(f"  {plan.column}: {run.rows:,} rows in {run.seconds:.1f} s "
@@ -231,7 +218,7 @@ def _model_step(plan: ModelPlan, rows: dict[str, TableRows], cfg: Config, report
 
     # Scoring tasks write nothing; a full disk can only be the model cache on a worker.
     disk = DiskFull("a worker's model cache", advice="free space (or set HF_HOME to a larger disk)")
-    return Step(plan.column, parts, score_rows, kwargs={"s": settings}, unit="tasks", gpu=True, release=True,
+    return Step(plan.column, parts, score_rows, kwargs={"s": settings}, gpu=True, release=True,
                 disk=disk, on_result=on_result, finish=finish)
 
 
@@ -302,14 +289,14 @@ def _means(con, report: ScoreReport) -> None:
 
 def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
     """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``."""
-    cfg.check("score")
+    return run_stage(cfg, "score", lambda info: declare_score(cfg, announce), announce,
+                     needs_db="run `ngram-dask build --tokenizer ...` first")
+
+
+def declare_score(cfg: Config, announce: Announce) -> Stage:
+    """One step per model still to score; the writer fills its column in one transaction."""
     s: ScoreConfig = cfg.score
     db = cfg.db
-    if not os.path.exists(db):
-        raise DatabaseError(f"database {db} does not exist: run `ngram-dask build --tokenizer ...` first")
-    info = check_existing(db)
-    if not info:
-        raise DatabaseError(f"database {db} holds no catalog: run `ngram-dask build --tokenizer ...` first")
     report = ScoreReport(db=db, tables=list(s.tables))
 
     def steps(ctx):
@@ -323,8 +310,6 @@ def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
             total = {t: rows[t].rows for t in s.tables}
             announce(f"score {db}: {len(todo)} model(s) x " + ", ".join(f"{t} {r:,} rows" for t, r in total.items()))
             ctx.db()  # opened (and held) before any model runs: a reader cannot block the writes later
-            if not gpu_resources(ctx.client):
-                announce("  no worker advertises a GPU resource: tasks run anywhere")
         for plan in todo:
             yield _model_step(plan, rows, cfg, report, ctx)
         if todo:
@@ -333,9 +318,7 @@ def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
             with read_only(db) as con:
                 _means(con, report)
 
-    run_stage(Stage(name="score", cluster=cfg.cluster, storage=cfg.storage, steps=steps, db=db,
-                    uses_gpu=True, device=s.device, cpu_workers=1), announce)
-    return report
+    return Stage(steps, report, db=db, uses_gpu=True, device=s.device, cpu_workers=1)
 
 
 def summary_lines(report: ScoreReport) -> list[str]:

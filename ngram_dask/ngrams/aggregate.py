@@ -430,9 +430,12 @@ def _publish(staged: str, url: str) -> None:
 # streams from disk; what comes back per partition is one row of statistics.
 
 CHUNK_COLUMNS = {"n": "int64", "id0_chunk": "int64", "partial_dir": "object"}
-RESULT_COLUMNS = {"n": "int64", "id0_chunk": "int64", "path": "object", "reason": "object",
-                  "rows": "int64", "prefix_rows": "int64", "seconds": "float64",
-                  "skipped": "bool", "result": "object"}
+# One row per (n, chunk) unit written: its statistics as typed columns (the client reads
+# them back with ``unit_stats``). Strings and None stay Python objects.
+RESULT_COLUMNS = {"n": "int64", "id0_chunk": "int64", "inputs": "int64", "rows": "int64",
+                  "prefix_rows": "int64", "ngrams_file": "object", "prefixes_file": "object",
+                  "path": "object", "reason": "object", "estimated_bytes": "float64", "budget_bytes": "float64",
+                  "spilled_bytes": "float64", "derived_from": "float64", "seconds": "float64", "skipped": "bool"}
 
 
 def _empty_frame(columns: dict):
@@ -464,12 +467,39 @@ def aggregate_partition(part, s: AggregateSettings):
 
 
 def _result_row(res: dict) -> dict:
-    import json
+    files = res.get("files") or {}
 
-    return {"n": int(res["n"]), "id0_chunk": int(res["chunk"]), "path": res.get("path"),
-            "reason": res.get("reason"), "rows": int(res.get("rows", 0)),
-            "prefix_rows": int(res.get("prefix_rows", 0)), "seconds": float(res.get("seconds", 0.0)),
-            "skipped": bool(res.get("skipped")), "result": json.dumps(res)}
+    def number(key):
+        value = res.get(key)
+        return float("nan") if value is None else float(value)
+
+    return {"n": int(res["n"]), "id0_chunk": int(res["chunk"]), "inputs": int(res.get("inputs", 0)),
+            "rows": int(res.get("rows", 0)), "prefix_rows": int(res.get("prefix_rows", 0)),
+            "ngrams_file": files.get("ngrams"), "prefixes_file": files.get("prefixes"),
+            "path": res.get("path"), "reason": res.get("reason"),
+            **{k: number(k) for k in ("estimated_bytes", "budget_bytes", "spilled_bytes", "derived_from")},
+            "seconds": float(res.get("seconds", 0.0)), "skipped": bool(res.get("skipped"))}
+
+
+def unit_stats(frame) -> list[dict]:
+    """The statistics of every (n, chunk) unit in a computed partition, as the task returned them."""
+    import math
+
+    def text(value) -> str | None:  # an object column's missing value may come back as NaN
+        return value if isinstance(value, str) else None
+
+    out = []
+    for row in frame.to_dict("records"):
+        res = {"n": int(row["n"]), "chunk": int(row["id0_chunk"]), "inputs": int(row["inputs"]),
+               "rows": int(row["rows"]), "prefix_rows": int(row["prefix_rows"]),
+               "files": {k: row[f"{k}_file"] for k in ("ngrams", "prefixes") if text(row[f"{k}_file"])},
+               "path": text(row["path"]), "reason": text(row["reason"]), "seconds": float(row["seconds"]),
+               "skipped": bool(row["skipped"])}
+        for k in ("estimated_bytes", "budget_bytes", "spilled_bytes", "derived_from"):
+            if not math.isnan(row[k]):
+                res[k] = int(row[k])
+        out.append(res)
+    return out
 
 
 def aggregate_frame(todo: list[tuple[int, int]], s: AggregateSettings):

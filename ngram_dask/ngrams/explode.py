@@ -1,8 +1,8 @@
-"""Stage 1, explode: the input's pieces -> partial n-gram counts in Parquet, split by ``id0 % K``.
+"""The build's explode step: the input's pieces -> partial n-gram counts in Parquet, split by ``id0 % K``.
 
 A piece (``ngram_dask.inputs``) is an MDS shard, or a byte range of a Megatron, flat
-``.bin``/``.npy`` or Parquet file of about ``task_tokens`` tokens. Each task takes a
-*group* of consecutive pieces (as many as fit ``task_tokens``),
+``.bin``/``.npy`` or Parquet file of about ``unit_tokens`` tokens. Each unit takes a
+*piece group* of consecutive pieces (as many as fit ``unit_tokens``),
 counts every n-gram inside each sample of all of them at once (sort + run length,
 in numpy), and writes, per n and per chunk, one file::
 
@@ -11,12 +11,12 @@ in numpy), and writes, per n and per chunk, one file::
 sorted by the ids, narrow types (uint16 ids, uint32 counts), zstd-compressed. For the n
 in ``derived`` (n + 1 is counted too), the file holds only the counts of each sample's
 last n-gram: the aggregate derives the other n-grams from the (n+1)-grams.
-Counting several shards together merges their partial counts before anything is
+Counting several pieces together merges their partial counts before anything is
 written: fewer rows for the aggregate to read and fewer, larger files.
 
-The group name is its first shard's name plus how many follow, so a retried or
-re-run task replaces its own output and nothing is counted twice; the work dir's
-manifest records ``task_tokens``, so a rerun cannot regroup shards under files of
+The group name is its first piece's name plus how many follow, so a retried or
+re-run unit replaces its own output and nothing is counted twice; the work dir's
+manifest records ``unit_tokens``, so a rerun cannot regroup pieces under files of
 another grouping. A ``_done/<group>.json`` marker written last (``runtime.resumable``)
 holds the group's statistics; a group with a marker is skipped.
 """
@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ngram_dask.inputs import Piece, group_pieces, read_piece
-from ngram_dask.mds import ShardTokens
+from ngram_dask.inputs import Piece, PieceGroup, read_group
 from ngram_dask.ngrams import counting
 from ngram_dask.runtime import resumable, thread_buffer
 from ngram_dask.storage import atomic_write_parquet, join
@@ -46,7 +45,7 @@ class ExplodeSettings:
     drop_eos: bool = False
     eos_id: int = 0
     verify_hashes: bool = True
-    task_tokens: int = 34_000_000  # shards per task: as many as hold this many tokens
+    unit_tokens: int = 34_000_000  # pieces per unit: as many as hold this many tokens
     count_engine: str = "duckdb"  # counting.count_by_chunk's engine for the largest n
     # n whose partial files hold only each sample's last n-gram: the aggregate derives the
     # rest from the (n+1)-grams (counting.derived_in_aggregate)
@@ -55,24 +54,6 @@ class ExplodeSettings:
     @property
     def bits(self) -> int:
         return counting.key_bits(self.vocab_size)
-
-
-@dataclass(frozen=True)
-class ShardGroup:
-    """Consecutive pieces of input (MDS shards, byte ranges of a token file) exploded by one
-    task; small, so it travels in the task graph."""
-
-    shards: tuple[Piece, ...]
-
-    @property
-    def name(self) -> str:
-        first = self.shards[0].name
-        return first if len(self.shards) == 1 else f"{first}+{len(self.shards) - 1}"
-
-
-def group_shards(pieces: list[Piece], task_tokens: int) -> list[ShardGroup]:
-    """Consecutive pieces, as many as hold ``task_tokens`` tokens, per task (``inputs.group_pieces``)."""
-    return [ShardGroup(group) for group in group_pieces(pieces, task_tokens)]
 
 
 def explode_dir(work_dir: str) -> str:
@@ -91,7 +72,7 @@ def counts_table(c: counting.Counts, n: int, bits: int, vocab_size: int) -> pa.T
     """Arrow table ``id0..id{n-1}, count`` of sorted partial counts."""
     dtype = counting.id_dtype(vocab_size)
     cols = {f"id{j}": ids for j, ids in enumerate(counting.unpack_keys(c.keys, n, bits, dtype))}
-    # A group's counts fit uint32 as long as it holds < 2^32 tokens (task_tokens is
+    # A group's counts fit uint32 as long as it holds < 2^32 tokens (unit_tokens is
     # checked against that), so the partial files keep the narrow type.
     cols["count"] = c.counts.astype(np.uint32)
     return pa.table(cols)
@@ -117,31 +98,20 @@ def _workspace(tokens: int) -> np.ndarray:
     return thread_buffer("explode-keys", tokens, counting.KEY_DTYPE)
 
 
-def read_group(group: ShardGroup, s: ExplodeSettings) -> ShardTokens:
-    """Every sample of the group's pieces, concatenated (boundaries kept: n-grams never cross them)."""
-    parts = [read_piece(piece, s.vocab_size, s.verify_hashes) for piece in group.shards]
-    if len(parts) == 1:
-        return parts[0]
-    tokens = np.concatenate([p.tokens for p in parts])
-    starts = np.cumsum([0] + [len(p.tokens) for p in parts[:-1]])
-    offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + base for p, base in zip(parts, starts)])
-    return ShardTokens(tokens, offsets)
-
-
 @resumable(lambda group, s: marker_url(s.work_dir, group.name))
-def explode_group(group: ShardGroup, s: ExplodeSettings) -> dict:
-    """Explode one group of shards; returns its statistics (a resumable task).
+def explode_group(group: PieceGroup, s: ExplodeSettings) -> dict:
+    """Explode one piece group; returns its statistics (a resumable unit).
 
     Every n is counted in one pass (``counting.count_by_chunk``: one sort for the
     largest n, the smaller ones derived from it), then each non-empty chunk of each n
     is written as one sorted Parquet file.
     """
     t0 = time.perf_counter()
-    data = read_group(group, s)
+    data = read_group(group, s.vocab_size, s.verify_hashes)
     lengths = data.lengths
     stats = {
         "group": group.name,
-        "shards": [ref.name for ref in group.shards],
+        "pieces": [piece.name for piece in group.pieces],
         "samples": int(len(lengths)),
         "tokens": int(data.offsets[-1]),
         "ngrams": {},
@@ -172,6 +142,6 @@ def explode_group(group: ShardGroup, s: ExplodeSettings) -> dict:
     return stats
 
 
-def explode_shard(piece: Piece, s: ExplodeSettings) -> dict:
-    """One piece as a group of its own (tests and tools that explode a single shard)."""
-    return explode_group(ShardGroup((piece,)), s)
+def explode_piece(piece: Piece, s: ExplodeSettings) -> dict:
+    """One piece as a group of its own (tests and tools that explode a single piece)."""
+    return explode_group(PieceGroup((piece,)), s)

@@ -32,7 +32,7 @@ from ngram_dask.storage import get_fs, is_local
 WRITER_SETTINGS = {"preserve_insertion_order": False, "memory_limit": "1GiB"}
 
 
-class CatalogWriter:
+class CountsWriter:
     """The single writer of the catalog database."""
 
     def __init__(self, con, ngrams: list[int], vocab_size: int, chunks: int, info: dict,

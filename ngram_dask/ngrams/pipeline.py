@@ -1,5 +1,5 @@
-"""The build: explode (a Dask bag of shard groups) -> aggregate (a Dask DataFrame of id0
-chunks) -> load (the client, the database's one writer) -> catalog (the top tables).
+"""The build: explode (a Dask bag of piece groups) -> aggregate (a Dask DataFrame of id0
+chunks) -> load (the client, the database's one writer) -> top (the top tables).
 
 The stage's steps are declared here; ``runtime.run_stage`` runs them: it checks, before
 any work, that the input, the work dir and the database belong together, starts the
@@ -21,36 +21,34 @@ from ngram_dask.cluster import package_versions
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, table_names
 from ngram_dask.errors import BadInputError
-from ngram_dask.inputs import InputPlan, plan_input
+from ngram_dask.inputs import InputPlan, group_pieces, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
-from ngram_dask.ngrams.explode import ExplodeSettings, explode_group, group_shards
-from ngram_dask.ngrams.load import WRITER_SETTINGS, CatalogWriter
-from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, Step, run_stage
+from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
+from ngram_dask.ngrams.load import WRITER_SETTINGS, CountsWriter
+from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
-from ngram_dask.storage import is_local, join, local_path, redact_url, use_storage
+from ngram_dask.storage import is_local, join, local_path, redact_url
 
 Announce = Callable[[str], None]
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class BuildReport:
-    shards: int = 0
+class BuildReport(StageReport):
+    pieces: int = 0
     samples: int = 0
     tokens: int = 0
     ngrams: dict[int, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
     loaded_chunks: int = 0
     load_seconds: float = 0.0  # time inside the load transactions (part of aggregate+load)
-    skipped: dict[str, int] = field(default_factory=dict)
+    aggregated: int = 0  # chunks aggregated by this run (not by an earlier one)
     rows: dict[str, int] = field(default_factory=dict)
-    dashboard: str | None = None
 
     @property
     def did_nothing(self) -> bool:
-        return (self.skipped.get("explode", 0) == self.shards and self.loaded_chunks == 0
-                and self.skipped.get("aggregate_new", 0) == 0 and "catalog" not in self.seconds)
+        return (self.ran("explode") == 0 and self.loaded_chunks == 0 and self.aggregated == 0
+                and "top" not in self.seconds)
 
 
 def build_identity(cfg: Config) -> dict[str, str]:
@@ -77,32 +75,33 @@ def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
         "samples": plan.samples,
         "shards": [piece.identity() for piece in plan.pieces],
         # Part files are named after their shard group: another grouping must not mix in.
-        "explode_task_tokens": cfg.build.explode_task_tokens,
+        "explode_unit_tokens": cfg.build.explode_unit_tokens,
         # The n whose part files hold only the samples' last n-grams.
         "derived": list(derived_in_aggregate(cfg.build.ngrams, cfg.build.drop_eos)),
     }
     return Manifest(join(cfg.work_dir, "manifest.json"), identity, f"work dir {cfg.work_dir}", describe={
-        "shards": "the input shards",
-        "explode_task_tokens": lambda old, new: f"shard groups (build.explode_task_tokens {old}, not {new})",
+        "shards": "the input pieces",
+        "explode_unit_tokens": lambda old, new: f"piece groups (build.explode_unit_tokens {old}, not {new})",
         "derived": "partial files (written by another version of ngram-dask)",
     })
 
 
 def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
-    """explode -> aggregate -> load -> catalog, as one stage of the runtime."""
-    cfg.check("build")
+    """explode -> aggregate -> load -> top, as one stage of the runtime."""
+    return run_stage(cfg, "build", lambda info: declare_build(cfg, announce), announce)
+
+
+def declare_build(cfg: Config, announce: Announce) -> Stage:
     b = cfg.build
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input is listed here first
-
     plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
-                      samples=b.samples, token_column=b.token_column, task_tokens=b.explode_task_tokens)
-    shards = plan.pieces
-    report.shards = len(shards)
+                      samples=b.samples, token_column=b.token_column, unit_tokens=b.explode_unit_tokens)
+    pieces = plan.pieces
+    report.pieces = len(pieces)
     token_dtype = plan.token_dtype
     tokenizer = None
-    if "catalog" in b.steps:  # fail before hours of work, not after
+    if "top" in b.steps:  # fail before hours of work, not after
         from ngram_dask.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer)
@@ -110,7 +109,7 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
     xs = ExplodeSettings(
         work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
-        eos_id=b.eos_id, verify_hashes=b.verify_hashes, task_tokens=b.explode_task_tokens,
+        eos_id=b.eos_id, verify_hashes=b.verify_hashes, unit_tokens=b.explode_unit_tokens,
         count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos),
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
@@ -118,11 +117,8 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
                             derived=xs.derived)
 
     def steps(ctx: StageContext):
-        yield _explode_step(shards, xs, b.steps, announce)
+        yield _explode_step(pieces, xs, b.steps, announce)
         _tally(report, ctx.results["explode"])
-        report.skipped["explode"] = sum(len(s["shards"]) for s in ctx.results["explode"] if s.get("skipped"))
-        if "explode" in b.steps:
-            report.seconds["explode"] = ctx.seconds["explode"]
         if not {"aggregate", "load"} & set(b.steps):
             return
         if report.tokens == 0:
@@ -131,37 +127,33 @@ def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
         if "load" in b.steps:
             info = {**identity, "tool": TOOL, "schema_version": str(SCHEMA_VERSION),
                     "ngram_dask_version": __version__, "versions": package_versions(),
-                    "shards": str(report.shards), "samples": str(report.samples), "tokens": str(report.tokens),
+                    "shards": str(report.pieces), "samples": str(report.samples), "tokens": str(report.tokens),
                     **{f"ngram_total_{n}": str(v) for n, v in report.ngrams.items()},
                     "token_dtype": xs.token_dtype, "started_at": started}
-            writer = CatalogWriter(ctx.db(), b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
+            writer = CountsWriter(ctx.db(), b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
         yield _aggregate_step(cfg, ags, writer, announce, report)
         if writer is None:
             return
         if report.loaded_chunks:
             writer.write_info({"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
         if tokenizer is not None:
-            _run_catalog(writer, cfg, tokenizer, announce, report)
+            _build_top(writer, cfg, tokenizer, announce, report)
         for n in sorted(b.ngrams):
             for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
-                report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
-    ctx = run_stage(Stage(
-        name="build", cluster=cfg.cluster, storage=cfg.storage, steps=steps,
-        manifest=work_dir_manifest(cfg, plan),
-        db=cfg.db, db_identity=identity, db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir),
-    ), announce)
-    report.dashboard = ctx.dashboard
-    return report
+    return Stage(steps, report, manifest=work_dir_manifest(cfg, plan), db=cfg.db, db_identity=identity,
+                 db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir))
 
 
 def _disk(work_dir: str) -> DiskFull:
     return DiskFull(f"the work dir {work_dir}", advice="free space (or use a larger --work-dir)",
-                    hint=lambda: _space_hint(work_dir))
+                    hint=lambda done, total: _space_hint(work_dir, done, total))
 
 
-def _space_hint(work_dir: str) -> str:
-    """' (free X MiB, this build has written Y MiB so far, about Z MiB more needed)' for a local work dir."""
+def _space_hint(work_dir: str, done: int, total: int) -> str:
+    """' (free X MiB, this build has written Y MiB so far, about Z MiB more needed)' for a local work
+    dir, ``done`` of the explode's ``total`` units being finished."""
     import shutil
 
     if not is_local(work_dir):
@@ -169,21 +161,18 @@ def _space_hint(work_dir: str) -> str:
     path = local_path(work_dir)
     written = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     free = shutil.disk_usage(path).free
-    done = sum(len(json.loads(m.read_text()).get("shards", [None]))
-               for m in Path(path, "explode", "_done").glob("*.json"))
-    total = len(json.loads(Path(path, "manifest.json").read_text())["shards"])
     needed = written / max(done, 1) * total * 1.5 - written  # aggregate output ~ half of explode's
     return (f" (free {free / 2**20:.1f} MiB, written so far {written / 2**20:.1f} MiB, "
             f"about {max(needed, 0) / 2**20:.1f} MiB more needed)")
 
 
-def _explode_step(shards, xs: ExplodeSettings, steps, announce) -> Step:
-    """A Dask bag of shard groups (descriptors, never data): one partition, one task, per group."""
+def _explode_step(pieces, xs: ExplodeSettings, steps, announce) -> Step:
+    """A Dask bag of piece groups (descriptors, never data): one partition, one unit, per group."""
     import dask.bag as db
 
-    groups = group_shards(shards, xs.task_tokens)
+    groups = group_pieces(pieces, xs.unit_tokens)
     if "explode" in steps:
-        announce(f"explode: {len(shards)} piece(s) of input in {len(groups)} task(s) -> {xs.chunks} chunk(s), "
+        announce(f"explode: {len(pieces)} piece(s) of input in {len(groups)} unit(s) -> {xs.chunks} chunk(s), "
                  f"n = {', '.join(map(str, xs.ngrams))}")
 
     def submit(client, todo):
@@ -192,7 +181,7 @@ def _explode_step(shards, xs: ExplodeSettings, steps, announce) -> Step:
 
     return Step("explode", groups, explode_group, args=lambda g: (g, xs), submit=submit, unpack=list,
                 disk=_disk(xs.work_dir), run="explode" in steps,
-                not_run=lambda g: f"shard group {g.name} has not been exploded yet: run the explode step first")
+                not_run=lambda g: f"piece group {g.name} has not been exploded yet: run the explode step first")
 
 
 def _tally(report: BuildReport, stats: list[dict]) -> None:
@@ -205,11 +194,11 @@ def _tally(report: BuildReport, stats: list[dict]) -> None:
     report.ngrams = totals
 
 
-def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter | None, announce: Announce,
+def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CountsWriter | None, announce: Announce,
                     report: BuildReport) -> Step:
     """A Dask DataFrame of id0 chunks (one partition per chunk); the writer loads each n
     as soon as its last chunk is aggregated."""
-    from ngram_dask.ngrams.aggregate import aggregate_chunk, aggregate_frame, chunk_results
+    from ngram_dask.ngrams.aggregate import aggregate_chunk, aggregate_frame, chunk_results, unit_stats
 
     b = cfg.build
     loaded = writer.loaded() if writer else set()
@@ -224,14 +213,11 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
     # larger one still aggregates.)
     waiting = {n: sum(1 for m, _ in todo if m == n) for n in sorted(b.ngrams)}
     ready: dict[int, list[dict]] = {n: [] for n in waiting}
-    report.skipped["aggregate_new"] = 0
-    t0 = time.perf_counter()
-
     def on_result(res: dict, ctx) -> None:
         n = int(res["n"])
         if (n, int(res["chunk"])) not in wanted:
             return  # a derived n of a chunk loaded before
-        report.skipped["aggregate_new"] += 0 if res.get("skipped") else 1
+        report.aggregated += 0 if res.get("skipped") else 1
         ready[n].append(res)
         if len(ready[n]) == waiting[n] and writer:
             t_load = time.perf_counter()
@@ -239,48 +225,44 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CatalogWriter |
             report.load_seconds += time.perf_counter() - t_load
             ready[n] = []
 
-    def finish(results, ctx) -> None:
-        report.seconds["aggregate+load"] = time.perf_counter() - t0
-
     def submit(client, units):
         return client.compute(aggregate_frame(units, ags).to_delayed())
 
     return Step("aggregate+load" if writer else "aggregate", tops, aggregate_chunk, args=lambda u: (*u, ags),
-                unit="chunk tasks", submit=submit, unpack=lambda frame: [json.loads(r) for r in frame["result"]],
+                counts="chunk units", submit=submit, unpack=unit_stats,
                 expand=chunk_results, disk=_disk(cfg.work_dir), run="aggregate" in b.steps,
                 not_run=lambda u: f"chunk {u[1]} of n={u[0]} has not been aggregated yet: "
                                   "run the aggregate step first",
-                on_result=on_result, finish=finish)
+                on_result=on_result)
 
 
-def _run_catalog(writer: CatalogWriter, cfg: Config, tokenizer, announce: Announce,
+def _build_top(writer: CountsWriter, cfg: Config, tokenizer, announce: Announce,
                  report: BuildReport) -> None:
-    from ngram_dask.ngrams.top import build_catalog, top_rules
+    from ngram_dask.ngrams.top import build_top_tables, top_rules
     from ngram_dask.schema import catalog_tables
 
     missing = set(catalog_tables(cfg.build.ngrams)) - table_names(writer.con)
     info = read_info(writer.con)
-    wanted = {**top_rules(cfg.build.ngrams, cfg.catalog), "tokenizer": cfg.tokenizer}
+    wanted = {**top_rules(cfg.build.ngrams, cfg.top), "tokenizer": cfg.tokenizer}
     changed = any(info.get(k) != v for k, v in wanted.items())
     if not report.loaded_chunks and not missing and not changed:
         return  # counts, thresholds and tokenizer unchanged: keep the top tables and their scores
     t0 = time.perf_counter()
-    rows = build_catalog(writer.con, tokenizer, cfg.vocab_size, sorted(cfg.build.ngrams), cfg.catalog)
+    rows = build_top_tables(writer.con, tokenizer, cfg.vocab_size, sorted(cfg.build.ngrams), cfg.top)
     writer.write_info({"tokenizer": cfg.tokenizer})
-    report.seconds["catalog"] = time.perf_counter() - t0
-    announce(f"catalog: {', '.join(f'{t} {r:,} rows' for t, r in rows.items())}")
+    report.seconds["top"] = time.perf_counter() - t0
+    announce(f"top: {', '.join(f'{t} {r:,} rows' for t, r in rows.items())}")
 
 
 def summary_lines(report: BuildReport) -> list[str]:
     total = sum(report.seconds.values())
     lines = ["", "summary:",
-             f"  input pieces {report.shards}, samples {report.samples:,}, tokens {report.tokens:,}"]
-    for stage, sec in report.seconds.items():
-        lines.append(f"  {stage:<15} {sec:8.2f} s")
+             f"  input pieces {report.pieces}, samples {report.samples:,}, tokens {report.tokens:,}"]
+    lines += report.time_lines()
     if total:
-        lines.append(f"  {'total':<15} {total:8.2f} s  ({report.tokens / total / 1e6:.2f}M tokens/s)")
+        lines[-1] += f"  ({report.tokens / total / 1e6:.2f}M tokens/s)"
     for table, rows in report.rows.items():
         lines.append(f"  {table:<17} {rows:>14,} rows")
     if report.did_nothing:
-        lines.append("  nothing to do: every shard was exploded and every chunk loaded already")
+        lines.append("  nothing to do: every piece was exploded and every chunk loaded already")
     return lines

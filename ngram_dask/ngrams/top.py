@@ -1,4 +1,4 @@
-"""The catalog step: tables for people, built from the counts in the database.
+"""The build's top step: tables for people, built from the counts in the database.
 
 * ``tokens(id, token)``: ``tokenizer.decode([id])`` for every id below ``vocab_size``
   (ids the tokenizer lacks, such as Pythia's padding, decode to ''). Decoded without
@@ -13,7 +13,7 @@ The last step of the build: it runs on the build's own writer connection.
 
 from __future__ import annotations
 
-from ngram_dask.config import CatalogConfig
+from ngram_dask.config import TopConfig
 from ngram_dask.db import table_names, transaction
 from ngram_dask.schema import INFO, TOKENS, TOP_NGRAMS, id_columns, id_sql_type, prefix_table, top_table
 
@@ -72,12 +72,12 @@ def top_sql(n: int) -> str:
     )
 
 
-def _thresholds(n: int, cfg: CatalogConfig) -> tuple[float, int]:
+def _thresholds(n: int, cfg: TopConfig) -> tuple[float, int]:
     frac_key, count_key = _THRESHOLDS[n]
     return float(getattr(cfg, frac_key)), int(getattr(cfg, count_key))
 
 
-def top_rules(ngrams: list[int], cfg: CatalogConfig) -> dict[str, str]:
+def top_rules(ngrams: list[int], cfg: TopConfig) -> dict[str, str]:
     """``{top_bigrams_rule: "frac_max > 0.5 AND sum_count > 0", ...}`` for this configuration."""
     rules = {}
     for n in ngrams:
@@ -87,7 +87,7 @@ def top_rules(ngrams: list[int], cfg: CatalogConfig) -> dict[str, str]:
     return rules
 
 
-def build_catalog(con, tokenizer, vocab_size: int, ngrams: list[int], cfg: CatalogConfig) -> dict[str, int]:
+def build_top_tables(con, tokenizer, vocab_size: int, ngrams: list[int], cfg: TopConfig) -> dict[str, int]:
     """Write ``tokens`` and the top tables in one transaction; returns rows per table.
 
     The filter of each top table is recorded in ``catalog_info`` (``top_bigrams_rule``...)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
 
 from ngram_dask.errors import WorkDirError
 
@@ -23,15 +23,13 @@ Announce = Callable[[str], None]
 class Progress:
     """Console progress of one stage: a line at most every ``interval`` seconds, and at the end.
 
-    ``step(done, tokens)``: ``done`` units finished (tasks, chunks, rows), carrying
-    ``tokens`` tokens; the line shows tokens/s when tokens are counted, else units/s
-    when ``show_rate``.
+    ``step(done, tokens)``: ``done`` units finished (units, chunks, rows), carrying
+    ``tokens`` tokens; the line shows tokens/s when tokens are counted.
     """
 
-    def __init__(self, stage: str, total: int, unit: str, announce: Announce, interval: float = 2.0,
-                 show_rate: bool = False):
+    def __init__(self, stage: str, total: int, unit: str, announce: Announce, interval: float = 2.0):
         self.stage, self.total, self.unit, self.announce = stage, total, unit, announce
-        self.interval, self.show_rate = interval, show_rate
+        self.interval = interval
         # last = -inf: the first step prints, however recent perf_counter's epoch (on Linux: the boot)
         self.done, self.tokens, self.t0, self.last = 0, 0, time.perf_counter(), float("-inf")
 
@@ -42,12 +40,7 @@ class Progress:
         if self.done >= self.total or now - self.last >= self.interval:
             self.last = now
             elapsed = max(now - self.t0, 1e-9)
-            if self.tokens:
-                rate = f", {self.tokens / elapsed / 1e6:.2f}M tokens/s"
-            elif self.show_rate:
-                rate = f", {self.done / elapsed:,.0f} {self.unit}/s"
-            else:
-                rate = ""
+            rate = f", {self.tokens / elapsed / 1e6:.2f}M tokens/s" if self.tokens else ""
             self.announce(f"  {self.stage}: {self.done:,}/{self.total:,} {self.unit}{rate}")
 
     @property
@@ -61,10 +54,17 @@ class DiskFull:
 
     writes_to: str  # "the work dir /data/work"
     advice: str = "free space"
-    hint: Callable[[], str] | None = None  # " (free 1.2 MiB, ...)", computed only then
+    # (units done, units of the step) -> " (free 1.2 MiB, ...)", computed only then
+    hint: Callable[[int, int], str] | None = None
+    progress: Progress | None = None  # the step's, given by the runtime (``at``)
+
+    def at(self, progress: Progress) -> "DiskFull":
+        """This message, its hint told how far the step has come."""
+        return replace(self, progress=progress)
 
     def error(self) -> WorkDirError:
-        hint = self.hint() if self.hint else ""
+        done, total = (self.progress.done, self.progress.total) if self.progress else (0, 0)
+        hint = self.hint(done, total) if self.hint else ""
         return WorkDirError(f"out of disk space in {self.writes_to}{hint}; {self.advice} and rerun: "
                             "finished work is kept")
 
@@ -98,22 +98,19 @@ def as_finished(futures: list, disk: DiskFull, release: bool = False) -> Iterato
         raise
 
 
-def map_tasks(client, fn: Callable, items: Iterable, disk: DiskFull, resources: dict | None = None,
-              **kwargs) -> Iterator[Any]:
-    """Run ``fn(item, **kwargs)`` for every item on the cluster; yield results as they finish."""
-    futures = client.map(fn, list(items), pure=False, resources=resources, **kwargs)
-    for _, res in as_finished(futures, disk):
-        yield res
-
-
 def gpu_resources(client) -> dict | None:
     """``{"GPU": 1}`` when some worker advertises a GPU resource (``dask worker --resources
     GPU=1``): tasks then run only there, one per GPU at a time. None: run anywhere."""
-    try:
-        info = client.scheduler_info(n_workers=-1)  # every worker, not the first few
-    except TypeError:  # distributed before 2025.1 lists them all anyway
-        info = client.scheduler_info()
-    workers = info.get("workers", {})
+    workers = scheduler_workers(client)
     if any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers.values()):
         return {"GPU": 1}
     return None
+
+
+def scheduler_workers(client) -> dict[str, dict]:
+    """Every worker the scheduler knows, by address (not the first few only)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # distributed before 2025.1 takes no n_workers and lists them all anyway
+        info = client.scheduler_info()
+    return info.get("workers", {})

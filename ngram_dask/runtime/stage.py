@@ -1,23 +1,26 @@
 """Running a stage: everything but the work itself, the same way for every stage.
 
 A stage (build, convert, score, scan, contexts) declares what only it knows, as a
-``Stage``: its name, the ``Manifest`` that ties its work dir to one input and one set
-of settings, the database it writes (if any) and its ``Step``\\ s. A step names its
-units of work, the ``@resumable`` task that does one (``runtime.tasks``), how the tasks
-are submitted (``client.map`` unless the step says otherwise: the build's explode is a
-Dask bag, its aggregate a Dask DataFrame) and what the single writer does with each
-result as it arrives and once all have. ``run_stage`` does the rest:
+``Stage``: the ``Manifest`` that ties its work dir to one input and one set of
+settings, the database it writes (if any), its ``Step``\\ s and its report. A step
+names its units, the ``@resumable`` task that does one (``runtime.units``), how the
+units are submitted (``client.submit`` unless the step says otherwise: the build's
+explode is a Dask bag, its aggregate a Dask DataFrame) and what the single writer does
+with each result as it arrives and once all have. ``run_stage`` does the rest:
 
-1. before any work: refuse a database of another tool, schema or build
-   (``db.check_existing``) and a work dir of another input (``Manifest.check``);
+1. before any work: the stage's settings (``Config.check``), the storage options, the
+   database the stage needs (missing, empty, or of another tool, schema or build: one
+   line); then the stage is declared (it may list its input and read the database),
+   and its work dir checked against its manifest (``Manifest.check``);
 2. the writer lock of the database, held for the whole stage (a second writer is
    told which stage holds it);
-3. the cluster, started when the first task is submitted (a rerun with nothing to do
+3. the cluster, started when the first unit is submitted (a rerun with nothing to do
    starts none): ``cluster.get_client``, sized for the stage by ``cluster.stage_cluster``,
    storage options on every worker, the workers' access to input and work dir, then the
    manifest claimed; the performance report; a warning for workers lost on the way;
 4. per step: units whose marker exists are not submitted (their recorded statistics
    are used), the rest run with progress lines; a worker's full disk becomes one line;
+   the step's wall time, units and skipped units go into the stage's report;
 5. the writer (``db.writer``): ``StageContext.db()`` is the one read-write connection,
    opened on first use and closed when the stage ends.
 
@@ -31,12 +34,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ngram_dask.errors import WorkDirError
-from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources
-from ngram_dask.runtime.tasks import completed
+from ngram_dask.errors import DatabaseError, WorkDirError
+from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources, scheduler_workers
+from ngram_dask.runtime.units import completed
 from ngram_dask.storage import read_marker, write_marker
 
-__all__ = ["Manifest", "Stage", "StageContext", "Step", "run_stage"]
+__all__ = ["Manifest", "Stage", "StageContext", "StageReport", "Step", "run_stage"]
 
 Announce = Callable[[str], None]
 Stats = dict[str, Any]
@@ -47,8 +50,9 @@ log = logging.getLogger(__name__)
 class Manifest:
     """``<work dir>/manifest.json``: which input and settings the stage's work dir holds results for.
 
-    Written once (when the cluster is known good), compared on every later run: a work
-    dir of another input or other settings is refused before any work, untouched.
+    Written once (when the cluster is known good, before any unit runs), compared on
+    every later run: a work dir of another input or other settings is refused before
+    any work, untouched.
     """
 
     url: str  # the manifest file
@@ -61,6 +65,11 @@ class Manifest:
     # whether a recorded identity protects results (default: always); one that protects
     # none (an output folder with no finished unit yet) is replaced instead of refused
     binds: Callable[[], bool] | None = None
+    # a dir with no manifest yet: the message when it holds something this stage did not write
+    foreign: Callable[[], str | None] | None = None
+    # a new dir: what to write into it before its identity is recorded (so a recorded
+    # identity means it is there), e.g. the inputs every unit reads
+    prepare: Callable[[], None] | None = None
 
     def read(self) -> dict | None:
         try:
@@ -68,15 +77,23 @@ class Manifest:
         except OSError as exc:
             raise WorkDirError(f"cannot read {self.place}: {exc}") from None
 
-    def check(self) -> None:
-        self._refuse_other(self.read())
+    def check(self) -> dict | None:
+        """Refuse a dir of another identity (or a foreign one); returns what is recorded."""
+        existing = self.read()
+        if existing is None and self.foreign is not None:
+            message = self.foreign()
+            if message:
+                raise WorkDirError(message)
+        self._refuse_other(existing)
+        return existing
 
     def claim(self) -> None:
         """Record this identity where none is recorded (or a recorded one binds nothing)."""
-        existing = self.read()
-        self._refuse_other(existing)
+        existing = self.check()
         if existing == self.identity:
             return
+        if self.prepare is not None:
+            self.prepare()
         try:
             write_marker(self.url, self.identity)
         except OSError as exc:
@@ -107,13 +124,15 @@ def _tokens(stats: Stats) -> int:
 class Step:
     """One step of a stage: units, the task that does one, and what the writer does with the results."""
 
-    name: str  # in progress lines and messages: "explode"
+    name: str  # in progress lines, messages and the report: "explode"
     units: Sequence  # the work, in order; each is passed to the task as ``args(unit)``
-    task: Callable[..., Stats] | None = None  # a ``runtime.resumable`` task (or a plain one: never skipped)
+    task: Callable[..., Stats]  # a ``runtime.resumable`` task (or a plain one: never skipped)
     kwargs: dict = field(default_factory=dict)  # passed to every task
     args: Callable[[Any], tuple] = lambda unit: (unit,)
-    unit: str = "tasks"  # what the progress line counts
-    # futures for the units to run; default ``client.map(task, ...)``. A step whose
+    counts: str = "units"  # what the progress line counts: "chunks"
+    # which units this run may do (default: all); the others only contribute recorded results
+    select: Callable[[Any], bool] | None = None
+    # futures for the units to run; default one ``client.submit`` per unit. A step whose
     # futures' results are not one unit's statistics says how to unpack them.
     submit: Callable[[Any, list], list] | None = None
     # a task's statistics -> those of every unit it completed, itself first (recorded
@@ -121,13 +140,11 @@ class Step:
     expand: Callable[[Stats], list[Stats]] = _one
     # a submitted future's result -> the statistics of every unit it completed
     unpack: Callable[[Any], list[Stats]] | None = None
-    tokens: Callable[[Stats], int] = _tokens  # shown as tokens/s
     disk: DiskFull | None = None  # what a full disk on a worker means here
     run: bool = True  # False: use the units' recorded results; a missing one is an error
     not_run: Callable[[Any], str] = lambda unit: f"{unit} has not run yet"  # the message then
     gpu: bool = False  # tasks need a GPU where workers advertise one
     release: bool = False  # drop each result from the cluster once read (large results)
-    show_rate: bool = False
     # the single writer: called with each unit's statistics as they arrive (recorded
     # ones first, in unit order), then once with all of them
     on_result: Callable[[Stats, "StageContext"], None] | None = None
@@ -135,14 +152,33 @@ class Step:
 
 
 @dataclass
+class StageReport:
+    """What the runtime records of every stage; a stage's own report extends it."""
+
+    seconds: dict[str, float] = field(default_factory=dict)  # step (or the stage's own phase) -> wall time
+    units: dict[str, int] = field(default_factory=dict)  # step -> its units
+    skipped: dict[str, int] = field(default_factory=dict)  # step -> units done by an earlier run
+    dashboard: str | None = None  # the cluster's dashboard link, when one ran
+
+    def ran(self, step: str) -> int:
+        """Units of ``step`` this run did (not done by an earlier one)."""
+        return self.units.get(step, 0) - self.skipped.get(step, 0)
+
+    def time_lines(self, width: int = 15) -> list[str]:
+        """One line per timed step, then the total."""
+        lines = [f"  {name:<{width}} {sec:8.2f} s" for name, sec in self.seconds.items()]
+        if len(self.seconds) > 1:
+            lines.append(f"  {'total':<{width}} {sum(self.seconds.values()):8.2f} s")
+        return lines
+
+
+@dataclass
 class Stage:
     """What a stage declares; ``run_stage`` runs it."""
 
-    name: str  # "build": messages and the writer lock name it
-    cluster: Any  # config.ClusterConfig
-    storage: Any  # config.StorageConfig
     # the steps, produced lazily: a step may depend on the results of the ones before it
     steps: Callable[["StageContext"], Iterable[Step]]
+    report: StageReport = field(default_factory=StageReport)  # what ``run_stage`` returns, filled in
     manifest: Manifest | None = None
     db: str | None = None  # the database this stage writes through the single writer
     db_identity: dict | None = None  # what an existing database must have recorded
@@ -157,54 +193,80 @@ class Stage:
 class StageContext:
     """What a step's writer callbacks and the stage's later steps see."""
 
+    name: str  # the stage: "build"
     stage: Stage
     announce: Announce
     results: dict[str, list[Stats]] = field(default_factory=dict)  # step name -> every unit's stats
-    seconds: dict[str, float] = field(default_factory=dict)  # step name -> wall time of its tasks
-    skipped: dict[str, int] = field(default_factory=dict)  # step name -> units done by an earlier run
     writer: Any = None  # db.Writer of the stage's database, None when it writes none
-    dashboard: str | None = None  # the cluster's dashboard link, once it runs
     said_gpu: bool = False
     _start: Callable[[], Any] | None = None
     _client: Any = None
 
     @property
-    def client(self):
+    def report(self) -> StageReport:
+        return self.stage.report
+
+    def _cluster(self):
         """The cluster's client, started on first use: a rerun with nothing to do starts none."""
         if self._client is None:
             self._client = self._start()
-            self.dashboard = self._client.dashboard_link
+            self.report.dashboard = self._client.dashboard_link
         return self._client
+
+    def worker_placement(self) -> tuple[tuple[str, int, int], ...]:
+        """``(worker address, its index among its host's workers, workers on that host)`` for
+        every worker (the cluster starts if it has not): lets a task pick its GPU among
+        several one process sees, and a fair share of its host's cores."""
+        by_host: dict[str, list[str]] = {}
+        for address, w in scheduler_workers(self._cluster()).items():
+            by_host.setdefault(w.get("host") or address.rsplit(":", 1)[0], []).append(address)
+        return tuple((address, i, len(addresses))
+                     for addresses in by_host.values() for i, address in enumerate(sorted(addresses)))
 
     def db(self):
         """The stage's one read-write connection to its database, opened on first use."""
         if self.writer is None:
-            raise RuntimeError(f"stage {self.stage.name} declared no database to write")
+            raise RuntimeError(f"stage {self.name} declared no database to write")
         return self.writer.con
 
 
-def run_stage(stage: Stage, announce: Announce = print) -> StageContext:
-    """Check, claim, start the cluster when there is work, run every step, write through the single writer."""
+def run_stage(cfg, name: str, declare: Callable[[dict | None], Stage], announce: Announce = print,
+              needs_db: str | None = None) -> StageReport:
+    """Check, declare, claim, start the cluster when there is work, run every step, write
+    through the single writer; returns the stage's report.
+
+    ``declare(info)`` gets the ``catalog_info`` of ``cfg.db`` when the stage ``needs_db``
+    (what to do when there is none: "run `ngram-dask build` first"), else None.
+    """
     from ngram_dask.db import check_existing, writer
     from ngram_dask.storage import use_storage
 
-    options = use_storage(stage.storage.s3_endpoint_url, stage.storage.s3_region)
+    cfg.check(name)
+    options = use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # inputs are listed next
+    info = None
+    if needs_db is not None:
+        info = check_existing(cfg.db)
+        if not info:
+            what = "does not exist" if info is None else "holds no catalog"
+            raise DatabaseError(f"database {cfg.db} {what}: {needs_db}")
+    stage = declare(info)
     if stage.db:
         check_existing(stage.db, stage.db_identity)
     if stage.manifest:
         stage.manifest.check()
-    the_writer = writer(stage.db, stage.name, stage.db_settings) if stage.db else contextlib.nullcontext()
+    the_writer = writer(stage.db, name, stage.db_settings) if stage.db else contextlib.nullcontext()
     with the_writer as db_writer, contextlib.ExitStack() as cluster:
-        ctx = StageContext(stage, announce, writer=db_writer,
-                           _start=lambda: _start_cluster(stage, cluster, options, announce))
+        ctx = StageContext(name, stage, announce, writer=db_writer,
+                           _start=lambda: _start_cluster(cfg, name, stage, cluster, options, announce))
         for step in stage.steps(ctx):
             ctx.results[step.name] = _run_step(step, ctx)
         if stage.manifest:
-            stage.manifest.claim()  # also when no task ran (every unit was done)
-    return ctx
+            stage.manifest.claim()  # also when no unit ran (every unit was done)
+    return stage.report
 
 
-def _start_cluster(stage: Stage, stack: contextlib.ExitStack, options: dict, announce: Announce):
+def _start_cluster(cfg, name: str, stage: Stage, stack: contextlib.ExitStack, options: dict,
+                   announce: Announce):
     """The client, storage options on every worker, their access checked, the manifest
     claimed, the performance report started; closed (in reverse) when the stage ends."""
     from ngram_dask.cluster import (
@@ -215,7 +277,7 @@ def _start_cluster(stage: Stage, stack: contextlib.ExitStack, options: dict, ann
         stage_cluster,
     )
 
-    cluster_cfg = stage_cluster(stage.cluster, stage.uses_gpu, stage.device, stage.cpu_workers)
+    cluster_cfg = stage_cluster(cfg.cluster, stage.uses_gpu, stage.device, stage.cpu_workers)
     client = stack.enter_context(get_client(cluster_cfg, announce))
     install_storage_options(client, options)
     if stage.access:
@@ -223,8 +285,10 @@ def _start_cluster(stage: Stage, stack: contextlib.ExitStack, options: dict, ann
     if stage.manifest:
         stage.manifest.claim()
     at_start = set(client.scheduler_info()["workers"])
-    stack.callback(_warn_lost_workers, client, at_start, stage.name, announce)
-    stack.enter_context(performance_report(stage.cluster.performance_report))
+    stack.callback(_warn_lost_workers, client, at_start, name, announce)
+    stack.enter_context(performance_report(cfg.cluster.performance_report))
+    if stage.uses_gpu and not gpu_resources(client):
+        announce("  no worker advertises a GPU resource: tasks run anywhere")
     return client
 
 
@@ -232,10 +296,14 @@ def _run_step(step: Step, ctx: StageContext) -> list[Stats]:
     """Every unit of the step: recorded results for done units, tasks for the rest."""
     recorded: list[Stats] = []
     todo = []
+    resumable = hasattr(step.task, "marker")
+    chosen = [u for u in step.units if step.select is None or step.select(u)]
     for unit in step.units:
-        done = completed(step.task, *step.args(unit), **step.kwargs) if hasattr(step.task, "marker") else None
+        done = completed(step.task, *step.args(unit), **step.kwargs) if resumable else None
         if done is not None:
             recorded.append(done)
+        elif step.select is not None and not step.select(unit):
+            continue  # not this run's to do, and not done by an earlier one
         elif not step.run:
             raise WorkDirError(step.not_run(unit))
         else:
@@ -246,25 +314,29 @@ def _run_step(step: Step, ctx: StageContext) -> list[Stats]:
             out.append(one)
             if step.on_result:
                 step.on_result(one, ctx)
-    ctx.skipped[step.name] = len(recorded)
-    progress = Progress(step.name, len(step.units), step.unit, ctx.announce, show_rate=step.show_rate)
-    progress.done = len(recorded)
+    skipped = len(chosen) - len(todo)
+    report = ctx.report
+    report.units[step.name] = len(chosen)
+    report.skipped[step.name] = skipped
+    progress = Progress(step.name, len(chosen), step.counts, ctx.announce)
+    progress.done = skipped
     if todo:
-        for stats in _results(step, todo, ctx):
-            progress.step(tokens=step.tokens(stats[0]) if stats else 0)
+        for stats in _results(step, todo, ctx, progress):
+            progress.step(tokens=_tokens(stats[0]) if stats else 0)
             for one in stats:
                 out.append(one)
                 if step.on_result:
                     step.on_result(one, ctx)
-    ctx.seconds[step.name] = progress.seconds
+        report.seconds[step.name] = progress.seconds
     if step.finish:
         step.finish(out, ctx)
     return out
 
 
-def _results(step: Step, todo: list, ctx: StageContext) -> Iterator[list[Stats]]:
-    client = ctx.client
-    disk = step.disk or DiskFull(f"the {ctx.stage.name} stage's output")
+def _results(step: Step, todo: list, ctx: StageContext, progress: Progress) -> Iterator[list[Stats]]:
+    client = ctx._cluster()
+    disk = step.disk or DiskFull(f"the {ctx.name} stage's output")
+    disk = disk.at(progress)
     if step.submit is not None:
         futures = step.submit(client, todo)
     else:
@@ -287,4 +359,3 @@ def _warn_lost_workers(client, at_start: set, stage: str, announce: Announce) ->
         log.warning("%d worker(s) left during the %s (%s); Dask re-ran their tasks elsewhere",
                     len(lost), stage, ", ".join(sorted(lost)))
         announce(f"warning: {len(lost)} worker(s) were lost during the {stage}; their tasks were re-run")
-

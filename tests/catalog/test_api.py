@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from ngram_dask.catalog.api import Catalog, model_size
+from ngram_dask.catalog.api import Catalog
+from ngram_dask.catalog.browse import model_size
 from ngram_dask.errors import UserError
 
 from catalog_corpus import RES, TELOME

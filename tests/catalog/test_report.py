@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ngram_dask.catalog.reader import open_catalog
-from ngram_dask.catalog.report import counts_by_rank, coverage, model_size
+from ngram_dask.catalog.report.data import counts_by_rank, coverage, model_size
 from ngram_dask.cli import main
 
 from catalog_corpus import _copy, bad_databases

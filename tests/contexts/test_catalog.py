@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ngram_dask.catalog.api import Catalog
-from ngram_dask.catalog.report import token_html
+from ngram_dask.catalog.report.page import token_html
 from ngram_dask.config import load_config
 from ngram_dask.contexts.run import run_contexts
 

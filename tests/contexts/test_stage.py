@@ -50,7 +50,7 @@ def build(root: Path, samples, scheduler: str, tokenizer: str, **over) -> Path:
     mds = write_mds(root / "mds", samples, size_limit=1 << 12)  # many small shards
     cfg = load_config(None, {"input": str(mds), "work_dir": str(root / "work"), "db": str(root / "catalog.duckdb"),
                              "tokenizer": tokenizer, "vocab_size": VOCAB, "build.chunks": 4,
-                             "catalog.top_trigram_min_count": 20, "cluster.scheduler": scheduler, **over})
+                             "top.top_trigram_min_count": 20, "cluster.scheduler": scheduler, **over})
     run_build(cfg, announce=lambda m: None)
     return root / "catalog.duckdb"
 
@@ -73,7 +73,7 @@ def fresh(corpus, tmp_path) -> Path:
 
 def cfg_for(db: Path, scheduler: str | None, **over):
     return load_config(None, {"db": str(db), "cluster.scheduler": scheduler, "contexts.per_task": 3,
-                              "contexts.before": 6, "contexts.after": 2, "build.explode_task_tokens": 4000, **over})
+                              "contexts.before": 6, "contexts.after": 2, "build.explode_unit_tokens": 4000, **over})
 
 
 def oracle(root: Path, samples, db: Path, seed: int, per_task: int, drop_eos: bool = False):
@@ -101,7 +101,7 @@ def test_examples_are_the_oracles_k_smallest(corpus, tmp_path, local_cluster):
     root, _, samples = corpus
     db = fresh(corpus, tmp_path)
     report = run_contexts(cfg_for(db, local_cluster, **{"contexts.seed": 7}), announce=lambda m: None)
-    assert report.pieces > 3 and report.rows > 0
+    assert report.groups > 3 and report.rows > 0
     want = oracle(root, samples, db, 7, 3)
     assert sum(1 for k in want if k[0] == 3) > 0, "no trigram prompts: make the corpus larger"
     counts = {(n, (i0,) if n == 2 else (i0, i1)): c for n, i0, i1, c in db_rows(db, "SELECT * FROM context_counts")}
@@ -129,10 +129,10 @@ def test_same_examples_with_one_worker_another_grouping_and_a_rerun(corpus, tmp_
     a = fresh(corpus, tmp_path / "a") if (tmp_path / "a").mkdir() is None else None
     run_contexts(cfg_for(a, local_cluster), announce=lambda m: None)
     b = fresh(corpus, tmp_path / "b") if (tmp_path / "b").mkdir() is None else None
-    report = run_contexts(cfg_for(b, None, **{"cluster.n_workers": 1, "build.explode_task_tokens": 50_000,
+    report = run_contexts(cfg_for(b, None, **{"cluster.n_workers": 1, "build.explode_unit_tokens": 50_000,
                                               "cluster.dashboard_address": "127.0.0.1:0"}),
                           announce=lambda m: None)
-    assert report.pieces == 1
+    assert report.groups == 1
     assert table_dump(a, TABLES) == table_dump(b, TABLES)
     before = table_dump(a, TABLES + ["contexts_ledger"])
     lines: list[str] = []
@@ -210,7 +210,7 @@ def test_client_killed_in_the_write_then_rerun(corpus, tmp_path, local_cluster):
     run_contexts(cfg_for(clean, local_cluster), announce=lambda m: None)
     db = fresh(corpus, tmp_path)
     args = ["contexts", "--db", str(db), "--scheduler", local_cluster, "--per-task", "3", "--before", "6",
-            "--after", "2", "--explode-task-tokens", "4000"]
+            "--after", "2", "--explode-unit-tokens", "4000"]
     r = run_cli(*args, env={"NGRAM_DASK_CRASH_IN_CONTEXTS": "write"})
     assert r.returncode == 86, r.stderr
     assert "contexts" not in {t for (t,) in db_rows(db, "SELECT table_name FROM information_schema.tables")}
@@ -228,7 +228,7 @@ def test_client_killed_mid_stage_then_rerun(corpus, tmp_path, local_cluster):
     work = tmp_path / "work"
     args = [sys.executable, "-m", "ngram_dask.cli", "contexts", "--db", str(db), "--work-dir", str(work),
             "--scheduler", local_cluster, "--per-task", "3", "--before", "6", "--after", "2",
-            "--explode-task-tokens", "1500"]  # another grouping than the clean run's: the same result
+            "--explode-unit-tokens", "1500"]  # another grouping than the clean run's: the same result
     import os
 
     proc = subprocess.Popen(args, env={**os.environ, "NGRAM_DASK_CONTEXTS_TEST_DELAY": "0.5"},
@@ -261,7 +261,7 @@ def test_a_parquet_input_gives_the_same_counts_and_examples_at_its_own_locations
     write_parquet(tmp_path / "rows.parquet", samples, row_group_size=9)
     cfg = load_config(None, {"input": str(tmp_path / "rows.parquet"), "work_dir": str(tmp_path / "work"),
                              "db": str(tmp_path / "pq.duckdb"), "tokenizer": neox_tokenizer_path,
-                             "vocab_size": VOCAB, "build.chunks": 4, "catalog.top_trigram_min_count": 20,
+                             "vocab_size": VOCAB, "build.chunks": 4, "top.top_trigram_min_count": 20,
                              "cluster.scheduler": local_cluster})
     run_build(cfg, announce=lambda m: None)
     db = tmp_path / "pq.duckdb"

@@ -170,7 +170,7 @@ def test_round_trip_jsonl_glob(tmp_path, which, neox_tokenizer_path, bpe_tokeniz
     # One sub-dataset per input file, each with its marker; the report adds up.
     assert [p.parent.name for p in finished_markers(out)] == [
         "00000-part-0.jsonl", "00001-part-1.jsonl", "00002-part-2.jsonl"]
-    assert (report.converted, report.skipped, report.shards_total) == (3, 0, 3)
+    assert (report.converted, report.already_done, report.shards_total) == (3, 0, 3)
     assert report.documents == sum(map(len, shards))
     assert report.samples == len(want) and report.tokens == sum(map(len, want))
     assert report.bytes == sum(p.stat().st_size for p in out.glob("*/shard.*.mds.zstd"))
@@ -182,7 +182,7 @@ def test_round_trip_jsonl_glob(tmp_path, which, neox_tokenizer_path, bpe_tokeniz
     # A rerun does nothing and leaves every file as it was.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "index.json"}
     report2, lines2 = convert(src / "*.jsonl", out, tokenizer, local_cluster, **{"convert.seq_len": 32})
-    assert (report2.converted, report2.skipped, report2.samples) == (0, 3, len(want))
+    assert (report2.converted, report2.already_done, report2.samples) == (0, 3, len(want))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "index.json"} == before
     assert read_samples(out) == want
 
@@ -206,7 +206,7 @@ def test_no_wrap_max_samples_and_shard_range(tmp_path, bpe_tokenizer_path, local
     assert any("lists 2 of 4" in line for line in lines)
     assert read_samples(out) == expected_samples(tok, shards[1:3], 16, limit=5)
     report, _ = convert(tmp_path / "s*.jsonl", out, bpe_tokenizer_path, local_cluster, **keys)
-    assert (report.converted, report.skipped, report.indexed_shards) == (2, 2, 4)
+    assert (report.converted, report.already_done, report.indexed_shards) == (2, 2, 4)
     assert read_samples(out) == expected_samples(tok, shards, 16, limit=5)
 
 
@@ -361,7 +361,7 @@ def test_killed_worker_and_killed_client_then_rerun(tmp_path, bpe_tokenizer_path
     if "error" in result:
         raise result["error"]
     # A shard whose result died with the worker is re-run by Dask and finds its marker: skipped.
-    assert result["report"].converted + result["report"].skipped == 16
+    assert result["report"].converted + result["report"].already_done == 16
     assert result["report"].converted >= 15
     assert [p.parent.name for p in finished_markers(out)] == names
     assert read_samples(out) == want
@@ -379,7 +379,7 @@ def test_killed_worker_and_killed_client_then_rerun(tmp_path, bpe_tokenizer_path
     assert 1 <= len(finished_markers(out)) < 16
     assert not (out / "index.json").exists()  # nothing claims to be a complete dataset
     report, lines = convert(src / "*.jsonl", out, bpe_tokenizer_path, procs.address, **keys)
-    assert report.skipped >= 1 and report.converted >= 1 and report.converted + report.skipped == 16
+    assert report.already_done >= 1 and report.converted >= 1 and report.converted + report.already_done == 16
     assert any("already done" in line for line in lines)
     assert [p.parent.name for p in finished_markers(out)] == names
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging leftovers

@@ -24,7 +24,7 @@ TABLES = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
 def _build(tmp: Path, url: Path, scheduler: str, name: str, **over):
     overrides = {"input": str(url), "work_dir": str(tmp / f"work-{name}"), "db": str(tmp / f"{name}.duckdb"),
                  "vocab_size": 65536, "build.chunks": 5, "build.steps": "explode,aggregate,load",
-                 "build.explode_task_tokens": 600, "cluster.scheduler": scheduler}
+                 "build.explode_unit_tokens": 600, "cluster.scheduler": scheduler}
     overrides.update(over)
     cfg = load_config(None, overrides)
     report = run_build(cfg, announce=lambda m: None)
@@ -63,7 +63,7 @@ def test_every_format_builds_the_identical_catalog(tmp_path, local_cluster, neox
         db, report = _build(tmp_path, tmp_path / url, local_cluster, name, **{"build.seq_len": seq_len})
         assert report.tokens == len(stream), name
         if name != "mds":  # a file of ~3.5k tokens at 600 tokens per task: several tasks
-            assert report.shards >= 5, (name, report.shards)
+            assert report.pieces >= 5, (name, report.pieces)
         dumps[name] = table_dump(db, TABLES)
     for name, dump in dumps.items():
         assert dump == dumps["mds"], f"{name} differs from mds"
@@ -78,7 +78,7 @@ def test_documents_mode_counts_no_ngram_across_documents(tmp_path, local_cluster
     write_parquet(tmp_path / "rows.parquet", docs, row_group_size=7)
     for name, url in [("megatron", "meg.bin"), ("parquet", "rows.parquet")]:
         db, _ = _build(tmp_path, tmp_path / url, local_cluster, name, **{"build.samples": "documents",
-                                                                         "build.explode_task_tokens": 100})
+                                                                         "build.explode_unit_tokens": 100})
         for n in (2, 3):
             assert _counts(db, n) == dict(oracle(docs, n)), name
 
@@ -90,7 +90,7 @@ def test_flat_bin_counts_equal_tokengrams(tmp_path, local_cluster):
     stream = (rng.zipf(1.3, 20_000) % 3000).astype(np.uint16)
     write_bin(tmp_path / "flat.bin", stream)
     db, _ = _build(tmp_path, tmp_path / "flat.bin", local_cluster, "bin",
-                   **{"build.seq_len": len(stream), "build.explode_task_tokens": 1 << 20})
+                   **{"build.seq_len": len(stream), "build.explode_unit_tokens": 1 << 20})
     index = tokengrams.InMemoryIndex.from_token_file(str(tmp_path / "flat.bin"), None, 65536)
     for n in (2, 3):
         ours = _counts(db, n)

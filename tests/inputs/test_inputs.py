@@ -43,15 +43,15 @@ def streams():
 
 
 @pytest.mark.parametrize("name,stream,seq_len", list(streams()), ids=[s[0] for s in streams()])
-@pytest.mark.parametrize("task_tokens", [1, 17, 10_000])
-def test_every_format_gives_the_mds_samples(tmp_path, name, stream, seq_len, task_tokens):
+@pytest.mark.parametrize("unit_tokens", [1, 17, 10_000])
+def test_every_format_gives_the_mds_samples(tmp_path, name, stream, seq_len, unit_tokens):
     want = cut(stream, seq_len)
     write_mds(tmp_path / "mds", want, compression=None)
     write_megatron_with_megatron(tmp_path / "meg", [[stream[:len(stream) // 2]], [stream[len(stream) // 2:]]])
     write_bin(tmp_path / "flat.bin", stream)
     write_npy(tmp_path / "flat.npy", stream)
     write_parquet(tmp_path / "rows.parquet", want, row_group_size=3)
-    kw = {"seq_len": seq_len, "task_tokens": task_tokens}
+    kw = {"seq_len": seq_len, "unit_tokens": unit_tokens}
     assert samples_of(tmp_path / "mds", **kw) == want
     assert samples_of(tmp_path / "meg.bin", **kw) == want  # documents are one stream in seq-len mode
     assert samples_of(tmp_path / "flat.bin", **kw) == want
@@ -70,9 +70,9 @@ def test_wide_ids_above_100000_read_exactly(tmp_path):
     write_parquet(tmp_path / "rows.parquet", want)
     for url, extra in [("mds", {"token_dtype": "uint32"}), ("meg.bin", {}), ("flat.bin", {"token_dtype": "uint32"}),
                        ("flat.npy", {}), ("rows.parquet", {})]:
-        plan = plan_input(str(tmp_path / url), seq_len=100, task_tokens=700, **extra)
+        plan = plan_input(str(tmp_path / url), seq_len=100, unit_tokens=700, **extra)
         assert plan.token_dtype == "uint32", url
-        assert samples_of(tmp_path / url, seq_len=100, task_tokens=700, vocab=1 << 20, **extra) == want, url
+        assert samples_of(tmp_path / url, seq_len=100, unit_tokens=700, vocab=1 << 20, **extra) == want, url
 
 
 def test_documents_mode_gives_one_sample_per_document_or_row(tmp_path):
@@ -82,10 +82,10 @@ def test_documents_mode_gives_one_sample_per_document_or_row(tmp_path):
     docs[4] = [[]]  # one with an empty sequence
     write_megatron_with_megatron(tmp_path / "meg", docs)
     want = [sum(doc, []) for doc in docs]
-    for task_tokens in (1, 10, 10_000):
-        assert samples_of(tmp_path / "meg.bin", samples="documents", task_tokens=task_tokens) == want
+    for unit_tokens in (1, 10, 10_000):
+        assert samples_of(tmp_path / "meg.bin", samples="documents", unit_tokens=unit_tokens) == want
     write_parquet(tmp_path / "rows.parquet", want, row_group_size=4)
-    assert samples_of(tmp_path / "rows.parquet", samples="documents", task_tokens=10) == want
+    assert samples_of(tmp_path / "rows.parquet", samples="documents", unit_tokens=10) == want
     write_bin(tmp_path / "flat.bin", [1, 2, 3])
     with pytest.raises(ConfigError, match="--samples documents needs documents: bin input has none"):
         plan_input(str(tmp_path / "flat.bin"), samples="documents")
@@ -105,7 +105,7 @@ def test_pieces_partition_each_file_on_sample_boundaries(tmp_path):
     stream = list(range(1000))
     write_bin(tmp_path / "a.bin", stream)
     write_bin(tmp_path / "b.bin", stream[:333])
-    plan = plan_input(str(tmp_path), seq_len=10, task_tokens=95)
+    plan = plan_input(str(tmp_path), seq_len=10, unit_tokens=95)
     assert plan.format == "bin" and [p.file_index for p in plan.pieces][:1] == [0]
     for i, name in enumerate(["a.bin", "b.bin"]):
         mine = [p for p in plan.pieces if p.file.endswith(name)]
@@ -129,7 +129,7 @@ def test_a_piece_reads_only_its_own_bytes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(local.LocalFileSystem, "cat_file", recording)
     write_bin(tmp_path / "a.bin", list(range(1000)))
-    plan = plan_input(str(tmp_path / "a.bin"), seq_len=10, task_tokens=100)
+    plan = plan_input(str(tmp_path / "a.bin"), seq_len=10, unit_tokens=100)
     seen.clear()
     piece = plan.pieces[3]
     read_piece(piece)

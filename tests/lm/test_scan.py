@@ -279,7 +279,7 @@ def test_known_positions_come_out_with_text_context_and_place(tmp_path, bpe, tri
         "scan.model": trigger_model, "scan.seq_len": L, "scan.out": str(out), "scan.samples_per_batch": 3,
         "scan.micro_batch": 3, "scan.device": "cpu", "scan.to_db": True, "cluster.scheduler": local_cluster,
     }), said.append)
-    assert report.batches == 3 and report.skipped == 2, said
+    assert report.batches == 3 and report.skipped["scan"] == 2, said
     assert report.kept == 4 and report.rows == 3  # sample 6's window is a duplicate
 
     table = pq.read_table(out)
@@ -321,7 +321,7 @@ def test_known_positions_come_out_with_text_context_and_place(tmp_path, bpe, tri
     again = run_scan(config(input=str(mds), tokenizer=bpe_tokenizer_path, **{
         "scan.model": trigger_model, "scan.seq_len": L, "scan.out": str(out), "scan.samples_per_batch": 3,
         "scan.device": "cpu", "cluster.scheduler": "tcp://127.0.0.1:9"}), said.append)  # never contacted
-    assert again.skipped == 3 and pq.read_table(out).to_pylist() == rows
+    assert again.skipped["scan"] == 3 and pq.read_table(out).to_pylist() == rows
     from ngram_dask.errors import WorkDirError
 
     with pytest.raises(WorkDirError, match="min_p_long"):
@@ -390,7 +390,7 @@ def test_worker_killed_mid_scan_then_rerun_gives_the_uninterrupted_output(
     assert pq.read_table(out).to_pylist() == want
 
     rerun = scan(out, work, procs.address, [])
-    assert rerun.skipped == rerun.batches == 12
+    assert rerun.skipped["scan"] == rerun.batches == 12
     assert pq.read_table(out).to_pylist() == want
     parts = sorted(p.name for p in work.glob("*/parts/*.parquet"))
     assert len(parts) == 12  # one file per batch: no duplicate from the killed task

@@ -53,7 +53,7 @@ def catalog(tmp_path_factory, bpe_tokenizer_path, gpu_procs) -> Path:
 
     root = tmp_path_factory.mktemp("score-catalog")
     write_mds(root / "mds", phrase_corpus())
-    (root / "catalog.yaml").write_text("catalog:\n  top_trigram_min_count: 3\n")
+    (root / "catalog.yaml").write_text("top:\n  top_trigram_min_count: 3\n")
     rc = main(["build", "--input", str(root / "mds"), "--work-dir", str(root / "work"),
                "--db", str(root / "ngrams.duckdb"), "--tokenizer", bpe_tokenizer_path, "--vocab-size", "512",
                "--chunks", "4", "--config", str(root / "catalog.yaml"), "--scheduler", gpu_procs.address, "-q"])
@@ -150,7 +150,7 @@ def scored(catalog, models, gpu_procs, tmp_path_factory):
     db = root / "ngrams.duckdb"
     shutil.copy(catalog, db)
     (root / "score.yaml").write_text(
-        "score:\n  device: cpu\n  batch_size: 7\n  rows_per_task: 50\n"
+        "score:\n  device: cpu\n  batch_size: 7\n  rows_per_unit: 50\n"
         f"  batch_sizes: ['{models['b']}=5']\n")
     before = worker_loads(gpu_procs.address)
     out = io.StringIO()
@@ -217,7 +217,7 @@ def test_rerun_skips_scored_models_and_force_rescores(scored, models, reference,
     assert set(keyed(db, "top_bigrams", a).values()) == {-1}
 
     assert score("--db", str(db), "--models", models["a"], "--force", "--device", "cpu",
-                 "--rows-per-task", "1000", "--scheduler", gpu_procs.address) == 0
+                 "--rows-per-unit", "1000", "--scheduler", gpu_procs.address) == 0
     out = capsys.readouterr().out
     assert "already scored" not in out and "written" in out
     assert_matches(db, models, reference, keys=("a",))
@@ -244,7 +244,7 @@ def test_one_table_then_the_other(catalog, models, reference, gpu_procs, tmp_pat
 
     score_both_then_check(done="top_bigrams", redone="top_trigrams")
 
-    # A rebuilt top table (the catalog step's CREATE OR REPLACE) has lost its scores: they are redone.
+    # A rebuilt top table (the top step's CREATE OR REPLACE) has lost its scores: they are redone.
     import duckdb
 
     con = duckdb.connect(str(db))
@@ -258,7 +258,7 @@ def test_one_table_then_the_other(catalog, models, reference, gpu_procs, tmp_pat
 def test_crash_mid_model_leaves_no_partial_column(catalog, models, reference, gpu_procs, tmp_path, capsys):
     a, b = col(models["a"]), col(models["b"])
     both = f"{models['a']},{models['b']}"
-    common = ["--device", "cpu", "--rows-per-task", "40", "--batch-size", "16",
+    common = ["--device", "cpu", "--rows-per-unit", "40", "--batch-size", "16",
               "--scheduler", gpu_procs.address]
 
     # Killed after the first results of model b arrived: a is complete, b absent.

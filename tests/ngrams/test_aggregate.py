@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ngram_dask.inputs import plan_input
 from ngram_dask.ngrams import aggregate, counting
 from ngram_dask.ngrams.aggregate import AggregateSettings, aggregate_chunk, marker_url
-from ngram_dask.ngrams.explode import ExplodeSettings, explode_shard
+from ngram_dask.ngrams.explode import ExplodeSettings, explode_piece
 
 from helpers import oracle, oracle_prefixes, write_mds
 
@@ -42,7 +42,7 @@ def exploded(tmp_path_factory):
     xs = ExplodeSettings(work_dir=str(tmp / "work"), ngrams=(1, 2, 3), chunks=CHUNKS,
                          vocab_size=512, token_dtype="uint16")
     for ref in shards:
-        explode_shard(ref, xs)
+        explode_piece(ref, xs)
     return tmp, samples
 
 
@@ -162,7 +162,7 @@ def exploded_derived(tmp_path_factory):
     xs = ExplodeSettings(work_dir=str(tmp / "work"), ngrams=ns, chunks=CHUNKS, vocab_size=512,
                          token_dtype="uint16", derived=derived)
     for ref in plan_input(str(mds)).pieces:
-        explode_shard(ref, xs)
+        explode_piece(ref, xs)
     return tmp, samples, derived
 
 

@@ -65,22 +65,22 @@ tie_lists = st.lists(st.lists(st.integers(0, 2), max_size=50), min_size=1, max_s
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(samples=st.one_of(token_lists, tie_lists), chunks=st.sampled_from([1, 7, 64]),
-       task_tokens=st.sampled_from([1, 300, 10**9]), engine=st.sampled_from(["duckdb", "numpy"]))
-def test_random_streams_match_oracle(tmp_path_factory, local_cluster, samples, chunks, task_tokens, engine):
+       unit_tokens=st.sampled_from([1, 300, 10**9]), engine=st.sampled_from(["duckdb", "numpy"]))
+def test_random_streams_match_oracle(tmp_path_factory, local_cluster, samples, chunks, unit_tokens, engine):
     if sum(len(s) for s in samples) == 0:
         samples = samples + [[1]]
     tmp = tmp_path_factory.mktemp("hyp")
-    # task_tokens 1: a task per shard; 300: a few shards per task; 1e9: one task for all.
+    # unit_tokens 1: a task per shard; 300: a few shards per task; 1e9: one task for all.
     cfg, report = build(tmp, samples, local_cluster, size_limit=1 << 9,
-                        **{"build.chunks": chunks, "build.explode_task_tokens": task_tokens,
+                        **{"build.chunks": chunks, "build.explode_unit_tokens": unit_tokens,
                            "build.count_engine": engine})
     assert_matches_oracle(cfg.db, samples)
     assert report.tokens == sum(len(s) for s in samples)
     verify(cfg.db, announce=lambda m: None)
 
 
-@pytest.mark.parametrize("chunks,task_tokens", [(1, 10**9), (7, 5000), (64, 1)])
-def test_adversarial_samples(tmp_path, local_cluster, chunks, task_tokens):
+@pytest.mark.parametrize("chunks,unit_tokens", [(1, 10**9), (7, 5000), (64, 1)])
+def test_adversarial_samples(tmp_path, local_cluster, chunks, unit_tokens):
     rng = np.random.default_rng(chunks)
     samples = [[], [0], [65535, 0], [0, 65535, 0], [7] * 2048,
                rng.integers(2000, 65536, 2048).tolist(),
@@ -89,12 +89,12 @@ def test_adversarial_samples(tmp_path, local_cluster, chunks, task_tokens):
                [1001, 9, 1001, 5, 1001, 3, 1001, 7] * 20,
                rng.integers(0, 3, 500).tolist()]
     cfg, _ = build(tmp_path, samples, local_cluster, size_limit=1 << 12,
-                   **{"build.chunks": chunks, "build.explode_task_tokens": task_tokens})
+                   **{"build.chunks": chunks, "build.explode_unit_tokens": unit_tokens})
     assert_matches_oracle(cfg.db, samples)
     assert db_rows(cfg.db, "SELECT id1, max_count, sum_count FROM bigram_prefixes WHERE id0 = 1001") == [(3, 20, 80)]
     groups = list((tmp_path / "work" / "explode" / "_done").glob("*.json"))
     shards = len(list((tmp_path / "mds").glob("*.mds*")))
-    want = {1: shards, 5000: (shards + 1) // 2, 10**9: 1}[task_tokens]  # ~2,000 tokens per shard
+    want = {1: shards, 5000: (shards + 1) // 2, 10**9: 1}[unit_tokens]  # ~2,000 tokens per shard
     assert shards > 2 and len(groups) == want
     types = column_types(cfg.db, "trigrams")
     assert types == {"id0": "USMALLINT", "id1": "USMALLINT", "id2": "USMALLINT", "count": "UBIGINT"}
@@ -299,14 +299,14 @@ def test_work_dir_of_another_input_is_refused(tmp_path, local_cluster):
 def test_catalog_step_follows_thresholds_and_keeps_tables_otherwise(tmp_path, local_cluster, bpe_tokenizer_path):
     rng = np.random.default_rng(9)
     samples = [rng.integers(0, 30, 400).tolist() for _ in range(10)] + [[5, 6, 7] * 100]
-    over = {"tokenizer": bpe_tokenizer_path, "vocab_size": 512, "build.steps": "explode,aggregate,load,catalog",
-            "catalog.top_trigram_min_count": 50}
+    over = {"tokenizer": bpe_tokenizer_path, "vocab_size": 512, "build.steps": "explode,aggregate,load,top",
+            "top.top_trigram_min_count": 50}
     cfg, first = build(tmp_path, samples, local_cluster, **over)
     want = {k for k, (f, s, m, frac) in oracle_prefixes(oracle(samples, 3)).items() if s > 50 and frac > 0.5}
     assert {tuple(r) for r in db_rows(cfg.db, "SELECT id0, id1 FROM top_trigrams")} == want
     again = run_build(cfg, announce=lambda m: None)
     assert again.did_nothing
-    cfg2 = make_cfg(tmp_path, tmp_path / "mds", local_cluster, **{**over, "catalog.top_trigram_min_count": 0})
+    cfg2 = make_cfg(tmp_path, tmp_path / "mds", local_cluster, **{**over, "top.top_trigram_min_count": 0})
     third = run_build(cfg2, announce=lambda m: None)
     assert not third.did_nothing and third.loaded_chunks == 0
     want = {k for k, (f, s, m, frac) in oracle_prefixes(oracle(samples, 3)).items() if frac > 0.5}
@@ -317,12 +317,12 @@ def test_catalog_step_follows_thresholds_and_keeps_tables_otherwise(tmp_path, lo
 
 def test_a_work_dir_of_another_explode_grouping_is_refused(tmp_path, local_cluster):
     samples = [list(range(i, i + 300)) for i in range(12)]
-    cfg, _ = build(tmp_path, samples, local_cluster, **{"build.explode_task_tokens": 1000})
+    cfg, _ = build(tmp_path, samples, local_cluster, **{"build.explode_unit_tokens": 1000})
     r = run_cli("build", "--input", cfg.input, "--work-dir", cfg.work_dir, "--db", str(tmp_path / "other.duckdb"),
                 "--vocab-size", "65536", "--chunks", "7", "--steps", "explode,aggregate,load",
-                "--explode-task-tokens", "2000", "--scheduler", local_cluster)
+                "--explode-unit-tokens", "2000", "--scheduler", local_cluster)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"ngram-dask: error: work dir {cfg.work_dir} holds results for different shard groups "
-        "(build.explode_task_tokens 1000, not 2000); use a fresh --work-dir (or delete this one)"]
+        "(build.explode_unit_tokens 1000, not 2000); use a fresh --work-dir (or delete this one)"]
     assert not (tmp_path / "other.duckdb").exists()

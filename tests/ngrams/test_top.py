@@ -1,4 +1,4 @@
-"""The catalog step: tokens(id, token) and the top tables, checked against oracles of their own."""
+"""The top step: tokens(id, token) and the top tables, checked against oracles of their own."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import duckdb
 import pytest
 
 from ngram_dask.catalog.reader import open_catalog
-from ngram_dask.config import CatalogConfig
+from ngram_dask.config import TopConfig
 from ngram_dask.errors import DatabaseError
-from ngram_dask.ngrams.top import build_catalog, decode_vocab
+from ngram_dask.ngrams.top import build_top_tables, decode_vocab
 from ngram_dask.schema import catalog_tables, top_table
 
 from catalog_corpus import CHUNKS, RES, TELOME, VOCAB_SIZE
@@ -115,8 +115,8 @@ def test_thresholds_come_from_config(tok):
                 "max_count UBIGINT, frac_max DOUBLE)")
     con.execute("INSERT INTO bigram_prefixes VALUES (1, 2, 10, 9, 0.9), (3, 4, 100, 60, 0.6), "
                 "(5, 6, 4, 4, 1.0), (7, 8, 50, 25, 0.5)")
-    cfg = CatalogConfig(top_bigram_min_frac=0.55, top_bigram_min_count=5)
-    rows = build_catalog(con, tok, 300, [2], cfg)
+    cfg = TopConfig(top_bigram_min_frac=0.55, top_bigram_min_count=5)
+    rows = build_top_tables(con, tok, 300, [2], cfg)
     assert rows == {"tokens": 300, "top_bigrams": 2}
     got = con.execute("SELECT id0, id1, token0, token1, seq FROM top_bigrams").fetchall()
     t = decode_vocab(tok, 300)

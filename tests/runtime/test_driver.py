@@ -9,7 +9,7 @@ import pytest
 from distributed import Client
 
 from ngram_dask.errors import BadInputError, WorkDirError
-from ngram_dask.runtime import DiskFull, Progress, as_finished, map_tasks
+from ngram_dask.runtime import DiskFull, Progress, as_finished
 
 
 def square(x):
@@ -53,30 +53,27 @@ def test_progress_prints_at_most_every_interval_and_at_the_end(monkeypatch):
     p.step(tokens=2_000_000)  # the end: always a line
     assert lines[-1] == "  explode: 4/4 tasks, 3.08M tokens/s" and len(lines) == 3
     assert p.seconds == 2.6
-    rows: list[str] = []
-    r = Progress("p_70m", 5_000, "rows", rows.append, show_rate=True)
-    clock.now = 4.6
-    r.step(5_000)
-    assert rows == ["  p_70m: 5,000/5,000 rows, 2,500 rows/s"]
     plain: list[str] = []
     Progress("load", 2, "chunks", plain.append).step(2)
-    assert plain == ["  load: 2/2 chunks"]  # no tokens and no show_rate: no rate
+    assert plain == ["  load: 2/2 chunks"]  # no tokens: no rate
 
 
-def test_map_tasks_gathers_every_result(local_cluster):
+def test_as_finished_gathers_every_result(local_cluster):
     with Client(local_cluster) as client:
-        got = sorted(map_tasks(client, square, range(10), DiskFull("nowhere")))
+        got = sorted(r for _, r in as_finished(client.map(square, range(10)), DiskFull("nowhere")))
     assert got == [x * x for x in range(10)]
 
 
-def test_a_full_disk_becomes_one_line_naming_where(local_cluster):
+def test_a_full_disk_becomes_one_line_naming_where_and_how_far_the_step_came(local_cluster):
     full = OSError(errno.ENOSPC, "No space left on device")
+    progress = Progress("explode", 4, "units", lambda line: None)
+    progress.done = 1
     disk = DiskFull("the work dir /data/work", advice="free space (or use a larger --work-dir)",
-                    hint=lambda: " (free 0.0 MiB)")
+                    hint=lambda done, total: f" (free 0.0 MiB, {done} of {total} units done)").at(progress)
     with Client(local_cluster) as client, pytest.raises(WorkDirError) as info:
-        list(map_tasks(client, fail_on, range(4), disk, bad=2, error=full))
-    assert str(info.value) == ("out of disk space in the work dir /data/work (free 0.0 MiB); free space "
-                               "(or use a larger --work-dir) and rerun: finished work is kept")
+        list(as_finished(client.map(fail_on, range(4), bad=2, error=full, pure=False), disk))
+    assert str(info.value) == ("out of disk space in the work dir /data/work (free 0.0 MiB, 1 of 4 units done); "
+                               "free space (or use a larger --work-dir) and rerun: finished work is kept")
 
 
 def test_a_task_user_error_comes_back_as_itself_and_the_rest_are_cancelled(local_cluster):

@@ -1,15 +1,15 @@
-"""Resumable tasks: completion markers handled once, here, never in the work itself.
+"""Resumable units: completion markers handled once, here, never in the work itself.
 
-A unit of work writes its outputs under deterministic names (a retried task overwrites
-its own files), then ``resumable`` writes a small JSON marker with the unit's
-statistics, last. A rerun finds the marker and returns those statistics without
+A unit of work (run as one Dask task) writes its outputs under deterministic names (a
+retried unit overwrites its own files), then ``resumable`` writes a small JSON marker
+with the unit's statistics, last. A rerun finds the marker and returns those statistics without
 redoing the work, so a build killed at any point resumes where it stopped and never
 counts a unit twice. A torn marker reads as missing: the unit is redone.
 
-A task may complete other units on the way (the aggregate of the trigrams of a chunk
+A unit may complete other units on the way (the aggregate of the trigrams of a chunk
 writes the chunk's bigrams too): it returns their statistics under ``"also"``
 (``{marker URL: stats}``); their markers are written before its own, so a unit whose
-marker exists has all of them, and a skipped task returns them again under ``"also"``.
+marker exists has all of them, and a skipped unit returns them again under ``"also"``.
 
 Every marker returned carries ``skipped``: True when it came from an earlier run.
 """
@@ -31,7 +31,7 @@ ALSO = "also"
 
 
 def resumable(marker: Callable[..., str], accept: Callable[..., bool] | None = None):
-    """Decorate ``work(*args) -> stats`` into a task that runs at most once per marker.
+    """Decorate ``work(*args) -> stats`` into a unit's task that runs at most once per marker.
 
     ``marker(*args)`` is the URL of the unit's completion marker. ``accept(marker,
     *args)``, when given, may reject a marker left by other settings (the unit is then
