@@ -268,9 +268,19 @@ def _slurm(cfg: ClusterConfig, security, announce) -> Iterator[Client]:
         cluster.close()  # cancels the jobs
 
 
-def _announce_tunnel(dashboard_link: str, announce) -> None:
-    from ngram_dask.cluster_slurm import tunnel_hint
+def tunnel_hint(dashboard_link: str) -> str:
+    """How to see a dashboard served on a cluster node from a laptop."""
+    import getpass
+    import socket
 
+    m = re.match(r"https?://\[?([^\]/]+?)\]?:(\d+)", dashboard_link or "")
+    if not m:
+        return ""
+    host, port = m.groups()
+    return f"from your machine: ssh -N -L {port}:{host}:{port} {getpass.getuser()}@{socket.gethostname()}"
+
+
+def _announce_tunnel(dashboard_link: str, announce) -> None:
     hint = tunnel_hint(dashboard_link)
     if hint:
         announce(f"  {hint}")

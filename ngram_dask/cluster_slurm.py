@@ -153,15 +153,3 @@ def queue_state(ids: list[str]) -> str:
     if gone:
         said.append(f"{len(gone)} no longer queued (job {', '.join(gone)}: its output says why it ended)")
     return "; ".join(said)
-
-
-def tunnel_hint(dashboard_link: str) -> str:
-    """How to see a dashboard served on a cluster node from a laptop."""
-    import getpass
-    import socket
-
-    m = re.match(r"https?://\[?([^\]/]+?)\]?:(\d+)", dashboard_link or "")
-    if not m:
-        return ""
-    host, port = m.groups()
-    return f"from your machine: ssh -N -L {port}:{host}:{port} {getpass.getuser()}@{socket.gethostname()}"

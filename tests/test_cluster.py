@@ -169,7 +169,7 @@ def test_the_tunnel_hint_names_the_dashboard_port_and_this_host():
     import getpass
     import socket
 
-    from ngram_dask.cluster_slurm import tunnel_hint
+    from ngram_dask.cluster import tunnel_hint
 
     me = f"{getpass.getuser()}@{socket.gethostname()}"
     assert tunnel_hint("http://10.1.2.3:8790/status") == f"from your machine: ssh -N -L 8790:10.1.2.3:8790 {me}"
