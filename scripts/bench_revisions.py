@@ -2,9 +2,10 @@
 """Is a change slower? The same build from two revisions of ngram-dask, alternating, on one corpus.
 
     .venv/bin/python scripts/bench_revisions.py --base lead-base --tokens 2e8 --runs 2
+    .venv/bin/python scripts/bench_revisions.py --base v1 --this v2      # two commits
 
-Each revision is checked out with ``git worktree`` into a temporary folder (the working
-tree itself is the other side, with its uncommitted changes), and each build runs
+Each revision is checked out with ``git worktree`` into a temporary folder (without
+``--this``, the working tree itself is the other side, with its uncommitted changes), and each build runs
 ``python -m ngram_dask.cli build`` in a fresh process with that tree first on
 ``PYTHONPATH``, so both use this virtualenv's packages. Builds alternate (base, this,
 base, this, ...) so that a machine growing busier or quieter affects both alike. The
@@ -60,6 +61,7 @@ def same_tables(a: Path, b: Path) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the revision to compare against (a commit, branch or tag)")
+    ap.add_argument("--this", help="the revision to measure (default: the working tree)")
     ap.add_argument("--tokens", type=float, default=2e8)
     ap.add_argument("--synthetic", action="store_true", help="Zipf tokens instead of real text")
     ap.add_argument("--real-tokens", type=float, default=1.28e8,
@@ -73,25 +75,30 @@ def main() -> int:
     mds, _ = make_corpus(Path(args.cache), int(args.tokens), 32 << 20, args.synthetic, print,
                          real_tokens=int(args.real_tokens))
     scratch = Path(tempfile.mkdtemp(prefix="bench-revisions-"))
-    base_tree = scratch / "base"
-    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base_tree), args.base], check=True, cwd=REPO)
+    trees = {"base": scratch / "base-tree", "this": scratch / "this-tree" if args.this else REPO}
+    for side, rev in (("base", args.base), ("this", args.this)):
+        if rev:
+            subprocess.run(["git", "worktree", "add", "-q", "--detach", str(trees[side]), rev], check=True, cwd=REPO)
     times: dict[str, list[float]] = {"base": [], "this": []}
     try:
         for run in range(args.runs):
-            for side, tree in (("base", base_tree), ("this", REPO)):
+            for side, tree in trees.items():
                 sec = build(tree, mds, scratch / side, args.workers, args.chunks)
                 times[side].append(sec)
                 print(f"run {run + 1} {side}: {sec:.1f} s", flush=True)
         identical = same_tables(scratch / "base" / "c.duckdb", scratch / "this" / "c.duckdb")
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=REPO)
+        for side, rev in (("base", args.base), ("this", args.this)):
+            if rev:
+                subprocess.run(["git", "worktree", "remove", "--force", str(trees[side])], cwd=REPO)
         shutil.rmtree(scratch, ignore_errors=True)
     base, this = statistics.median(times["base"]), statistics.median(times["this"])
     print(f"\ncorpus: {int(args.tokens):,} tokens ({'zipf' if args.synthetic else 'text'}), "
           f"{args.workers} workers, K = {args.chunks}, explode+aggregate+load")
     print("| revision | runs (s) | median (s) | vs base |\n|---|---|---|---|")
-    print(f"| {args.base} | {', '.join(f'{t:.1f}' for t in times['base'])} | {base:.1f} | 1.00x |")
-    print(f"| working tree | {', '.join(f'{t:.1f}' for t in times['this'])} | {this:.1f} | {this / base:.2f}x |")
+    for side, name, median in (("base", args.base, base), ("this", args.this or "working tree", this)):
+        runs = ", ".join(f"{t:.1f}" for t in times[side])
+        print(f"| {name} | {runs} | {median:.1f} | {median / base:.2f}x |")
     print(f"tables identical: {identical}")
     return 0 if identical else 1
 
