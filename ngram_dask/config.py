@@ -281,6 +281,8 @@ class ContextsConfig:
     seed: int = setting(0, "the choice's seed: the same seed gives the same examples, however the work is split")
     before: int = setting(32, "ids kept before the prompt (clipped at the sample's start)")
     after: int = setting(8, "ids kept after the prompt's next id (clipped at the sample's end)")
+    prune_rows: int = setting(1_000_000, "the writer cuts the examples it has merged to per_task per prompt "
+                                         "when they pass this many rows (and twice what its last cut left)")
 
     def __post_init__(self) -> None:
         _at_least("contexts.per_task", self.per_task, 1)
@@ -289,6 +291,7 @@ class ContextsConfig:
         _at_least("contexts.seed", self.seed, 0)
         _at_least("contexts.before", self.before, 0)
         _at_least("contexts.after", self.after, 0)
+        _at_least("contexts.prune_rows", self.prune_rows, 1)
         if self.before + self.after > 60000:
             raise ConfigError("contexts.before + contexts.after must be at most 60000 ids")
 

@@ -116,6 +116,14 @@ def transaction(con) -> Iterator:
     con.execute("COMMIT")
 
 
+def scalar(con, sql: str, params=None):
+    """The one value of a one-row query, its result read to the end: DuckDB 2.x counts a
+    result read with ``fetchone()`` as unfinished, and then refuses ``register()`` on the
+    connection (``ResourceInUseException``) until another statement runs."""
+    (row,) = con.execute(sql, params or []).fetchall()
+    return row[0]
+
+
 def table_names(con) -> set[str]:
     return {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"

@@ -13,6 +13,7 @@ from ngram_dask.db import (
     ensure_info,
     read_info,
     read_only,
+    scalar,
     transaction,
     write_info,
     writer_lock,
@@ -34,6 +35,18 @@ def test_a_failed_transaction_leaves_nothing(tmp_path):
     with read_only(db) as ro:
         assert read_info(ro) == {"tool": TOOL, "schema_version": str(SCHEMA_VERSION)}
         assert ro.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 't'").fetchone()[0] == 0
+
+
+def test_scalar_leaves_the_connection_free_for_register(tmp_path):
+    """DuckDB 2.x refuses ``register`` after a ``fetchone()`` (an unfinished result): ``scalar`` reads to the end."""
+    import pyarrow as pa
+
+    con = connect(str(tmp_path / "c.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT range AS x FROM range(5)")
+    assert scalar(con, "SELECT count(*) FROM t WHERE x >= ?", [2]) == 3
+    con.register("part", pa.table({"x": [7]}))
+    assert scalar(con, "SELECT sum(x) FROM part") == 7
+    con.close()
 
 
 def test_a_file_that_is_not_a_database_is_one_line(tmp_path):

@@ -29,6 +29,7 @@ CONTEXTS_FLAGS = {
     "--seed": "contexts.seed",
     "--before": "contexts.before",
     "--after": "contexts.after",
+    "--prune-rows": "contexts.prune_rows",
     "--explode-unit-tokens": "build.explode_unit_tokens",
     "--eos-id": "build.eos_id",
 }

@@ -6,11 +6,10 @@ against a brute-force oracle (``tests/contexts/test_kernel.py``).
 ``top_trigrams``: n = 3) occurs at position ``i`` of a sample when the n-gram starting
 at ``i`` lies inside the sample, its first ``n - 1`` ids are the prompt and (with
 ``drop_eos``) none of its ``n`` ids is the EOS id: exactly the n-grams that the prompt's
-``sum_count`` counts. They are found in one vectorised pass per family: for n = 2 a
-lookup table indexed by id, for n = 3 a hashed filter of every position's packed two-id
-key (``Prompts.filter``), then ``np.searchsorted`` of the few left in the prompts'
-sorted keys. No Python loop runs
-per position.
+``sum_count`` counts. They are found in one pass per family over blocks of positions
+(``BLOCK``, sized for the CPU's cache), with one table lookup per position: for n = 2 a
+table indexed by id (``Prompts.first_index``), for n = 3 a hashed slot table of every
+position's packed two-id key (``Prompts.levels``). No Python loop runs per position.
 
 *Choice.* Every occurrence gets a priority, a 64-bit hash (splitmix64) of ``(seed, n,
 file, sample in file, offset in sample)``: it depends on nothing but the occurrence, so
@@ -18,7 +17,14 @@ file, sample in file, offset in sample)``: it depends on nothing but the occurre
 into tasks, in whatever order they run. A task keeps its k smallest per prompt; the
 writer keeps the k smallest of those: a uniform sample of ``min(k, count)`` occurrences
 without replacement, identical for any partitioning. Ties (a 64-bit collision) are
-broken by the location, so the order is total.
+broken by the location, so the order is total. Within a unit only the occurrences under
+their prompt's bound (``tighten``) are ever held, so memory follows k x prompts, not the
+occurrences.
+
+Public: ``Prompts`` (``make``, ``keys``, ``first_index``, ``levels``/``slots``, ``filter``),
+``find`` -> ``Occurrences``, ``scan`` -> ``Found``, ``smallest_per_group``, ``tighten``,
+``windows``, and the priorities (``splitmix64``, ``splitmix64_int``, ``priority_int``,
+``sample_hashes``, ``priorities``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 U64 = np.uint64
 MASK64 = (1 << 64) - 1
 _GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_MULTIPLIERS = (_GOLDEN, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)  # odd: one per level
 
 
 # --- priorities ----------------------------------------------------------------------------
@@ -83,6 +90,7 @@ class Prompts:
     ids: tuple[np.ndarray, ...]
     expected: np.ndarray
     bits: int
+    hash_levels: int = 4  # n = 3: levels of slot tables before the binary search (tests set 1)
 
     def __post_init__(self):
         if self.n not in (2, 3):
@@ -107,26 +115,79 @@ class Prompts:
     def filter(self) -> tuple[int, np.ndarray]:
         """``(shift, table)``: ``table[(key * golden) >> shift]`` is True for every prompt's key
         and for few others (a one-hash Bloom filter of at least 64 slots per prompt, at most
-        64 MiB), so only those candidates pay for the binary search."""
+        64 MiB). The kernel itself now uses ``levels``, which names the prompt too; kept for
+        callers that only filter."""
         bits = min(26, max(20, int(64 * max(len(self), 1) - 1).bit_length()))
         table = np.zeros(1 << bits, bool)
         with np.errstate(over="ignore"):
             table[(self.keys * U64(_GOLDEN)) >> U64(64 - bits)] = True
         return 64 - bits, table
 
+    @functools.cached_property
+    def sorted_keys(self) -> np.ndarray:
+        """``keys``, computed once."""
+        return self.keys
+
+    def first_index(self, vocab: int) -> np.ndarray:
+        """n = 2: ``table[id]`` is the index of the prompt ``(id,)``, -1 for an id that is none (int32)."""
+        size = max(vocab, int(self.ids[0].max()) + 1 if len(self) else 0)
+        if size not in self._first_tables:
+            table = np.full(size, -1, np.int32)
+            table[self.ids[0]] = np.arange(len(self), dtype=np.int32)
+            self._first_tables[size] = table
+        return self._first_tables[size]
+
+    @functools.cached_property
+    def _first_tables(self) -> dict[int, np.ndarray]:
+        return {}
+
+    @functools.cached_property
+    def slots(self) -> tuple[int, np.ndarray]:
+        """n = 3: ``(shift, table)``: ``table[(key * golden) >> shift]`` is the index of the one
+        prompt whose key hashes to that slot, -1 for none, -2 for several (int32; at least 32
+        slots per prompt, at most 4M, so few slots are shared)."""
+        _, shift, table = self.levels[0]
+        return shift, table
+
+    @functools.cached_property
+    def levels(self) -> list[tuple[int, int, np.ndarray]]:
+        """``(multiplier, shift, table)`` per level: level 0 as ``slots``; the prompts of a
+        level's shared slots get a table of their own, with another multiplier, in the next
+        level (a frequent prompt that shares a slot would otherwise send every one of its
+        occurrences to the binary search). Slots still shared at the last level are -2."""
+        out, members = [], np.arange(len(self))
+        for mult in _MULTIPLIERS[:max(1, self.hash_levels)]:
+            bits = min(22, max(8, int(32 * max(len(members), 1) - 1).bit_length()))
+            with np.errstate(over="ignore"):
+                slot = ((self.sorted_keys[members] * U64(mult)) >> U64(64 - bits)).astype(np.int64)
+            table = np.full(1 << bits, -1, np.int32)
+            table[slot] = members.astype(np.int32)
+            used, times = np.unique(slot, return_counts=True)
+            table[used[times > 1]] = -2
+            out.append((mult, 64 - bits, table))
+            members = members[np.isin(slot, used[times > 1])]
+            if not len(members):
+                break
+        return out
+
     @classmethod
-    def make(cls, n: int, ids, expected, bits: int) -> "Prompts":
+    def make(cls, n: int, ids, expected, bits: int, hash_levels: int = 4) -> "Prompts":
         """Prompts from unsorted columns (sorted here)."""
         cols = [np.asarray(c, np.int64) for c in ids]
         order = np.lexsort(cols[::-1]) if cols and len(cols[0]) else np.zeros(0, np.int64)
-        return cls(n, tuple(c[order] for c in cols), np.asarray(expected, np.int64)[order], bits)
+        return cls(n, tuple(c[order] for c in cols), np.asarray(expected, np.int64)[order], bits, hash_levels)
 
 
 # --- occurrences ---------------------------------------------------------------------------
 
+# Positions per block: the passes over a block's arrays run in the CPU's cache, and the
+# occurrences are never all held at once (a piece group can have as many as it has tokens).
+BLOCK = 1 << 17
+
+
 @dataclass
 class Occurrences:
-    """Every occurrence of one family's prompts in a piece: ``prompt`` (index into the
+    """Every occurrence of one family's prompts in a piece group: ``prompt`` (index into the
     ``Prompts``), ``pos`` (position in the concatenated tokens, ascending) and ``sample``
     (index of the sample it is in)."""
 
@@ -135,92 +196,169 @@ class Occurrences:
     sample: np.ndarray
 
 
-def _lookup(tokens: np.ndarray, width: int, p: Prompts, vocab: int,
-            workspace: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(candidate positions, their prompt index) where the first n-1 ids are a prompt."""
-    if p.n == 2:
-        first = np.zeros(max(vocab, int(p.ids[0].max()) + 1), bool)
-        first[p.ids[0]] = True
-        pos = np.flatnonzero(first[tokens[:width]])
-        index = np.full(len(first), -1, np.int64)
-        index[p.ids[0]] = np.arange(len(p))
-        return pos, index[tokens[pos]]
-    # Every position's packed key, hashed in place (contiguous passes, no gathers by index),
-    # through the filter; the few positions left are looked up exactly.
-    shift, table = p.filter
-    if workspace is not None and len(workspace) >= width and workspace.dtype == U64:
-        h = workspace[:width]  # a buffer kept between tasks: no page faults for a fresh array
-        h[...] = tokens[:width]
+def _crossing(offsets: np.ndarray, n: int, width: int) -> np.ndarray:
+    """The positions (sorted) whose n-gram would run past its sample's end: the last n - 1 of each sample."""
+    q = offsets[1:, None] - np.arange(1, n, dtype=np.int64)[None, :]
+    return np.unique(q[(q >= offsets[:-1, None]) & (q < width)])
+
+
+def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exclude_id: int | None,
+            workspace: np.ndarray | None, block: int = BLOCK):
+    """``(start, end, pos, prompt)`` per block of positions: the occurrences in ``[start,
+    end)``, ``pos`` ascending (absolute, int64), ``prompt`` their prompt's index (int32)."""
+    n, width = p.n, len(tokens) - p.n + 1
+    if width <= 0 or len(p) == 0:
+        return
+    crossing = _crossing(offsets, n, width)
+    if n == 2:
+        table = p.first_index(vocab)
     else:
-        h = tokens[:width].astype(U64)
-    h <<= U64(p.bits)
-    h |= tokens[1:width + 1]
-    with np.errstate(over="ignore"):
-        h *= U64(_GOLDEN)
-    h >>= U64(shift)
-    pos = np.flatnonzero(table[h])
-    del h
-    key = (tokens[pos].astype(U64) << U64(p.bits)) | tokens[pos + 1].astype(U64)
-    keys = p.keys
-    j = np.searchsorted(keys, key)
-    j[j == len(keys)] = 0
-    ok = keys[j] == key
-    return pos[ok], j[ok]
+        (_, shift, table), *levels = p.levels
+        keys = p.sorted_keys
+        if workspace is not None and workspace.dtype == U64 and len(workspace) >= 2 * block:
+            kbuf, hbuf = workspace[:block], workspace[block:2 * block]
+        else:
+            kbuf, hbuf = np.empty(block, U64), np.empty(block, U64)
+    for a in range(0, width, block):
+        b = min(width, a + block)
+        # np.take and int64 indices: numpy's indexing first copies other index types to intp
+        if n == 2:
+            hit = np.take(table, tokens[a:b])
+        else:  # every position's packed key, hashed to its slot
+            key = kbuf[:b - a]
+            key[...] = tokens[a:b]
+            key <<= U64(p.bits)
+            key |= tokens[a + 1:b + 1]
+            h = hbuf[:b - a]
+            with np.errstate(over="ignore"):
+                np.multiply(key, U64(_GOLDEN), out=h)
+            h >>= U64(shift)
+            hit = table[h.view(np.int64)]
+        m = hit != -1
+        lo, hi = np.searchsorted(crossing, (a, b))
+        m[crossing[lo:hi] - a] = False
+        if exclude_id is not None:
+            for j in range(n):
+                m &= tokens[a + j:b + j] != exclude_id
+        pos = np.flatnonzero(m)
+        prompt = hit[pos]
+        if n == 3:  # a slot names one candidate prompt (check it) or, for a shared slot, several
+            kq = key[pos]
+            for mult, sub_shift, sub in levels:
+                shared = np.flatnonzero(prompt == -2)
+                if not len(shared):
+                    break
+                with np.errstate(over="ignore"):
+                    prompt[shared] = sub[((kq[shared] * U64(mult)) >> U64(sub_shift)).view(np.int64)]
+            else:
+                shared = np.flatnonzero(prompt == -2)
+            if len(shared):
+                j = np.searchsorted(keys, kq[shared])
+                j[j == len(keys)] = 0
+                prompt[shared] = np.where(keys[j] == kq[shared], j, -1)
+            ok = np.take(keys, prompt) == kq  # (-1 reads the last key, which is never a non-prompt's)
+            if not ok.all():
+                pos, prompt = pos[ok], prompt[ok]
+        yield a, b, pos + a, prompt
 
 
-def _samples_of(pos: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The sample of each (ascending) position: O(samples log positions + positions)."""
-    ends = np.searchsorted(pos, offsets[1:], side="left")
-    return np.repeat(np.arange(len(offsets) - 1), np.diff(np.concatenate(([0], ends))))
+def _sample_sizes(pos: np.ndarray, offsets: np.ndarray, a: int, b: int) -> tuple[int, np.ndarray]:
+    """``(s0, sizes)``: the ascending positions ``pos`` (all in ``[a, b)``) lie in samples
+    ``s0, s0 + 1, ...``, ``sizes[i]`` of them in sample ``s0 + i``."""
+    last = len(offsets) - 2
+    s0 = min(max(int(np.searchsorted(offsets, a, side="right")) - 1, 0), last)
+    s1 = min(max(int(np.searchsorted(offsets, b - 1, side="right")) - 1, s0), last)
+    cut = np.searchsorted(pos, offsets[s0 + 1:s1 + 1])
+    return s0, np.diff(np.concatenate(([0], cut, [len(pos)])))
 
 
 def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
-         exclude_id: int | None = None, workspace: np.ndarray | None = None) -> Occurrences:
+         exclude_id: int | None = None, workspace: np.ndarray | None = None, *, block: int = BLOCK) -> Occurrences:
     """Every occurrence of the prompts ``p`` in the samples ``tokens[offsets[s]:offsets[s+1]]``
     that is followed by a token inside its sample (and, with ``exclude_id``, whose n-gram
     does not contain that id)."""
-    n = p.n
-    total = len(tokens)
-    empty = Occurrences(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if total < n or len(p) == 0:
-        return empty
-    width = total - n + 1  # positions whose n-gram fits the concatenation
-    pos, prompt = _lookup(tokens, width, p, vocab, workspace)
-    sample = _samples_of(pos, offsets)
-    ok = pos + (n - 1) < offsets[sample + 1]  # the next token is inside the sample
-    if exclude_id is not None:
-        for j in range(n):
-            ok &= tokens[pos + j] != exclude_id
-    return Occurrences(prompt[ok], pos[ok], sample[ok])
+    offsets = np.asarray(offsets, np.int64)
+    prompts, positions, samples = [], [], []
+    for a, b, pos, prompt in _blocks(tokens, offsets, p, vocab, exclude_id, workspace, block):
+        s0, sizes = _sample_sizes(pos, offsets, a, b)
+        prompts.append(prompt.astype(np.int64))
+        positions.append(pos)
+        samples.append(np.repeat(np.arange(s0, s0 + len(sizes)), sizes))
+    if not positions:
+        return Occurrences(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return Occurrences(np.concatenate(prompts), np.concatenate(positions), np.concatenate(samples))
 
 
 # --- the k smallest per prompt ---------------------------------------------------------------
+
+MAX64 = np.iinfo(U64).max
+
+
+def _splitmix64_(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """``splitmix64`` in place (``tmp``: scratch of the same length): no temporaries."""
+    with np.errstate(over="ignore"):
+        z += U64(_GOLDEN)
+        for shift, mult in ((30, _M1), (27, _M2)):
+            np.right_shift(z, U64(shift), out=tmp)
+            z ^= tmp
+            z *= U64(mult)
+        np.right_shift(z, U64(31), out=tmp)
+        z ^= tmp
+    return z
+
+
+def tighten(group: np.ndarray, prio: np.ndarray, top: np.ndarray, k: int, groups: int) -> np.ndarray:
+    """A lower ``top`` (per group: every priority of the group is at most its ``top``) that
+    still has the group's k smallest at or under it, and the indices of the rows at or under
+    it. ``top`` is updated in place.
+
+    Priorities under ``top`` are uniform, so the k smallest of ``c`` lie, nearly always,
+    under ``top * (k + 4 sqrt(k) + 8) / c``; a group with fewer than ``min(k, c)`` there
+    (rare) keeps its ``top``. Exact either way: a group's k smallest are never dropped.
+    """
+    counts = np.bincount(group, minlength=groups)
+    frac = (k + 4 * np.sqrt(k) + 8) / np.maximum(counts, 1)
+    lower = np.where(frac < 0.5, (top.astype(np.float64) * np.minimum(frac, 0.5)).astype(U64), top)
+    under = prio <= lower[group]
+    enough = np.bincount(group[under], minlength=groups) >= np.minimum(counts, k)
+    top[enough] = lower[enough]
+    if enough.all():
+        return np.flatnonzero(under)
+    return np.flatnonzero(prio <= top[group])
+
+
+def _first_k_sorted(group: np.ndarray, prio: np.ndarray, tiebreak: np.ndarray, k: int, groups: int) -> np.ndarray:
+    """Indices of the ``k`` smallest ``(prio, tiebreak)`` of each group, sorted by
+    ``(group, prio, tiebreak)``: one argsort of ``group`` and ``prio``'s high bits packed
+    in a uint64 (a lexsort of three keys costs ~7x more); equal packed keys (the low bits
+    would decide) fall back to the lexsort."""
+    gbits = int(groups - 1).bit_length()
+    with np.errstate(over="ignore"):
+        packed = prio >> U64(gbits) if gbits else prio.copy()
+        if gbits:
+            packed |= group.astype(U64) << U64(64 - gbits)
+    order = np.argsort(packed)
+    ps = packed[order]
+    if len(ps) > 1 and (ps[1:] == ps[:-1]).any():
+        order = np.lexsort((tiebreak, prio, group))
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+    return order[rank < k]
+
 
 def smallest_per_group(group: np.ndarray, prio: np.ndarray, tiebreak: np.ndarray, k: int,
                        groups: int) -> np.ndarray:
     """Indices of the ``k`` smallest ``(prio, tiebreak)`` of each group, sorted by
     ``(group, prio, tiebreak)``.
 
-    Exact, and fast when groups are large: priorities are uniform, so the k smallest of
-    ``c`` lie, nearly always, below ``(k + 4 sqrt(k) + 8) / c`` of the range; only those
-    are sorted, and a group that got fewer than ``min(k, c)`` below its bound (rare) is
-    sorted whole.
+    Exact, and fast when groups are large: only the rows under each group's bound
+    (``tighten``) are sorted.
     """
     if len(group) == 0 or k <= 0:
         return np.zeros(0, np.int64)
-    counts = np.bincount(group, minlength=groups)
-    ratio = (k + 4 * np.sqrt(k) + 8) / np.maximum(counts, 1)
-    bound = np.where(ratio >= 0.5, np.iinfo(U64).max,
-                     (np.minimum(ratio, 0.5) * 2.0 ** 64).astype(U64))
-    cand = np.flatnonzero(prio <= bound[group])
-    short = np.bincount(group[cand], minlength=groups) < np.minimum(counts, k)
-    if short.any():  # the bound was unlucky for these groups: take all their occurrences
-        cand = np.union1d(cand, np.flatnonzero(short[group]))
-    order = cand[np.lexsort((tiebreak[cand], prio[cand], group[cand]))]
-    g = group[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
-    return order[rank < k]
+    cand = tighten(group, prio, np.full(groups, MAX64, U64), k, groups)
+    return cand[_first_k_sorted(group[cand], prio[cand], tiebreak[cand], k, groups)]
 
 
 # --- windows -------------------------------------------------------------------------------
@@ -239,11 +377,11 @@ def windows(tokens: np.ndarray, offsets: np.ndarray, pos: np.ndarray, sample: np
     return list_offsets, tokens[flat], lo
 
 
-# --- one piece -----------------------------------------------------------------------------
+# --- one piece group ----------------------------------------------------------------------
 
 @dataclass
 class Found:
-    """What one piece gives for one family: per-prompt occurrence counts (``counts[i]``
+    """What one piece group gives for one family: per-prompt occurrence counts (``counts[i]``
     for prompt ``i``), and the kept occurrences (at most ``k`` per prompt) with their
     location, next id, priority and window."""
 
@@ -262,21 +400,56 @@ class Found:
 
 def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np.ndarray, p: Prompts,
          vocab: int, k: int, seed: int, before: int, after: int, exclude_id: int | None = None,
-         workspace: np.ndarray | None = None) -> Found:
-    """Count every occurrence of ``p``'s prompts in the piece and keep the ``k`` of smallest
-    priority per prompt. ``files[s]`` and ``samples[s]``: where sample ``s`` of the piece
+         workspace: np.ndarray | None = None, *, block: int = BLOCK, pool_rows: int | None = None) -> Found:
+    """Count every occurrence of ``p``'s prompts in the piece group and keep the ``k`` of smallest
+    priority per prompt. ``files[s]`` and ``samples[s]``: where sample ``s`` of the piece group
     comes from (file index in the dataset, sample index in that file). ``workspace``: an
-    optional uint64 buffer of at least ``len(tokens)`` entries, reused between calls."""
+    optional uint64 buffer of at least ``2 * block`` entries, reused between calls.
+    ``block`` and ``pool_rows`` (the pool's size that triggers the first tightening) change
+    the speed, never the result: tests set them tiny.
+
+    One pass over blocks of positions: each block's occurrences are counted and get their
+    priority; only those at or under their prompt's ``top`` join the pool of candidates,
+    and ``top`` is lowered (``tighten``) whenever the pool has doubled. So the work per
+    occurrence is a few passes in cache, and memory holds the pool (about ``(k + 4 sqrt(k)
+    + 8) x prompts`` rows after a tightening), never every occurrence.
+    """
     offsets = np.asarray(offsets, np.int64)
-    occ = find(tokens, offsets, p, vocab, exclude_id, workspace)
-    counts = np.bincount(occ.prompt, minlength=len(p)).astype(np.int64)
-    in_sample = occ.pos - offsets[occ.sample]
-    prio = priorities(sample_hashes(seed, p.n, files, samples)[occ.sample], in_sample)
-    keep = smallest_per_group(occ.prompt, prio, occ.pos, k, len(p))
-    pos, sample = occ.pos[keep], occ.sample[keep]
+    groups = len(p)
+    counts = np.zeros(groups, np.int64)
+    top = np.full(groups, MAX64, U64)
+    hashes = sample_hashes(seed, p.n, files, samples)
+    pool: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    rows, limit = 0, max(1 << 20, 4 * k * groups) if pool_rows is None else pool_rows
+    tmp = np.empty(block, U64)
+    for a, b, pos, prompt in _blocks(tokens, offsets, p, vocab, exclude_id, workspace, block):
+        counts += np.bincount(prompt, minlength=groups)
+        s0, sizes = _sample_sizes(pos, offsets, a, b)
+        prio = (pos - np.repeat(offsets[s0:s0 + len(sizes)], sizes)).view(U64)
+        prio ^= np.repeat(hashes[s0:s0 + len(sizes)], sizes)
+        _splitmix64_(prio, tmp[:len(prio)])
+        keep = np.flatnonzero(prio <= np.take(top, prompt))
+        pool.append((prompt[keep], prio[keep], pos[keep]))
+        rows += len(keep)
+        if rows > limit:
+            pool = [_merge(pool, top, k, groups)]
+            rows = len(pool[0][0])
+            limit = max(limit, 2 * rows)
+    prompt, prio, pos = _merge(pool, top, k, groups) if pool else (np.zeros(0, np.int32), np.zeros(0, U64),
+                                                                      np.zeros(0, np.int64))
+    keep = _first_k_sorted(prompt, prio, pos, k, groups) if len(prompt) else np.zeros(0, np.int64)
+    prompt, prio, pos = prompt[keep].astype(np.int64), prio[keep], pos[keep]
+    sample = np.searchsorted(offsets, pos, side="right") - 1
     wo, wi, lo = windows(tokens, offsets, pos, sample, p.n, before, after)
     return Found(
-        n=p.n, counts=counts, prompt=occ.prompt[keep], actual=tokens[pos + p.n - 1].astype(np.int64),
+        n=p.n, counts=counts, prompt=prompt, actual=tokens[pos + p.n - 1].astype(np.int64),
         file=np.asarray(files, np.int64)[sample], sample=np.asarray(samples, np.int64)[sample],
-        offset=pos - offsets[sample], priority=prio[keep], window_offsets=wo, window_ids=wi,
+        offset=pos - offsets[sample], priority=prio, window_offsets=wo, window_ids=wi,
         window_start=lo - offsets[sample])
+
+
+def _merge(pool, top, k: int, groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pool's parts as one, cut to the rows under each prompt's (lowered) ``top``."""
+    prompt, prio, pos = (np.concatenate([part[i] for part in pool]) for i in range(3))
+    keep = tighten(prompt, prio, top, k, groups)
+    return prompt[keep], prio[keep], pos[keep]

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask.config import Config
-from ngram_dask.contexts.task import ContextsSettings, contexts_group, prompts_table
+from ngram_dask.contexts.task import PART_FORMAT, ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import read_info, read_only, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
@@ -45,6 +45,7 @@ class ContextsReport(StageReport):
     tokens: int = 0
     occurrences: dict[str, int] = field(default_factory=dict)
     rows: int = 0
+    prunes: int = 0  # times the writer cut its merged examples to per_task per prompt
     prompts: dict[str, int] = field(default_factory=dict)
     present: bool = False  # the database held these contexts already: nothing ran
     dir: str | None = None
@@ -135,7 +136,7 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
     unit_tokens = cfg.build.explode_unit_tokens
     work = cfg.work_dir or default_work_dir(db)
     digest = _digest({**identity, "unit_tokens": unit_tokens, "token_dtype": token_dtype,
-                      "shards": [r.identity() for r in pieces]})[:12]
+                      "shards": [r.identity() for r in pieces], "part_format": PART_FORMAT})[:12]
     settings = ContextsSettings(
         dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
         per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
@@ -182,7 +183,7 @@ def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
     s = p.settings
 
     def steps(ctx: StageContext):
-        writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts)
+        writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts, cfg.contexts.prune_rows)
         announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
                  f"{len(p.groups)} piece group(s) of {redact_url(p.input)} -> {s.dir}")
 
@@ -195,6 +196,7 @@ def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
                                     f"{int(info.get('tokens', 0)):,}: it was built from other data")
             writer.check_counts(p.db)
             report.rows = writer.commit({**p.identity, "pieces": len(p.groups)})
+            report.prunes = writer.prunes
             report.seconds["write"] = time.perf_counter() - t0
             announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
 

@@ -9,7 +9,10 @@ by the piece group, so a retried unit overwrites its own output and nothing coun
     <contexts dir>/counts/<group>.parquet     per prompt with occurrences: how many
     <contexts dir>/_done/<group>.json         the statistics, written last
 
-Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet``.
+Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet``. An
+example's ``window_ids`` is one binary value, its ids as little-endian ``window_dtype``
+(Parquet writes a list column ~3x slower, and most of a unit's examples are dropped by
+the writer's merge); the writer turns the kept ones into lists.
 """
 
 from __future__ import annotations
@@ -49,6 +52,34 @@ class ContextsSettings:
     @property
     def prompts_url(self) -> str:
         return join(self.dir, "prompts.parquet")
+
+
+PART_FORMAT = 2  # the parts' layout (in the contexts dir's digest): 2 = binary window_ids
+
+
+def window_dtype(vocab_size: int) -> np.dtype:
+    """The ids of a part's ``window_ids``: 2 bytes each when the vocabulary allows, else 4."""
+    return np.dtype("<u2" if vocab_size <= 1 << 16 else "<u4")
+
+
+def windows_array(offsets: np.ndarray, ids: np.ndarray, vocab_size: int) -> pa.Array:
+    """Windows (``offsets`` into ``ids``) as one binary value each."""
+    dt = window_dtype(vocab_size)
+    return pa.Array.from_buffers(pa.binary(), len(offsets) - 1, [
+        None, pa.py_buffer(np.ascontiguousarray(offsets * dt.itemsize, np.int32)),
+        pa.py_buffer(np.ascontiguousarray(ids, dt))])
+
+
+def windows_lists(blobs: pa.Array, vocab_size: int) -> pa.Array:
+    """``windows_array``'s values back as lists of int32 ids."""
+    dt = window_dtype(vocab_size)
+    blobs = blobs.cast(pa.binary())
+    _, offsets, data = blobs.buffers()
+    off = np.frombuffer(offsets, np.int32, len(blobs) + 1, blobs.offset * 4)
+    ids = np.frombuffer(data, dt, (int(off[-1]) - int(off[0])) // dt.itemsize, int(off[0])) if data else \
+        np.zeros(0, dt)
+    return pa.ListArray.from_arrays(pa.array((off - off[0]) // dt.itemsize, pa.int32()),
+                                    pa.array(ids.astype(np.int32), pa.int32()))
 
 
 def examples_url(s: ContextsSettings, group: str) -> str:
@@ -108,9 +139,11 @@ def load_prompts(url: str, bits: int) -> dict[int, kernel.Prompts]:
 # --- the task ------------------------------------------------------------------------------
 
 def found_tables(found: list[kernel.Found], families: dict[int, kernel.Prompts], shard_files: dict[int, str],
-                 base: dict[int, int]) -> tuple[pa.Table, pa.Table]:
+                 base: dict[int, int], vocab_size: int) -> tuple[pa.Table, pa.Table]:
     """The examples and counts of one piece as Arrow tables (``base[n]``: the first row of
     family n in ``prompts.parquet``)."""
+    files = np.array(sorted(shard_files), np.int64)
+    names = pa.array([shard_files[int(i)] for i in files], pa.string())
     ex: dict[str, list] = {k: [] for k in ("prompt", "n", "id0", "id1", "expected", "actual", "shard", "shard_file",
                                            "sample", "pos", "window_start", "window_ids", "priority")}
     ct: dict[str, list] = {k: [] for k in ("prompt", "n", "id0", "id1", "occurrences")}
@@ -124,12 +157,11 @@ def found_tables(found: list[kernel.Found], families: dict[int, kernel.Prompts],
         ex["expected"].append(pa.array(p.expected[f.prompt], pa.int64()))
         ex["actual"].append(pa.array(f.actual, pa.int64()))
         ex["shard"].append(pa.array(f.file, pa.int64()))
-        ex["shard_file"].append(pa.array([shard_files[int(i)] for i in f.file], pa.string()))
+        ex["shard_file"].append(names.take(pa.array(np.searchsorted(files, f.file))))
         ex["sample"].append(pa.array(f.sample, pa.int64()))
         ex["pos"].append(pa.array(f.offset, pa.int64()))
         ex["window_start"].append(pa.array(f.window_start, pa.int64()))
-        ex["window_ids"].append(pa.ListArray.from_arrays(pa.array(f.window_offsets, pa.int32()),
-                                                     pa.array(f.window_ids.astype(np.int32), pa.int32())))
+        ex["window_ids"].append(windows_array(f.window_offsets, f.window_ids, vocab_size))
         ex["priority"].append(pa.array(f.priority, pa.uint64()))
         hit = np.flatnonzero(f.counts)
         ct["prompt"].append(pa.array(base[f.n] + hit, pa.int64()))
@@ -143,7 +175,7 @@ def found_tables(found: list[kernel.Found], families: dict[int, kernel.Prompts],
 EXAMPLE_TYPES = {"prompt": pa.int64(), "n": pa.uint8(), "id0": pa.int64(), "id1": pa.int64(),
                  "expected": pa.int64(), "actual": pa.int64(), "shard": pa.int64(), "shard_file": pa.string(),
                  "sample": pa.int64(), "pos": pa.int64(), "window_start": pa.int64(),
-                 "window_ids": pa.list_(pa.int32()), "priority": pa.uint64()}
+                 "window_ids": pa.binary(), "priority": pa.uint64()}
 COUNT_TYPES = {"prompt": pa.int64(), "n": pa.uint8(), "id0": pa.int64(), "id1": pa.int64(),
                "occurrences": pa.int64()}
 
@@ -153,8 +185,9 @@ def _table(cols: dict[str, list], types: dict) -> pa.Table:
                      for name, arrays in cols.items()}, schema=pa.schema(list(types.items())))
 
 
-def _workspace(tokens: int) -> np.ndarray:
-    return thread_buffer("contexts-keys", tokens, np.uint64)
+def _workspace() -> np.ndarray:
+    # the kernel hashes a block at a time: two blocks of keys, not one per token of the piece
+    return thread_buffer("contexts-keys", 2 * kernel.BLOCK, np.uint64)
 
 
 @resumable(lambda group, s: marker_url(s, group.name))
@@ -164,14 +197,17 @@ def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
     data = read_group(group, s.vocab_size, s.verify_hashes)
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
-                         s.seed, s.before, s.after, exclude, _workspace(len(data.tokens)))
+                         s.seed, s.before, s.after, exclude, _workspace())
              for _, p in sorted(families.items())]
     base, row = {}, 0
     for n, p in sorted(families.items()):
         base[n], row = row, row + len(p)
-    examples, counts = found_tables(found, families, {piece.file_index: piece.location for piece in group.pieces}, base)
+    examples, counts = found_tables(found, families, {piece.file_index: piece.location for piece in group.pieces}, base,
+                                    s.vocab_size)
     faults.delay_point(faults.CONTEXTS_TEST_DELAY)
-    nbytes = atomic_write_parquet(examples_url(s, group.name), examples, compression="zstd")
+    # no statistics (nothing filters on them) and a dictionary for the names only: a third of the write
+    nbytes = atomic_write_parquet(examples_url(s, group.name), examples, compression="zstd",
+                                  use_dictionary=["shard_file"], write_statistics=False)
     nbytes += atomic_write_parquet(counts_url(s, group.name), counts, compression="zstd")
     return {
         "group": group.name,

@@ -3,8 +3,9 @@
 
 Each piece's part holds its k smallest priorities per prompt; the writer keeps the k
 smallest of all of them (``ORDER BY priority, shard, sample, pos``: a total order), in a
-TEMP table of the writer's connection that is pruned as parts arrive, so memory stays
-near ``k x prompts`` rows however many pieces there are. The per-prompt counts are summed
+TEMP table of the writer's connection that is pruned to k per prompt whenever it passes
+``contexts.prune_rows`` rows (and twice what the last prune left), so it stays near
+``k x prompts`` rows however many pieces there are. The per-prompt counts are summed
 in an array. Then, in one transaction: ``contexts``, ``context_counts``,
 ``contexts_ledger`` (one row per piece) and the settings, or nothing (a killed writer
 leaves the database as it was; the pieces' parts stay, so a rerun only writes).
@@ -19,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask import faults
-from ngram_dask.contexts.task import ContextsSettings, counts_url, examples_url
-from ngram_dask.db import ensure_info, transaction, write_info
+from ngram_dask.contexts.task import ContextsSettings, counts_url, examples_url, windows_lists
+from ngram_dask.db import ensure_info, scalar, transaction, write_info
 from ngram_dask.errors import BadInputError
 from ngram_dask.schema import (
     CONTEXT_COUNTS,
@@ -51,12 +52,13 @@ def _read(url: str) -> pa.Table:
 class ContextsWriter:
     """Collects the pieces' parts on the writer's connection ``con``; ``commit`` writes them."""
 
-    def __init__(self, con, s: ContextsSettings, prompts: pa.Table, sum_counts: np.ndarray):
-        self.con, self.s, self.prompts = con, s, prompts
+    def __init__(self, con, s: ContextsSettings, prompts: pa.Table, sum_counts: np.ndarray,
+                 prune_rows: int = 1_000_000):
+        self.con, self.s, self.prompts, self.prune_rows = con, s, prompts, prune_rows
         self.sum_counts = np.asarray(sum_counts, np.int64)
         self.counts = np.zeros(prompts.num_rows, np.int64)
         self.ledger: list[tuple] = []
-        self.rows = self.pruned_rows = 0
+        self.rows = self.pruned_rows = self.prunes = 0
         con.execute(f"DROP TABLE IF EXISTS {BEST}")
         self.created = False
 
@@ -76,7 +78,8 @@ class ContextsWriter:
         finally:
             self.con.unregister("_contexts_part")
         self.rows += examples.num_rows
-        if self.rows > max(1_000_000, 2 * self.pruned_rows):
+        # twice the rows left by the last prune, at least: the prunes' cost stays linear in the parts
+        if self.rows > max(self.prune_rows, 2 * self.pruned_rows):
             self._prune()
         occ = sum(int(v) for v in stats["occurrences"].values())
         self.ledger.append((piece, int(stats["samples"]), int(stats["tokens"]), occ, int(stats["kept"])))
@@ -84,7 +87,8 @@ class ContextsWriter:
     def _prune(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {BEST} AS SELECT * FROM {BEST} "
                          f"QUALIFY row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) <= {self.s.per_task}")
-        self.rows = self.pruned_rows = int(self.con.execute(f"SELECT count(*) FROM {BEST}").fetchone()[0])
+        self.rows = self.pruned_rows = int(scalar(self.con, f"SELECT count(*) FROM {BEST}"))
+        self.prunes += 1
 
     def check_counts(self, db: str) -> None:
         """The occurrences found must be each prompt's ``sum_count``: else the input is not the build's."""
@@ -121,25 +125,33 @@ class ContextsWriter:
             with transaction(con):
                 ensure_info(con)
                 con.execute(typed_create_sql(CONTEXTS, contexts_columns(s.vocab_size), replace=True))
+                kept = con.sql(f"""
+                    SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
+                           pos - window_start AS prompt_at, window_ids, priority
+                    FROM (SELECT *, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank FROM {BEST})
+                    WHERE rank <= {int(s.per_task)}
+                    ORDER BY n, id0, id1 NULLS FIRST, rank""").to_arrow_table()
+                # the parts carry windows as bytes (task.windows_array): lists again, for the kept ones only
+                kept = kept.set_column(kept.schema.get_field_index("window_ids"), "window_ids",
+                                       windows_lists(kept.column("window_ids").combine_chunks(), s.vocab_size))
+                con.register("_contexts_kept", kept)
                 con.execute(f"""
                     INSERT INTO {CONTEXTS}
                     SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
-                           pos - window_start, window_ids::{t}[], priority
-                    FROM (SELECT *, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank FROM {BEST})
-                    WHERE rank <= {int(s.per_task)}
-                    ORDER BY n, id0, id1 NULLS FIRST, rank""")
+                           prompt_at, window_ids::{t}[], priority
+                    FROM _contexts_kept ORDER BY n, id0, id1 NULLS FIRST, rank""")
                 faults.crash_point(faults.CRASH_IN_CONTEXTS, "write")
                 con.execute(typed_create_sql(CONTEXT_COUNTS, context_counts_columns(s.vocab_size), replace=True))
                 con.execute(f"INSERT INTO {CONTEXT_COUNTS} SELECT n, id0, CASE WHEN n = 3 THEN id1 END, occurrences "
                             "FROM _contexts_counts ORDER BY n, id0, id1")
                 con.execute(typed_create_sql(CONTEXTS_LEDGER, contexts_ledger_columns(), replace=True))
                 con.execute(f"INSERT INTO {CONTEXTS_LEDGER} SELECT * FROM _contexts_ledger ORDER BY piece")
-                rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchone()[0])
+                rows = int(scalar(con, f"SELECT count(*) FROM {CONTEXTS}"))
                 stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 write_info(con, {CONTEXTS_INFO: json.dumps({**info, "rows": rows, "written_at": stamp},
                                                            sort_keys=True)})
         finally:
-            con.unregister("_contexts_counts")
-            con.unregister("_contexts_ledger")
+            for view in ("_contexts_counts", "_contexts_ledger", "_contexts_kept"):
+                con.unregister(view)
             con.execute(f"DROP TABLE IF EXISTS {BEST}")
         return rows

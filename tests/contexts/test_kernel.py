@@ -37,9 +37,10 @@ def random_prompts(rng, n, vocab, count, bits=16):
     return Prompts.make(n, cols, rng.integers(0, vocab, len(ids)), bits)
 
 
+@pytest.mark.parametrize("block", [kernel.BLOCK, 1, 5])
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("n", [2, 3])
-def test_find_is_every_occurrence(seed, n):
+def test_find_is_every_occurrence(seed, n, block):
     rng = np.random.default_rng(seed)
     vocab = 12
     # short samples (length 0, 1, 2 too): prompts at a sample's first and last positions,
@@ -49,7 +50,7 @@ def test_find_is_every_occurrence(seed, n):
     p = random_prompts(rng, n, vocab, 20)
     ptuples = [tuple(int(c[i]) for c in p.ids) for i in range(len(p))]
     for exclude in (None, 0):
-        occ = kernel.find(tokens, offsets, p, vocab, exclude)
+        occ = kernel.find(tokens, offsets, p, vocab, exclude, block=block)
         got = sorted((ptuples[pr], int(s), int(pos - offsets[s]))
                      for pr, pos, s in zip(occ.prompt, occ.pos, occ.sample))
         want = sorted((pt, s, i) for pt, s, i, _ in oracle_occurrences(samples, set(ptuples), n, exclude))
@@ -107,8 +108,23 @@ def test_unlucky_bound_falls_back_to_a_full_sort():
     assert list(got) == [7, 0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("k", [1, 5])
+def test_a_bound_with_k_minus_one_under_it_is_not_taken(k):
+    """Exactly k - 1 rows under the bound (the rest just above it): the bound must stay, or the k-th is lost."""
+    group = np.zeros(1000, np.int64)
+    prio = np.full(1000, np.uint64(1) << np.uint64(62), np.uint64)  # above any bound for 1000 rows
+    prio[10:10 + k - 1] = np.arange(1, k, dtype=np.uint64)
+    prio[500] = prio[0] - np.uint64(1)  # the k-th smallest, still above the bound
+    top = np.full(1, kernel.MAX64, np.uint64)
+    kept = kernel.tighten(group, prio, top, k, 1)
+    assert 500 in set(kept) and top[0] == kernel.MAX64
+    got = kernel.smallest_per_group(group, prio, np.arange(1000), k, 1)
+    assert list(got) == list(range(10, 10 + k - 1)) + [500]
+
+
+@pytest.mark.parametrize("block, pool_rows", [(kernel.BLOCK, None), (1, 1), (7, 3), (50, 20)])
 @pytest.mark.parametrize("n", [2, 3])
-def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n):
+def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, block, pool_rows):
     rng = np.random.default_rng(n)
     vocab, k, before, after = 10, 4, 3, 2
     samples = [rng.integers(0, vocab, int(rng.integers(1, 60))).tolist() for _ in range(40)]
@@ -116,7 +132,8 @@ def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n):
     files = np.repeat([3, 4], [20, 20])
     in_file = np.r_[np.arange(20), np.arange(20)]
     p = random_prompts(rng, n, vocab, 15)
-    f = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=11, before=before, after=after)
+    f = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=11, before=before, after=after,
+                    block=block, pool_rows=pool_rows)
     ptuples = [tuple(int(c[i]) for c in p.ids) for i in range(len(p))]
     occ = oracle_occurrences(samples, set(ptuples), n)
     # counts equal the oracle's
@@ -145,6 +162,52 @@ def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n):
     for pt, items in by_prompt.items():
         assert kept.get(pt, []) == sorted(x[0] for x in items)[:k]
     assert set(kept) <= set(by_prompt)
+
+
+@pytest.mark.parametrize("n, levels", [(2, 4), (3, 4), (3, 1)])
+def test_scan_at_high_density_with_shared_slots(n, levels):
+    """Prompts at most positions, hundreds of occurrences each: the pool's bound is lowered
+    many times (small blocks and pool), and trigram prompts share hash slots (resolved by
+    the next level's table, or with one level by the binary search); the kept examples are
+    still exactly each prompt's k smallest (seen by brute force)."""
+    rng = np.random.default_rng(40 + n)
+    vocab, k = 9 if n == 2 else 700, 4
+    # a few frequent ids, so every prompt below occurs often
+    common = rng.choice(vocab, 6, replace=False)
+    samples = [np.where(rng.random(L) < 0.9, rng.choice(common, L), rng.integers(0, vocab, L)).tolist()
+               for L in rng.integers(1, 400, 120)]
+    tokens, offsets = concat(samples)
+    if n == 2:
+        p = Prompts.make(2, [np.arange(vocab)], np.zeros(vocab), 16)
+    else:  # every pair of common ids, plus thousands of rare pairs: some share a slot with a common one
+        pairs = {(int(a), int(b)) for a in common for b in common}
+        pairs |= {tuple(int(x) for x in rng.integers(0, vocab, 2)) for _ in range(3000)}
+        cols = list(zip(*sorted(pairs)))
+        p = Prompts.make(3, cols, np.zeros(len(pairs)), 16, hash_levels=levels)
+        assert (p.slots[1] == -2).any(), "no shared slot: use more prompts"
+        assert len(p.levels) == 1 if levels == 1 else len(p.levels) > 1
+    files, in_file = np.zeros(len(samples), np.int64), np.arange(len(samples)) * 3
+    want: dict = {}
+    ptuples = {tuple(int(c[i]) for c in p.ids): i for i in range(len(p))}
+    for si, s in enumerate(samples):
+        for i in range(len(s) - n + 1):
+            j = ptuples.get(tuple(s[i:i + n - 1]))
+            if j is not None:
+                want.setdefault(j, []).append(kernel.priority_int(5, n, 0, si * 3, i))
+    assert max(len(v) for v in want.values()) > 500
+    if n == 3:  # prompts that occur sit in shared slots: the exact search behind a shared slot runs
+        shift, table = p.slots
+        with np.errstate(over="ignore"):
+            slot = (p.keys[sorted(want)] * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift)
+        assert (table[slot] == -2).any()
+    for block, pool_rows in ((kernel.BLOCK, None), (333, 100)):
+        f = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=5, before=1, after=1,
+                        block=block, pool_rows=pool_rows)
+        assert {j: int(c) for j, c in enumerate(f.counts) if c} == {j: len(v) for j, v in want.items()}
+        got: dict = {}
+        for j, prio in zip(f.prompt, f.priority):
+            got.setdefault(int(j), []).append(int(prio))
+        assert got == {j: sorted(v)[:k] for j, v in want.items()}
 
 
 def test_real_tokens(neox_tokenizer_path):
