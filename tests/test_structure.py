@@ -1,6 +1,6 @@
 """The package's imports run one way: from the command line down to the foundations.
 
-    cli -> catalog -> ngrams | convert | lm | contexts -> runtime, cluster -> config, db, storage, mds
+    cli -> catalog -> ngrams | convert | lm | contexts -> runtime, cluster (+ cluster_slurm) -> config, db, storage, mds
         -> errors, schema, faults, tokenizer
 
 A module may import from its own layer and the layers below it, never above; the
@@ -22,7 +22,7 @@ PACKAGE = REPO / "ngram_dask"
 LAYERS = [
     {"errors", "schema", "faults", "tokenizer"},
     {"config", "storage", "db", "mds", "inputs"},
-    {"runtime", "cluster"},
+    {"runtime", "cluster", "cluster_slurm"},
     {"ngrams", "convert", "lm", "contexts"},
     {"catalog"},
     {"cli"},

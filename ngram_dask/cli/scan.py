@@ -10,7 +10,7 @@ batches are kept in the work dir (default: <out>.work) and skipped on a rerun.
 
 from __future__ import annotations
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, STORAGE_FLAGS, command, stage
+from ngram_dask.cli.common import CLUSTER_FLAGS, CLUSTER_SWITCHES, STORAGE_FLAGS, add_switches, command, stage
 
 SCAN_FLAGS = {
     "--input": "input",
@@ -43,4 +43,5 @@ def _db_flag_means_to_db(args, cfg) -> None:
 
 def register(sub) -> None:
     p = command(sub, __doc__, [SCAN_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
+    add_switches(p, CLUSTER_SWITCHES)
     p.set_defaults(_run=stage("ngram_dask.lm.scan", "run_scan", prepare=_db_flag_means_to_db))

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import argparse
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, add_flags, add_renamed, add_switches, command, flag_help, stage
+from ngram_dask.cli.common import (
+    CLUSTER_FLAGS,
+    CLUSTER_SWITCHES,
+    add_flags,
+    add_renamed,
+    add_switches,
+    command,
+    flag_help,
+    stage,
+)
 
 SCORE_FLAGS = {
     "--db": "db",
@@ -47,4 +56,5 @@ def register(sub) -> None:
     add_switches(p, {"--force": ("score.force", True)})
     add_renamed(p, {"--rows-per-task": "score.rows_per_task"})
     add_flags(p, CLUSTER_FLAGS)
+    add_switches(p, CLUSTER_SWITCHES)
     p.set_defaults(_run=stage("ngram_dask.lm.score", "run_score"))
