@@ -303,7 +303,8 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             expect(page.locator("#followers tbody tr").first.locator(".share")).to_have_text("91.7%")
             expect(page.locator("#models svg circle")).to_have_count(len(MODELS))
             # where the eye is: beside the table, in the window, not below the rows
-            task, grid = page.locator("#task-section").bounding_box(), page.locator("#browse-section .scroll").bounding_box()
+            task = page.locator("#task-section").bounding_box()
+            grid = page.locator("#browse-section .scroll").bounding_box()
             assert task["x"] >= grid["x"] + grid["width"] and 0 <= task["y"] < 1000, (task, grid)
             # its examples from the corpus: the prompt and its next token highlighted
             examples = page.locator("#examples li.example")
