@@ -1,4 +1,5 @@
-"""Decide where the work runs: a LocalCluster on this machine, or a running scheduler.
+"""Decide where the work runs: a LocalCluster on this machine, a running scheduler (by
+address or scheduler file), or worker jobs on SLURM (``cluster_slurm``).
 
 ``get_client(cfg.cluster)`` is the only place that knows the difference; every stage
 just receives a ``distributed.Client``. ``stage_cluster`` sizes a LocalCluster for a
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import warnings
 from typing import TYPE_CHECKING, Iterator
 
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
+# A busy default dashboard port is not an error: Dask picks another, and the link says which.
+_PORT_IN_USE = ".*Port .* is already in use.*"
 
 
 def _security(cfg: ClusterConfig):
@@ -146,37 +150,158 @@ def package_versions() -> dict[str, str]:
 
 @contextlib.contextmanager
 def get_client(cfg: ClusterConfig, announce=print) -> Iterator[Client]:
-    """Yield a connected ``Client``; a LocalCluster started here is closed on exit."""
-    from distributed import Client, LocalCluster
-
+    """Yield a connected ``Client`` on the cluster ``cfg.runs_on`` names; a cluster started
+    here (a LocalCluster, SLURM jobs) is closed on exit (the jobs cancelled)."""
     security = _security(cfg)
+    start = {"address": _attached, "slurm": _slurm, "local": _local}[cfg.runs_on]
+    with start(cfg, security, announce) as client:
+        yield client
+
+
+def _silence() -> int:
+    return logging.CRITICAL if not log.isEnabledFor(logging.INFO) else logging.INFO
+
+
+@contextlib.contextmanager
+def _attached(cfg: ClusterConfig, security, announce) -> Iterator[Client]:
+    """A running scheduler, by address or by the file it wrote (``--scheduler-file``)."""
+    from distributed import Client
+
     if cfg.scheduler:
+        address = where = cfg.scheduler
+    else:
+        address = _address_in(cfg.scheduler_file, cfg.wait_timeout, announce)
+        where = f"{address} (from {cfg.scheduler_file})"
+    try:
+        client = Client(address, security=security, timeout="30s")
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot reach the Dask scheduler at {where}: {first}") from None
+    try:
+        # workers of a batch job start beside the scheduler: wait for them; a standing
+        # scheduler must have its workers already (unless told to wait)
+        want = cfg.wait_workers or (1 if cfg.scheduler_file else 0)
+        if want:
+            wait_for_workers(client, want, cfg.wait_timeout, announce, lambda: (
+                f"start `dask worker --scheduler-file {cfg.scheduler_file}` on the nodes"
+                if cfg.scheduler_file else f"start `dask worker {address}` on the nodes"))
+        check_workers(client, package_versions())
+        announce(f"attached to {where}; dashboard: {client.dashboard_link}")
+        _announce_tunnel(client.dashboard_link, announce)
+        yield client
+    finally:
+        client.close()
+
+
+def _address_in(path: str, timeout: float, announce) -> str:
+    """The address a scheduler wrote to its scheduler file, waiting for the file to appear."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
         try:
-            client = Client(cfg.scheduler, security=security, timeout="30s")
-        except (OSError, TimeoutError, ValueError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot reach the Dask scheduler at {cfg.scheduler}: {first}") from None
-        try:
+            with open(path) as f:
+                return json.load(f)["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass  # not written yet, or half-written
+        except OSError as exc:
+            raise UserError(f"cannot read the scheduler file {path}: {exc.strerror or exc}") from None
+        if time.monotonic() >= deadline:
+            raise UserError(f"no Dask scheduler wrote {path} within {timeout:g} s: start `dask scheduler "
+                            f"--scheduler-file {path}` first (docs/clusters.md)")
+        if not said:
+            announce(f"  waiting for the scheduler to write {path}")
+            said = True
+        time.sleep(0.5)
+
+
+def wait_for_workers(client, want: int, timeout: float, announce, explain, advice: str = "",
+                     say_every: float = 30) -> None:
+    """Block until ``want`` workers have joined; a progress line when the count changes (and
+    every ``say_every`` s), and after ``timeout`` s a UserError saying ``explain()`` and ``advice``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    said, said_at = None, 0.0
+    while True:
+        have = len(client.nthreads())
+        if have >= want:
+            if said is not None:
+                announce(f"  workers: {have} of {want} up")
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise UserError(f"{have} of {want} worker(s) up after {timeout:g} s: {explain()}{advice}")
+        if have != said or now - said_at >= say_every:
+            announce(f"  waiting for workers: {have} of {want} up ({explain()})")
+            said, said_at = have, now
+        time.sleep(min(1.0, max(0.05, deadline - now)))
+
+
+@contextlib.contextmanager
+def _slurm(cfg: ClusterConfig, security, announce) -> Iterator[Client]:
+    """Worker jobs through dask-jobqueue; the scheduler runs in this process."""
+    from distributed import Client
+
+    from ngram_dask import cluster_slurm as slurm
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PORT_IN_USE)
+        cluster = slurm.start(cfg.slurm, worker_environ(), cfg.dashboard_address, security, _silence())
+    try:
+        with Client(cluster, security=security) as client:
+            link = client.dashboard_link
+            if _dashboard_host(cfg.dashboard_address) in ("127.0.0.1", "localhost"):
+                # Dask's link names the scheduler's address; the dashboard listens on loopback
+                link = re.sub(r"//[^/]+:(\d+)", r"//127.0.0.1:\1", link, count=1)
+            announce(f"SLURM: {slurm.describe(cfg.slurm)}; dashboard: {link}")
+            _announce_tunnel(link, announce)
+            wait_for_workers(client, cfg.wait_workers or slurm.expected_workers(cfg.slurm), cfg.wait_timeout,
+                             announce, lambda: "SLURM jobs: " + slurm.queue_state(slurm.job_ids(cluster)),
+                             advice="; wait longer (--wait-timeout), start with fewer (--wait-workers) or ask "
+                                    "another partition (--slurm-partition)")
             check_workers(client, package_versions())
-            announce(f"attached to {cfg.scheduler}; dashboard: {client.dashboard_link}")
             yield client
-        finally:
-            client.close()
-        return
+    finally:
+        cluster.close()  # cancels the jobs
+
+
+def tunnel_hint(dashboard_link: str) -> str:
+    """How to see a dashboard served on a cluster node from a laptop."""
+    import getpass
+    import socket
+
+    m = re.match(r"https?://\[?([^\]/]+?)\]?:(\d+)", dashboard_link or "")
+    if not m:
+        return ""
+    host, port = m.groups()
+    return f"from your machine: ssh -N -L {port}:{host}:{port} {getpass.getuser()}@{socket.gethostname()}"
+
+
+def _announce_tunnel(dashboard_link: str, announce) -> None:
+    hint = tunnel_hint(dashboard_link)
+    if hint:
+        announce(f"  {hint}")
+
+
+@contextlib.contextmanager
+def _local(cfg: ClusterConfig, security, announce) -> Iterator[Client]:
+    from distributed import Client, LocalCluster
 
     if cfg.host not in _LOOPBACK or _dashboard_host(cfg.dashboard_address) not in _LOOPBACK:
         warnings.warn(
             "the LocalCluster listens beyond this machine "
             f"(host={cfg.host!r}, dashboard={cfg.dashboard_address!r}); anyone who reaches it "
             "can run code as this user unless TLS is configured",
-            stacklevel=2,
+            stacklevel=4,
         )
     import dask
 
     n_workers = cfg.n_workers or _default_workers(cfg.threads_per_worker)
     with warnings.catch_warnings(), dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
-        # A busy default dashboard port is not an error: Dask picks another and says which.
-        warnings.filterwarnings("ignore", message=".*Port .* is already in use.*")
+        warnings.filterwarnings("ignore", message=_PORT_IN_USE)
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=cfg.threads_per_worker,
@@ -184,7 +309,7 @@ def get_client(cfg: ClusterConfig, announce=print) -> Iterator[Client]:
             host=cfg.host,
             dashboard_address=cfg.dashboard_address,
             processes=True,
-            silence_logs=logging.CRITICAL if not log.isEnabledFor(logging.INFO) else logging.INFO,
+            silence_logs=_silence(),
             security=security,
             protocol="tls://" if security else None,
         )
@@ -244,8 +369,9 @@ def stage_cluster(cfg: ClusterConfig, uses_gpu: bool, device: str = "auto",
                   cpu_workers: int | None = None) -> ClusterConfig:
     """The LocalCluster a stage gets. A stage whose tasks load a model runs one worker per
     GPU (each worker holds the model once; more would each load it again), or
-    ``cpu_workers`` without a GPU. The user's ``n_workers`` or scheduler always wins."""
-    if cfg.scheduler or cfg.n_workers or not uses_gpu:
+    ``cpu_workers`` without a GPU. The user's ``n_workers`` always wins, and a cluster not
+    started here (an address, SLURM jobs: ``cluster.slurm`` sizes those) is as it is."""
+    if cfg.runs_on != "local" or cfg.n_workers or not uses_gpu:
         return cfg
     gpus = local_gpus(device)
     if gpus:

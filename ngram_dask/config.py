@@ -78,12 +78,77 @@ def parse_size(value: str | int, key: str = "convert.size_limit") -> int:
     return n
 
 
+CLUSTER_KINDS = ("local", "address", "slurm")
+
+
+@dataclass
+class SlurmConfig:
+    """``cluster.kind: slurm``: the worker jobs dask-jobqueue submits (one ``sbatch`` each)."""
+
+    jobs: int = setting(1, "worker jobs to submit (without max_jobs)")
+    min_jobs: int = setting(1, "with max_jobs: the fewest jobs Dask's adaptive scaling keeps (at least one: "
+                               "the stage starts once its workers are up)")
+    max_jobs: Optional[int] = setting(None, "scale adaptively between min_jobs and this many jobs instead of "
+                                            "a fixed number")
+    cores: int = setting(1, "cores per job (split among its worker processes)")
+    memory: str = setting("4GiB", "memory per job (split among its worker processes), e.g. 64GiB")
+    processes: int = setting(1, "Dask worker processes per job (with gres gpu:N, one per GPU: N)")
+    walltime: str = setting("01:00:00", "time limit of each job (sbatch -t)")
+    partition: Optional[str] = setting(None, "partition (sbatch -p; default: the cluster's default partition)")
+    account: Optional[str] = setting(None, "account charged (sbatch -A)")
+    gres: Optional[str] = setting(None, "generic resources per job, e.g. gpu:1 (sbatch --gres); naming a gpu "
+                                        "makes each worker process advertise GPU=1, so score and scan units "
+                                        "run one per GPU")
+    local_directory: Optional[str] = setting(None, "the workers' scratch and spill directory on node-local "
+                                                   "disk, e.g. $TMPDIR or /scratch/$USER (expanded on the node)")
+    job_extra: list[str] = setting([], "more #SBATCH lines, e.g. --constraint=ib,--qos=high (comma-separated "
+                                       "on the command line)")
+    prologue: list[str] = setting([], "shell lines each job runs before its workers, e.g. `module load "
+                                      "python` (the malloc settings of docs/performance.md are exported "
+                                      "there already)")
+    interface: Optional[str] = setting(None, "network interface the scheduler and workers use, e.g. ib0 "
+                                             "(default: the one of this machine's default route)")
+    python: Optional[str] = setting(None, "the Python that runs the workers on the nodes (default: this one; "
+                                          "the nodes must see the same environment)")
+    job_name: str = setting("ngram-dask", "the jobs' name in squeue")
+    log_directory: Optional[str] = setting(None, "where the jobs' stdout and stderr go (default: SLURM's, "
+                                                 "slurm-<job>.out in the current directory)")
+
+    def __post_init__(self) -> None:
+        for key in ("jobs", "min_jobs", "cores", "processes"):
+            _at_least(f"cluster.slurm.{key}", getattr(self, key), 1)
+        _at_least("cluster.slurm.max_jobs", self.max_jobs, self.min_jobs, optional=True)
+        if self.cores % self.processes:
+            raise ConfigError(f"cluster.slurm.cores ({self.cores}) must be a multiple of "
+                              f"cluster.slurm.processes ({self.processes}): each worker gets cores / processes threads")
+        try:
+            from dask.utils import parse_bytes
+
+            parse_bytes(self.memory)
+        except (ValueError, TypeError):
+            raise ConfigError(f"cluster.slurm.memory must be a size like 16GiB, got {self.memory!r}") from None
+        if not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", self.walltime):
+            raise ConfigError(f"cluster.slurm.walltime must be like 01:00:00 or 2-00:00:00, got {self.walltime!r}")
+
+
 @dataclass
 class ClusterConfig:
-    """Where the work runs: a LocalCluster on this machine, or a running scheduler."""
+    """Where the work runs: a LocalCluster on this machine, a running scheduler, or SLURM jobs."""
 
+    kind: Optional[str] = setting(None, "where the workers run: local (a LocalCluster here), address (a "
+                                        "running scheduler: scheduler or scheduler_file) or slurm (worker "
+                                        "jobs submitted through dask-jobqueue, set in cluster.slurm); "
+                                        "default: address when a scheduler or scheduler file is given, "
+                                        "else local")
     scheduler: Optional[str] = setting(None, "address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; "
                                              "none starts a LocalCluster here")
+    scheduler_file: Optional[str] = setting(None, "a running scheduler's file (dask scheduler "
+                                                  "--scheduler-file): the batch pattern of docs/clusters.md")
+    wait_workers: Optional[int] = setting(None, "workers to wait for before the first unit (default: slurm, all "
+                                                "of the jobs' workers; a scheduler file, 1; an address, none: "
+                                                "it must have workers already)")
+    wait_timeout: float = setting(600, "seconds to wait for the scheduler file and those workers before "
+                                       "stopping with what SLURM says of the pending jobs")
     n_workers: Optional[int] = setting(None, "LocalCluster workers (default: cores / threads per worker)")
     threads_per_worker: int = setting(1, "threads per LocalCluster worker")
     memory_limit: str = setting("auto", "memory per LocalCluster worker, e.g. 4GiB; auto splits the machine's RAM")
@@ -93,8 +158,24 @@ class ClusterConfig:
     tls_cert: Optional[str] = setting(None, "TLS: certificate of this client and of LocalCluster processes")
     tls_key: Optional[str] = setting(None, "TLS: private key of tls_cert")
     performance_report: Optional[str] = setting(None, "write Dask's HTML performance report of the run here")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
+        if self.kind is not None:
+            _one_of("cluster.kind", self.kind, CLUSTER_KINDS)
+        given = [flag for flag, value in (("--scheduler", self.scheduler),
+                                          ("--scheduler-file", self.scheduler_file)) if value]
+        if len(given) == 2:
+            raise ConfigError("give --scheduler or --scheduler-file, not both")
+        if given and self.kind in ("local", "slurm"):
+            raise ConfigError(f"{given[0]} attaches to a running scheduler: it cannot go with cluster.kind "
+                              f"{self.kind}")
+        if self.kind == "address" and not given:
+            raise ConfigError("cluster.kind address needs --scheduler ADDRESS or --scheduler-file PATH")
+        _at_least("cluster.wait_workers", self.wait_workers, 1, optional=True)
+        if not self.wait_timeout > 0:
+            raise ConfigError(f"cluster.wait_timeout must be > 0 seconds, got {self.wait_timeout}")
+        self.slurm.__post_init__()  # Config.check reruns only the top-level sections
         _at_least("cluster.n_workers", self.n_workers, 1, optional=True)
         _at_least("cluster.threads_per_worker", self.threads_per_worker, 1)
         if any((self.tls_ca, self.tls_cert, self.tls_key)) and not self.tls:
@@ -105,6 +186,11 @@ class ClusterConfig:
     @property
     def tls(self) -> bool:
         return all((self.tls_ca, self.tls_cert, self.tls_key))
+
+    @property
+    def runs_on(self) -> str:
+        """The kind of cluster: ``kind``, or what the given addresses imply."""
+        return self.kind or ("address" if self.scheduler or self.scheduler_file else "local")
 
 
 @dataclass
@@ -232,6 +318,21 @@ class ContextsConfig:
 
 
 @dataclass
+class ExposureConfig:
+    """`exposure`: per top prompt, its occurrences in the sequences trained before each checkpoint."""
+
+    revisions: list[str] = setting(["pythia"], "the checkpoints to count up to: step<N> names, pythia (all "
+                                               "154), pythia-log or a range step1000:143000:4000")
+    seq_len: int = setting(2049, "tokens per training sequence (Pythia: 2,049); an MDS sample is one sequence")
+    samples_per_step: int = setting(1024, "sequences per optimizer step: sequence i is trained at step "
+                                          "i // samples_per_step")
+
+    def __post_init__(self) -> None:
+        _at_least("exposure.seq_len", self.seq_len, 2)
+        _at_least("exposure.samples_per_step", self.samples_per_step, 1)
+
+
+@dataclass
 class ConvertConfig:
     """Raw text -> tokenized MDS (`ngram-dask convert`); the tokenizer is the top-level key."""
 
@@ -284,8 +385,16 @@ class ScoreConfig:
     cpu_threads: Optional[int] = setting(None, "torch threads per worker on CPU "
                                                "(default: (cores - 1) / workers on the host)")
     force: bool = setting(False, "rescore models already scored")
+    revisions: list[str] = setting([], "training checkpoints to score into the scores table: step<N> names, "
+                                       "pythia (all 154), pythia-log (step0, 1..512, every 10,000 and "
+                                       "step143000) or a range step1000:143000:4000")
+    final_revision: str = setting("step143000", "the revision whose scores also fill p_<model> "
+                                                "(Pythia's final checkpoint)")
+    learned_threshold: float = setting(0.5, "p from which a task counts as learned (the learning table)")
 
     def __post_init__(self) -> None:
+        if not 0 < self.learned_threshold <= 1:
+            raise ConfigError(f"score.learned_threshold must be in (0, 1], got {self.learned_threshold}")
         self.tables = list(dict.fromkeys(t.strip() for t in self.tables if t.strip()))
         if not self.tables:
             raise ConfigError("score.tables is empty: name top_bigrams and/or top_trigrams")
@@ -413,6 +522,7 @@ REQUIRED = {
     "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
     "score": {"db": "--db"},
     "contexts": {"db": "--db"},
+    "exposure": {"db": "--db", "input": "--input"},
     "verify": {"db": "--db"},
     "export": {"export.out": "--out"},
     "report": {"report.out": "--out"},
@@ -427,13 +537,14 @@ class Config:
                                           ".npy token files, or Parquet with a list column of ids")
     work_dir: Optional[str] = setting(None, "intermediate Parquet; every worker must reach it")
     db: Optional[str] = setting(None, "the catalog database (a local DuckDB file)")
-    tokenizer: str = setting(DEFAULT_TOKENIZER, "hub id or local folder of the tokenizer")
+    tokenizer: str = setting(DEFAULT_TOKENIZER, "hub id, local folder or tokenizer.json file of the tokenizer")
     vocab_size: int = setting(50432, "ids are below this (Pythia pads GPT-NeoX's 50277 tokens to 50432)")
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     top: TopConfig = field(default_factory=TopConfig)
     contexts: ContextsConfig = field(default_factory=ContextsConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)

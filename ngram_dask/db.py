@@ -116,12 +116,20 @@ def transaction(con) -> Iterator:
     con.execute("COMMIT")
 
 
+def one(con, sql: str, params=None) -> tuple | None:
+    """The first row of a query, its result read to the end (None: no row).
+
+    A result left half-read (``.fetchone()`` of a SELECT, which leaves the end unread even
+    for one row) makes DuckDB 2 refuse the connection's next ``register``, ``unregister``,
+    ``sql`` or ``from_arrow`` (``ResourceInUseException``: "connection has an unfinished
+    result"), so a connection that is used again reads whole results only."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
 def scalar(con, sql: str, params=None):
-    """The one value of a one-row query, its result read to the end: DuckDB 2.x counts a
-    result read with ``fetchone()`` as unfinished, and then refuses ``register()`` on the
-    connection (``ResourceInUseException``) until another statement runs."""
-    (row,) = con.execute(sql, params or []).fetchall()
-    return row[0]
+    """The one value of a one-value query (``SELECT count(*) ...``), its result read to the end."""
+    return one(con, sql, params)[0]
 
 
 def table_names(con) -> set[str]:
@@ -152,7 +160,8 @@ def ensure_info(con) -> None:
 def write_info(con, info: Mapping[str, object]) -> None:
     """Set keys of ``catalog_info``; values that are not strings are stored as JSON."""
     rows = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()]
-    con.executemany(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)", rows)
+    if rows:  # DuckDB's executemany refuses an empty list
+        con.executemany(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)", rows)
 
 
 def check_owner(path: str, info: Mapping[str, str]) -> None:

@@ -24,6 +24,9 @@ variable                                what it does
                                         part (so a test can kill a worker mid-scan)
 ``NGRAM_DASK_CRASH_IN_CONTEXTS=write``  ``contexts`` exits inside its write transaction, after
                                         the contexts rows are inserted (nothing commits)
+``NGRAM_DASK_CRASH_IN_CONTEXTS=exposure``
+                                        ``exposure`` exits once the first unit's result has
+                                        arrived (its part and marker are written)
 ``NGRAM_DASK_CONTEXTS_TEST_DELAY=<s>``  each contexts task sleeps this long before writing its
                                         parts (so a test can kill the client mid-stage)
 =====================================  =====================================================

@@ -13,6 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ngram_dask.errors import ConfigError
+
 SCHEMA_VERSION = 1
 TOOL = "ngram-dask"
 
@@ -204,3 +206,111 @@ def typed_create_sql(table: str, columns: list[tuple[str, str]], replace: bool =
     """CREATE TABLE with the columns' full types (constraints included)."""
     cols = ", ".join(f"{name} {typ}" for name, typ in columns)
     return f"CREATE {'OR REPLACE ' if replace else ''}TABLE {table} ({cols})"
+
+
+# --- scores across training checkpoints (``score --revisions``, ``exposure``) -------------
+
+SCORES = "scores"  # one row per model, revision and prompt of the top tables
+LEARNING = "learning"  # per model and prompt: when p crossed the threshold for good
+EXPOSURE = "exposure"  # per prompt and step: occurrences in the sequences trained before it
+SCORED_REVISIONS = "scored_revisions"  # catalog_info key: JSON {model: {revisions, threshold, final}}
+EXPOSURE_INFO = "exposure"  # catalog_info key: the stream and settings the exposure table counts
+_STEP = re.compile(r"step(\d+)")
+
+
+def revision_step(revision: str) -> int | None:
+    """The training step of a revision named ``step<N>`` (Pythia's checkpoints), else None."""
+    m = _STEP.fullmatch(revision.strip())
+    return int(m.group(1)) if m else None
+
+
+def revision_name(step: int) -> str:
+    return f"step{int(step)}"
+
+
+PYTHIA_LOG_STEPS = tuple(1 << k for k in range(10))  # 1, 2, 4, ..., 512
+PYTHIA_FINAL_STEP = 143_000
+
+
+def pythia_steps() -> list[int]:
+    """The 154 steps of Pythia's checkpoints."""
+    return [0, *PYTHIA_LOG_STEPS, *range(1000, PYTHIA_FINAL_STEP + 1, 1000)]
+
+
+def pythia_log_steps() -> list[int]:
+    """step0, the ten log-spaced steps, every 10,000, and the final step143000 (26 in all)."""
+    return [0, *PYTHIA_LOG_STEPS, *range(10_000, PYTHIA_FINAL_STEP, 10_000), PYTHIA_FINAL_STEP]
+
+
+def _range(entry: str, key: str) -> list[int]:
+    """``step1000:143000:4000`` (or ``1000:143000:4000``): start to stop inclusive, by stride."""
+    parts = [p.strip().removeprefix("step") for p in entry.split(":")]
+    try:
+        start, stop, stride = (int(p) for p in parts) if len(parts) == 3 else (None, None, None)
+    except ValueError:
+        start = None
+    if start is None or start < 0 or stop < start or stride < 1:
+        raise ConfigError(f"{key}: {entry!r} is not a range stepSTART:STOP:STRIDE "
+                          "(0 <= START <= STOP, STRIDE >= 1)")
+    return list(range(start, stop + 1, stride))
+
+
+def expand_revisions(entries: list[str], key: str = "score.revisions") -> list[str]:
+    """The revisions named by ``entries`` (names, ``pythia``, ``pythia-log``, ranges), each
+    once, sorted by step; revisions without a step keep their order, after the others."""
+    names: list[str] = []
+    for entry in (e.strip() for e in entries):
+        if not entry:
+            continue
+        if entry == "pythia":
+            names += [revision_name(s) for s in pythia_steps()]
+        elif entry == "pythia-log":
+            names += [revision_name(s) for s in pythia_log_steps()]
+        elif ":" in entry:
+            names += [revision_name(s) for s in _range(entry, key)]
+        else:
+            names.append(entry)
+    names = list(dict.fromkeys(names))
+    by_step: dict[int, str] = {}
+    for name in names:
+        step = revision_step(name)
+        if step is not None and by_step.setdefault(step, name) != name:
+            raise ConfigError(f"{key}: {by_step[step]!r} and {name!r} are the same step {step}")
+    stepped = sorted((n for n in names if revision_step(n) is not None), key=revision_step)
+    return stepped + [n for n in names if revision_step(n) is None]
+
+
+def score_model(model: str) -> str:
+    """The ``model`` value of the ``scores``/``learning`` rows: the name part of its ``p_<model>``."""
+    return score_column_model(score_column(model))
+
+
+def learned_columns(label: str) -> tuple[str, str]:
+    """The top tables' columns that let the task browser filter and sort by a model's
+    learning: ``learned_step_<model>`` (UINTEGER) and ``forgotten_<model>`` (0 or 1)."""
+    return f"learned_step_{label}", f"forgotten_{label}"
+
+
+def scores_columns(vocab_size: int) -> list[tuple[str, str]]:
+    return [("model", "VARCHAR NOT NULL"), ("revision", "VARCHAR NOT NULL"), ("step", "UINTEGER")] \
+        + prompt_columns(vocab_size) + [("p", "DOUBLE NOT NULL")]
+
+
+def learning_columns(vocab_size: int) -> list[tuple[str, str]]:
+    return [("model", "VARCHAR NOT NULL")] + prompt_columns(vocab_size) + [
+        ("learned_step", "UINTEGER"),  # first scored step from which p >= threshold at every later one
+        ("first_step_above", "UINTEGER"),  # first scored step with p >= threshold
+        ("peak_p", "DOUBLE NOT NULL"),
+        ("peak_step", "UINTEGER NOT NULL"),  # the earliest step at which peak_p was reached
+        ("final_p", "DOUBLE NOT NULL"),  # p at the last scored step
+        ("forgotten", "BOOLEAN NOT NULL"),  # above the threshold at some step, below at the last
+        ("steps", "USMALLINT NOT NULL"),  # scored steps the row summarises
+    ]
+
+
+def exposure_columns(vocab_size: int) -> list[tuple[str, str]]:
+    return prompt_columns(vocab_size) + [
+        ("step", "UINTEGER NOT NULL"),  # a checkpoint: counts cover sequences < step * samples_per_step
+        ("prompt_seen", "UBIGINT NOT NULL"),  # occurrences of the prompt in those sequences
+        ("task_seen", "UBIGINT NOT NULL"),  # ... followed by the expected next id
+    ]

@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import uuid
+from typing import Iterator
 
 import fsspec
 
@@ -64,6 +65,31 @@ def atomic_write_bytes(url: str, data: bytes, durable: bool = True) -> None:
     else:  # one PUT is atomic on object stores
         with fs.open(path, "wb") as f:
             f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_write_path(url: str, scratch: str) -> Iterator[str]:
+    """``with atomic_write_path(url, scratch) as path:`` a local file for a writer that wants
+    a path (DuckDB's ``COPY ... TO``), published as ``url`` when the block ends: renamed
+    into place when ``url`` is local (``path`` lies beside it), else uploaded in one PUT
+    from the local folder ``scratch``. A block that fails leaves ``url`` as it was and no
+    temp file behind."""
+    fs, dst = get_fs(url)
+    if is_local(url):
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        tmp = _tmp_name(dst)
+    else:
+        tmp = os.path.join(scratch, f"{uuid.uuid4().hex[:8]}-{posixpath.basename(dst)}")
+    try:
+        yield tmp
+        if is_local(url):
+            os.replace(tmp, dst)
+        else:
+            fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+            fs.put_file(tmp, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def atomic_write_parquet(url: str, table, **kwargs) -> int:

@@ -1,4 +1,5 @@
-"""Load a tokenizer by hub id or local folder, with a clear error when it cannot be had."""
+"""Load a tokenizer by hub id, local folder or ``tokenizer.json`` file, with a clear error
+when it cannot be had."""
 
 from __future__ import annotations
 
@@ -15,13 +16,29 @@ BUNDLED_GPT_NEOX = Path(__file__).resolve().parent / "tokenizers" / "gpt-neox-20
 
 
 def load_tokenizer(name_or_path: str):
-    """``AutoTokenizer.from_pretrained`` (fast), or a ``UserError`` naming what was tried."""
-    from transformers import AutoTokenizer
+    """A fast tokenizer, or a ``UserError`` naming what was tried.
 
+    ``name_or_path``: a hub id or a folder (``AutoTokenizer.from_pretrained``), or a
+    ``tokenizer.json`` file of the ``tokenizers`` library, the form many tokenizers are
+    shared in. A file alone gives the same ids and text as its folder, but it names no
+    bos/eos token: ``convert`` then separates documents only with ``convert.eos_token``
+    (or ``bos_token``) set.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if os.path.isfile(name_or_path):
+        try:
+            return PreTrainedTokenizerFast(tokenizer_file=name_or_path)
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
+            raise UserError(f"cannot load tokenizer {name_or_path!r}: not a tokenizer.json the tokenizers "
+                            f"library reads ({_first_line(exc)})") from None
     try:
         return AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1: only local folders and the hub cache are searched)" if offline else ""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load tokenizer {name_or_path!r}{hint}: {first}") from None
+        raise UserError(f"cannot load tokenizer {name_or_path!r}{hint}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

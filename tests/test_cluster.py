@@ -130,3 +130,93 @@ def test_check_worker_access_names_what_a_worker_cannot_reach(local_cluster, tmp
         check_worker_access(client, str(tmp_path / "in"), str(tmp_path / "work"))
         with pytest.raises(UserError, match="cannot see the input .* must be reachable by every worker"):
             check_worker_access(client, str(tmp_path / "nowhere"), str(tmp_path / "work"))
+
+
+# --- SLURM and scheduler files (a real SLURM: tests/test_slurm.py) -------------------------
+
+def test_the_slurm_job_script_carries_every_setting(tmp_path):
+    """What dask-jobqueue would submit for ``cluster.slurm``: its own job script, not sbatch."""
+    from dask_jobqueue import SLURMCluster
+
+    from ngram_dask.cluster_slurm import cluster_kwargs, describe, expected_workers
+    from ngram_dask.config import SlurmConfig
+
+    cfg = SlurmConfig(jobs=3, cores=8, processes=4, memory="64GiB", walltime="02:00:00", partition="gpu",
+                      account="proj", gres="gpu:4", local_directory="$TMPDIR", job_extra=["--qos=high"],
+                      prologue=["module load cuda"], job_name="ngram-x", log_directory=str(tmp_path / "logs"))
+    with SLURMCluster(**cluster_kwargs(cfg, worker_environ(), "127.0.0.1:0")) as slurm:
+        script = slurm.job_script()
+    lines = script.splitlines()
+    for line in ["#SBATCH -J ngram-x", "#SBATCH -p gpu", "#SBATCH -A proj", "#SBATCH -n 1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64G", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:4",
+                 "#SBATCH --qos=high", "export MALLOC_MMAP_THRESHOLD_=1073741824",
+                 "export MALLOC_TRIM_THRESHOLD_=1073741824", "module load cuda"]:
+        assert line in lines, (line, script)
+    worker = lines[-1]
+    for part in ["-m distributed.cli.dask_worker tcp://", "--nthreads 2", "--nworkers 4", "--memory-limit 16.00GiB",
+                 "--death-timeout 60", "--local-directory $TMPDIR", "--resources GPU=1"]:
+        assert part in worker, (part, worker)
+    assert expected_workers(cfg) == 12
+    assert describe(cfg) == "3 job(s) x 4 worker(s) x 2 thread(s), 64GiB per job, gres gpu:4, partition gpu"
+    adaptive = SlurmConfig(min_jobs=2, max_jobs=5, processes=2, cores=2)
+    assert expected_workers(adaptive) == 4  # adaptive: the minimum's workers
+    assert describe(adaptive).startswith("2-5 (adaptive) job(s) x 2 worker(s) x 1 thread(s)")
+    cpu = SlurmConfig(gres="tmpdisk:100")
+    assert "--resources" not in cluster_kwargs(cpu, {}, ":0")["worker_extra_args"]
+
+
+def test_the_tunnel_hint_names_the_dashboard_port_and_this_host():
+    import getpass
+    import socket
+
+    from ngram_dask.cluster import tunnel_hint
+
+    me = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert tunnel_hint("http://10.1.2.3:8790/status") == f"from your machine: ssh -N -L 8790:10.1.2.3:8790 {me}"
+    assert tunnel_hint("") == ""
+
+
+@pytest.mark.slow
+def test_a_build_waits_for_a_scheduler_file_and_its_workers(tmp_path):
+    """The batch pattern without SLURM: no file is one line; a scheduler without workers is one
+    line after the timeout; with a worker, the build attaches and counts exactly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import db_rows, oracle
+
+    samples = [[1, 2, 3, 1, 2, 3, 4], [5, 1, 2, 3], [2, 3]]
+    mds = write_mds(tmp_path / "mds", samples)
+    sched_file = tmp_path / "scheduler.json"
+    args = ["build", "--input", str(mds), "--work-dir", str(tmp_path / "w"), "--db", str(tmp_path / "c.duckdb"),
+            "--steps", "explode,aggregate,load", "--chunks", "2", "--scheduler-file", str(sched_file)]
+
+    r = run_cli(*args, "--wait-timeout", "1")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"ngram-dask: error: no Dask scheduler wrote {sched_file} within 1 s: start `dask scheduler "
+        f"--scheduler-file {sched_file}` first (docs/clusters.md)"], r.stderr
+    dask = str(Path(sys.executable).parent / "dask")
+    procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
+                               "--dashboard-address", "127.0.0.1:0"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        r = run_cli(*args, "--wait-timeout", "20")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert lines[0].startswith("ngram-dask: error: 0 of 1 worker(s) up after 20 s: start `dask worker "
+                                   f"--scheduler-file {sched_file}` on the nodes"), lines
+        assert not (tmp_path / "w").exists() and not (tmp_path / "c.duckdb").exists()
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
+                                       "--memory-limit", "2GiB", "--host", "127.0.0.1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        r = run_cli(*args, "--wait-timeout", "120")
+        assert r.returncode == 0, r.stderr
+        assert f"(from {sched_file}); dashboard: " in r.stdout
+        got = {tuple(row[:-1]): row[-1] for row in db_rows(tmp_path / "c.duckdb", "SELECT * FROM trigrams")}
+        assert got == dict(oracle(samples, 3))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(20)

@@ -93,6 +93,24 @@ def test_cli_config_errors_are_one_line(tmp_path, args, match):
     ({"export.counts": "int8"}, "export.counts must be uint64 or uint32"),
     ({"export.split_rows": "-1"}, "export.split_rows must be >= 0"),
     ({"demo.n_workers": "0"}, "demo.n_workers must be >= 1"),
+    ({"cluster.kind": "kubernetes"}, "cluster.kind must be local, address or slurm, got 'kubernetes'"),
+    ({"cluster.kind": "address"}, "cluster.kind address needs --scheduler ADDRESS or --scheduler-file PATH"),
+    ({"cluster.kind": "slurm", "cluster.scheduler": "tcp://h:1"},
+     "--scheduler attaches to a running scheduler: it cannot go with cluster.kind slurm"),
+    ({"cluster.kind": "local", "cluster.scheduler_file": "s.json"},
+     "--scheduler-file attaches to a running scheduler: it cannot go with cluster.kind local"),
+    ({"cluster.scheduler": "tcp://h:1", "cluster.scheduler_file": "s.json"},
+     "give --scheduler or --scheduler-file, not both"),
+    ({"cluster.wait_timeout": "0"}, "cluster.wait_timeout must be > 0 seconds"),
+    ({"cluster.wait_workers": "0"}, "cluster.wait_workers must be >= 1"),
+    ({"cluster.slurm.jobs": "0"}, "cluster.slurm.jobs must be >= 1"),
+    ({"cluster.slurm.min_jobs": "3", "cluster.slurm.max_jobs": "2"}, "cluster.slurm.max_jobs must be >= 3"),
+    ({"cluster.slurm.min_jobs": "0", "cluster.slurm.max_jobs": "2"}, "cluster.slurm.min_jobs must be >= 1"),
+    ({"cluster.slurm.cores": "6", "cluster.slurm.processes": "4"},
+     r"cluster.slurm.cores \(6\) must be a multiple of cluster.slurm.processes \(4\)"),
+    ({"cluster.slurm.memory": "plenty"}, "cluster.slurm.memory must be a size like 16GiB, got 'plenty'"),
+    ({"cluster.slurm.walltime": "2h"}, "cluster.slurm.walltime must be like 01:00:00"),
+    ({"cluster.slurm.partiton": "gpu"}, "unknown config key 'cluster.slurm.partiton'"),
 ])
 def test_every_value_is_checked_when_the_config_loads(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -211,6 +229,32 @@ def test_default_tokenizer_is_named_once():
     hits = [str(p.relative_to(REPO)) for p in (REPO / "ngram_dask").rglob("*.py")
             if re.search(r"[\"']" + re.escape(DEFAULT_TOKENIZER) + r"[\"']", p.read_text())]
     assert hits == ["ngram_dask/tokenizer.py"]
+
+
+@pytest.mark.parametrize("overrides,kind", [
+    ({}, "local"),
+    ({"cluster.scheduler": "tcp://h:8786"}, "address"),
+    ({"cluster.scheduler_file": "s.json"}, "address"),
+    ({"cluster.kind": "slurm"}, "slurm"),
+    ({"cluster.kind": "local"}, "local"),
+])
+def test_the_cluster_kind_follows_from_the_addresses_given(overrides, kind):
+    assert load_config(None, overrides).cluster.runs_on == kind
+
+
+def test_slurm_flags_and_yaml_set_the_slurm_section(tmp_path):
+    from ngram_dask.cli.common import config_from
+    from ngram_dask.cli.main import build_parser
+
+    (tmp_path / "c.yaml").write_text("cluster:\n  slurm:\n    partition: cpu\n    job_extra: [--qos=high]\n"
+                                     "    max_jobs: 8\n")
+    args = build_parser().parse_args(["contexts", "--config", str(tmp_path / "c.yaml"), "--slurm",
+                                      "--slurm-partition", "gpu", "--slurm-gres", "gpu:2", "--slurm-processes", "2",
+                                      "--slurm-cores", "8", "--wait-timeout", "30"])
+    cfg = config_from(args).cluster
+    assert (cfg.runs_on, cfg.wait_timeout) == ("slurm", 30)
+    assert (cfg.slurm.partition, cfg.slurm.gres, cfg.slurm.processes, cfg.slurm.cores) == ("gpu", "gpu:2", 2, 8)
+    assert (cfg.slurm.job_extra, cfg.slurm.max_jobs, cfg.slurm.min_jobs) == (["--qos=high"], 8, 1)
 
 
 def test_old_names_still_work_for_one_release_with_one_line_each(tmp_path, capsys):

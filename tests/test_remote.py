@@ -335,10 +335,11 @@ def test_scan_reads_s3_through_the_storage_settings_and_records_no_credentials(t
 
 def test_a_scan_records_its_input_without_credentials():
     from ngram_dask.config import load_config
+    from ngram_dask.inputs import InputPlan
     from ngram_dask.lm.scan import scan_identity
 
     cfg = load_config(overrides={"input": "s3://AKIAEXAMPLE:VerySecret@bucket/mds"})
-    assert scan_identity(cfg, "m", "uint16", [])["input"] == "s3://***@bucket/mds"
+    assert scan_identity(cfg, "m", InputPlan("mds", "uint16", [], [], "seq-len"))["input"] == "s3://***@bucket/mds"
 
 
 def test_a_megatron_file_on_s3_builds_in_several_tasks_identical_to_local(tmp_path, s3_server, local_cluster):

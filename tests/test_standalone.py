@@ -79,6 +79,22 @@ def test_the_bundled_tokenizer_is_pythias():
     assert tok.decode([0]) == "<|endoftext|>"
 
 
+def test_every_package_data_pattern_names_a_tracked_file():
+    """A pattern that matches nothing ships nothing, silently (``py.typed`` was listed, never written)."""
+    import fnmatch
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        pytest.skip("tomllib needs Python 3.11")
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    tracked = tracked_text_files()
+    for package, patterns in data.items():
+        for pattern in patterns:
+            full = f"{package.replace('.', '/')}/{pattern}"
+            assert any(fnmatch.fnmatch(f, full) for f in tracked), f"package data {full} matches no tracked file"
+
+
 def test_readme_points_to_the_table_contract_inside_the_repository():
     readme = (REPO / "README.md").read_text()
     assert "docs/tables.md" in readme
@@ -112,6 +128,9 @@ def test_an_installed_wheel_runs_the_demo_from_anywhere(tmp_path):
 
     ok(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", src)
     (wheel,) = (tmp_path / "dist").glob("ngram_dask-*.whl")
+    import zipfile
+
+    assert "ngram_dask/py.typed" in zipfile.ZipFile(wheel).namelist()  # PEP 561: type checkers read the hints
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"

@@ -15,6 +15,7 @@ from ngram_dask.storage import (
     apply_storage_options,
     atomic_write_bytes,
     atomic_write_parquet,
+    atomic_write_path,
     check_access,
     glob,
     is_local,
@@ -81,6 +82,52 @@ def test_atomic_write_on_an_object_store():
     atomic_write_bytes(url, b"data")
     fs, path = storage.get_fs(url)
     assert fs.cat(path) == b"data"
+    fs.rm("/ngram-dask-test-storage", recursive=True)
+
+
+def _copy_to(path: str, rows: int) -> None:
+    """DuckDB writes the file itself, as the aggregate does."""
+    from ngram_dask.db import memory
+
+    con = memory()
+    try:
+        con.execute(f"COPY (SELECT range AS x FROM range({rows})) TO {sql_string(path)} (FORMAT parquet)")
+    finally:
+        con.close()
+
+
+def test_atomic_write_path_publishes_a_file_duckdb_wrote(tmp_path):
+    target = tmp_path / "chunks" / "n=2" / "part.parquet"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for rows in (3, 5):  # a retried task replaces its own file
+        with atomic_write_path(str(target), str(scratch)) as path:
+            assert os.path.dirname(path) == str(target.parent)  # beside it: the publish is a rename
+            _copy_to(path, rows)
+            assert not target.exists() or pq.read_table(target).num_rows == 3
+        assert pq.read_table(target).column("x").to_pylist() == list(range(rows))
+    assert _leftovers(target.parent) == [] and list(scratch.iterdir()) == []
+
+
+def test_a_failed_atomic_write_path_keeps_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "part.parquet"
+    target.write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_write_path(str(target), str(tmp_path)) as path:
+            _copy_to(path, 10)
+            raise OSError(errno.ENOSPC, "disk full")
+    assert target.read_bytes() == b"old" and _leftovers(tmp_path) == []
+
+
+def test_atomic_write_path_to_an_object_store_uploads_from_scratch(tmp_path):
+    url = "memory://ngram-dask-test-storage/chunks/part.parquet"
+    with atomic_write_path(url, str(tmp_path)) as path:
+        assert os.path.dirname(path) == str(tmp_path)
+        _copy_to(path, 4)
+    fs, remote = storage.get_fs(url)
+    with fs.open(remote, "rb") as f:
+        assert pq.read_table(f).num_rows == 4
+    assert list(tmp_path.iterdir()) == []
     fs.rm("/ngram-dask-test-storage", recursive=True)
 
 

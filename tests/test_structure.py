@@ -1,6 +1,6 @@
 """The package's imports run one way: from the command line down to the foundations.
 
-    cli -> catalog -> ngrams | convert | lm | contexts -> runtime, cluster -> config, db, storage, mds
+    cli -> catalog -> ngrams | convert | lm | contexts -> runtime, cluster (+ cluster_slurm) -> config, db, storage, mds
         -> errors, schema, faults, tokenizer
 
 A module may import from its own layer and the layers below it, never above; the
@@ -22,7 +22,7 @@ PACKAGE = REPO / "ngram_dask"
 LAYERS = [
     {"errors", "schema", "faults", "tokenizer"},
     {"config", "storage", "db", "mds", "inputs"},
-    {"runtime", "cluster"},
+    {"runtime", "cluster", "cluster_slurm"},
     {"ngrams", "convert", "lm", "contexts"},
     {"catalog"},
     {"cli"},
@@ -187,3 +187,62 @@ def test_the_name_check_catches_a_parse_outside_schema(line):
     path = PACKAGE / "catalog" / "api.py"
     found = name_violations({path: path.read_text() + f"\n{line}\n"})
     assert any(line in v for v in found), found
+
+
+# --- calls that have one home ------------------------------------------------------------
+
+def method_calls(method: str, allowed: set[Path], edited: dict[Path, str] | None = None) -> list[str]:
+    """``<anything>.<method>(...)`` calls outside the ``allowed`` files."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path in allowed:
+            continue
+        text = (edited or {}).get(path) or path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_only_the_driver_asks_the_scheduler_for_its_workers():
+    """``runtime.workers`` lists every worker on every distributed release pyproject allows
+    (some list five unless asked for all, older ones take no ``n_workers``)."""
+    driver = PACKAGE / "runtime" / "driver.py"
+    assert method_calls("scheduler_info", {driver}) == []
+    path = PACKAGE / "lm" / "score.py"
+    edited = path.read_text() + "\n\ndef hosts(client):\n    return client.scheduler_info()['workers']\n"
+    assert method_calls("scheduler_info", {driver}, {path: edited}) == [
+        f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]
+
+
+def own_publishing(edited: dict[Path, str] | None = None) -> list[str]:
+    """Files renamed or uploaded into place by a counting stage itself (``os.replace``,
+    ``os.rename``, ``fs.put_file``/``fs.put``) instead of through ``storage.atomic_write_*``.
+    (``convert`` publishes a whole shard folder, and ``catalog`` writes the user's own
+    output files: not counted here.)"""
+    found = []
+    for family in ("ngrams", "lm", "contexts", "inputs", "runtime"):
+        for path in sorted((PACKAGE / family).rglob("*.py")):
+            text = (edited or {}).get(path) or path.read_text()
+            for node in ast.walk(ast.parse(text)):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                f = node.func
+                if f.attr in ("put_file", "put") or (
+                        f.attr in ("replace", "rename") and isinstance(f.value, ast.Name) and f.value.id == "os"):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_stages_publish_their_files_through_storage():
+    assert own_publishing() == []
+    path = PACKAGE / "ngrams" / "aggregate.py"
+    edited = path.read_text() + "\n\ndef publish(a, b):\n    os.replace(a, b)\n"
+    assert own_publishing({path: edited}) == [f"{path.relative_to(REPO)}:{len(edited.splitlines())}"]
+
+
+def test_no_result_is_left_half_read():
+    """``fetchone``/``fetchmany`` leave a DuckDB result unfinished, which makes DuckDB 2 refuse
+    the connection's next register or sql: ``db.one``/``db.scalar`` read to the end instead."""
+    allowed = {PACKAGE / "db.py"}
+    assert method_calls("fetchone", allowed) == [] and method_calls("fetchmany", allowed) == []

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 from ngram_dask.catalog.browse import TaskBrowser
+from ngram_dask.catalog.curves import Curves
 from ngram_dask.catalog.examples import Examples
 from ngram_dask.catalog.lookups import Lookups
 from ngram_dask.catalog.reader import as_output, open_catalog
@@ -49,7 +50,7 @@ def resolve_tokenizer_name(flag: str | None, info: Mapping[str, str], configured
     return flag or info.get("tokenizer") or configured
 
 
-class Catalog(Lookups, TaskBrowser, Examples):
+class Catalog(Lookups, TaskBrowser, Examples, Curves):
     """A finished catalog database, read-only, for lookups and task selection.
 
     ``tokenizer`` defaults to the one the build recorded in ``catalog_info``, then to

@@ -8,12 +8,12 @@ are parameters. A mixin of ``catalog.api.Catalog``.
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Any, Mapping, Sequence
 
 from ngram_dask.catalog.reader import as_output
 from ngram_dask.errors import UserError
+from ngram_dask.lm.models import model_size
 from ngram_dask.schema import (
     is_score_column,
     ngram_table,
@@ -26,17 +26,6 @@ from ngram_dask.schema import (
 NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
                  "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "REAL"}
 _NESTED = re.compile(r"\[\]$|^(STRUCT|MAP|UNION)\b|\[\d+\]$")
-_SIZE = re.compile(r"(?<![a-z0-9])(\d+(?:[._]\d+)?)([mb])(?![a-z])")
-
-
-def model_size(name: str) -> float | None:
-    """Parameters of a model from its name: ``pythia-1.4b-deduped`` -> 1.4e9, ``p_pythia_70m`` -> 7e7."""
-    # The last size-looking part wins ("pythia-12b" rather than a version number before it).
-    found = list(_SIZE.finditer(os.path.basename(name.rstrip("/")).lower()))
-    if not found:
-        return None
-    m = found[-1]
-    return float(m.group(1).replace("_", ".")) * (1e6 if m.group(2) == "m" else 1e9)
 
 
 class TaskBrowser:
@@ -80,8 +69,8 @@ class TaskBrowser:
                 continue
             model = str(scored.get(c, {}).get("model") or score_column_model(c))
             size = model_size(model)
-            if size is None:
-                size = model_size(score_column_model(c))
+            if size is None:  # a recorded local path may not say; the column may
+                size = model_size(c)
             out.append({"column": c, "model": model, "size": size})
         return sorted(out, key=lambda m: (m["size"] is None, m["size"] or 0, m["column"]))
 
@@ -95,6 +84,11 @@ class TaskBrowser:
         numeric = set(self.numeric_columns(table))
         clauses, params = [], []
         for key, value in (filters or {}).items():
+            if key == "no_special":  # hide tasks whose prompt or next token is a special token
+                ids = [c for c, _ in self.columns(table) if re.fullmatch(r"id\d+", c)] if value else []
+                special = ", ".join(str(int(i)) for i in self.special_ids())
+                clauses += [f'"{c}" NOT IN ({special})' for c in ids] if special else []
+                continue
             if key == "contains":
                 if value is None or value == "":
                     continue

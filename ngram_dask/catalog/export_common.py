@@ -66,6 +66,10 @@ def n_of(table: str) -> tuple[str, int] | None:
 
 def table_description(table: str, info: dict[str, str]) -> str:
     kind = n_of(table)
+    from ngram_dask.catalog.curves import DESCRIPTIONS
+
+    if table in DESCRIPTIONS:
+        return DESCRIPTIONS[table]
     if table == "tokens":
         return ("The vocabulary: `token` is the text of token `id` decoded alone "
                 "(`tokenizer.decode([id])`, spaces kept); ids the tokenizer lacks (padding) are ''.")
@@ -121,6 +125,10 @@ SCAN_COLUMNS = {
 def column_description(table: str, column: str) -> str:
     if is_scan_table(table) and column in SCAN_COLUMNS:
         return SCAN_COLUMNS[column]
+    from ngram_dask.catalog.curves import column_description as curve_column
+
+    if curve_column(table, column):
+        return curve_column(table, column)
     kind = n_of(table)
     n = kind[1] if kind else None
     m = re.fullmatch(r"id(\d+)", column)

@@ -41,6 +41,7 @@ from ngram_dask.catalog.export_common import (
     write_parquet,
 )
 from ngram_dask.catalog.reader import CatalogConnection
+from ngram_dask.db import scalar
 from ngram_dask.errors import UserError
 from ngram_dask.lm.models import PYTHIA_SIZES, column_name
 from ngram_dask.schema import SCORE_PREFIX, TOOL, is_scan_table
@@ -132,7 +133,7 @@ def _check_uint32(cat: CatalogConnection, table: str, columns: list[str]) -> Non
     """Refuse ``--counts uint32`` when a count of ``table`` does not fit (checked before any writing)."""
     for c in UINT32_COLUMNS:
         if c in columns and n_of(table):
-            top = cat.con.execute(f'SELECT max({sql_identifier(c)}) FROM "{table}"').fetchone()[0]
+            top = scalar(cat.con, f'SELECT max({sql_identifier(c)}) FROM "{table}"')
             if top is not None and int(top) > UINT32_MAX:
                 raise UserError(f"--counts uint32: {table}.{c} reaches {int(top):,}, more than uint32 holds "
                                 f"({UINT32_MAX:,}); export with --counts uint64 (the default)")

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ngram_dask.db import check_owner, columns, connect, read_info, table_names
+from ngram_dask.db import check_owner, columns, connect, read_info, scalar, table_names
 from ngram_dask.errors import DatabaseError, UserError
 from ngram_dask.schema import INFO, LEDGER, ngram_table, prefix_table
 
@@ -65,7 +65,7 @@ class CatalogConnection:
         return columns(self.con, table)
 
     def rows(self, table: str) -> int:
-        return int(self.con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+        return int(scalar(self.con, f'SELECT count(*) FROM "{table}"'))
 
     def close(self) -> None:
         self.con.close()

@@ -88,6 +88,8 @@ def selection(cat: Catalog, params) -> tuple[str, dict, str | None]:
     filters: dict[str, Any] = {}
     if params.get("contains"):
         filters["contains"] = params["contains"]
+    if params.get("no_special") not in (None, "", "0"):
+        filters["no_special"] = True
     for key, raw in params.items():
         for end, prefix in (("min", "min_"), ("max", "max_")):
             if key.startswith(prefix):
@@ -187,7 +189,7 @@ def create_app(cat: Catalog):
         return json_response({"next": {"id": nxt_id, "token": cat.token_text([nxt_id])[0]},
                               "rows": table.to_pylist()})
 
-    page_params = {"table", "contains", "sort", "limit", "offset"}
+    page_params = {"table", "contains", "no_special", "sort", "limit", "offset"}
 
     @endpoint
     def rows(request, q):
@@ -213,6 +215,11 @@ def create_app(cat: Catalog):
         _check_known(q, {"prompt", "ids", "limit"})
         prompt = _prompt(q, text="prompt")
         return json_response(cat.contexts(prompt, limit=_int(q, "limit", 20, 1, MAX_PAGE)))
+
+    @endpoint
+    def curve(request, q):
+        _check_known(q, {"prompt", "ids"})
+        return json_response(cat.curve(_prompt(q, text="prompt")))
 
     @endpoint
     def download(request, q):
@@ -246,6 +253,7 @@ def create_app(cat: Catalog):
         Route("/api/rows", rows),
         Route("/api/task", task),
         Route("/api/contexts", contexts),
+        Route("/api/curve", curve),
         Route("/api/download", download),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ngram_dask.db import read_info, read_only, table_names
+from ngram_dask.db import read_info, read_only, scalar, table_names
 from ngram_dask.errors import DatabaseError
 from ngram_dask.schema import (
     CONTEXT_COUNTS,
@@ -30,10 +30,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-
-def _scalar(con, sql: str, params=None):
-    return con.execute(sql, params or []).fetchone()[0]
 
 
 def checks(con) -> Iterator[Callable[[], Check]]:
@@ -56,13 +52,13 @@ def checks(con) -> Iterator[Callable[[], Check]]:
 
         def total(n=n, t=t) -> Check:
             want = int(info[f"ngram_total_{n}"])
-            got = int(_scalar(con, f"SELECT coalesce(sum(count), 0) FROM {t}"))
+            got = int(scalar(con, f"SELECT coalesce(sum(count), 0) FROM {t}"))
             return Check(f"sum(count) of {t} = sum over samples of max(L-{n - 1}, 0)", got == want,
                          f"{got} vs {want}")
 
         def unique(t=t, cols=cols) -> Check:
-            dup = _scalar(con, f"SELECT count(*) FROM (SELECT {cols} FROM {t} GROUP BY {cols} HAVING count(*) > 1)")
-            zero = _scalar(con, f"SELECT count(*) FROM {t} WHERE count = 0")
+            dup = scalar(con, f"SELECT count(*) FROM (SELECT {cols} FROM {t} GROUP BY {cols} HAVING count(*) > 1)")
+            zero = scalar(con, f"SELECT count(*) FROM {t} WHERE count = 0")
             return Check(f"{t}: one row per n-gram, every count > 0", dup == 0 and zero == 0,
                          f"{dup} duplicated n-grams, {zero} zero counts")
 
@@ -75,7 +71,7 @@ def checks(con) -> Iterator[Callable[[], Check]]:
         on = " AND ".join(f"p.{c} = g.{c}" for c in head)
 
         def prefixes(t=t, p=p, hc=hc, on=on, last=last) -> Check:
-            bad = _scalar(con, f"""
+            bad = scalar(con, f"""
                 WITH g AS (
                     SELECT {hc}, sum(count) AS s, max(count) AS m,
                            min({last}) FILTER (WHERE count = mx) AS best
@@ -94,7 +90,7 @@ def checks(con) -> Iterator[Callable[[], Check]]:
             on2 = " AND ".join(f"l.{c} = h.{c}" for c in head)
 
             def nested(t=t, lower=lower, hc=hc, on2=on2) -> Check:
-                bad = _scalar(con, f"""
+                bad = scalar(con, f"""
                     SELECT count(*) FROM (SELECT {hc}, sum(count) AS s, max(count) AS m FROM {t} GROUP BY {hc}) h
                     LEFT JOIN {lower} l ON {on2}
                     WHERE l.count IS NULL OR l.count < h.s""")
@@ -103,6 +99,9 @@ def checks(con) -> Iterator[Callable[[], Check]]:
 
             yield nested
     yield from context_checks(con)
+    from ngram_dask.catalog.verify_revisions import revision_checks
+
+    yield from revision_checks(con, Check)
 
 
 def context_checks(con) -> Iterator[Callable[[], Check]]:
@@ -125,7 +124,7 @@ def context_checks(con) -> Iterator[Callable[[], Check]]:
                   ON c.id0 = t.id0 AND c.id1 IS NOT DISTINCT FROM {id1}
                 WHERE t.sum_count IS DISTINCT FROM c.occurrences
                 ORDER BY 1, 2 LIMIT 1""").fetchall()
-            total = _scalar(con, f"SELECT count(*) FROM {top}")
+            total = scalar(con, f"SELECT count(*) FROM {top}")
             if not rows:
                 return Check(f"{CONTEXT_COUNTS}: the occurrences contexts counted = sum_count of {top}", True,
                              f"{total} prompts")
@@ -136,7 +135,7 @@ def context_checks(con) -> Iterator[Callable[[], Check]]:
                          "the input: the database and the input disagree (rerun `ngram-dask contexts`)")
 
         def examples(n=n, top=top, id1=id1) -> Check:
-            bad = _scalar(con, f"""
+            bad = scalar(con, f"""
                 WITH k AS (SELECT id0, id1, count(*) AS k,
                                   count(*) FILTER (WHERE window_ids[prompt_at + 1] != id0
                                                    OR (n = 3 AND window_ids[prompt_at + 2] != id1)

@@ -14,6 +14,7 @@ import importlib
 
 from ngram_dask.cli.common import (
     CLUSTER_FLAGS,
+    CLUSTER_SWITCHES,
     STORAGE_FLAGS,
     add_renamed,
     add_switches,
@@ -78,6 +79,7 @@ def run_build_and_contexts(cfg, announce) -> None:
 
 def register(sub) -> None:
     p = command(sub, __doc__, [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
+    add_switches(p, CLUSTER_SWITCHES)
     add_switches(p, {"--drop-eos": ("build.drop_eos", True), "--contexts": ("build.contexts", True),
                      "--plan": ("build.plan", True)})
     add_renamed(p, {"--explode-task-tokens": "build.explode_task_tokens"})

@@ -23,7 +23,15 @@ CLUSTER_FLAGS = {
     "--tls-cert": "cluster.tls_cert",
     "--tls-key": "cluster.tls_key",
     "--performance-report": "cluster.performance_report",
+    "--scheduler-file": "cluster.scheduler_file",
+    "--wait-workers": "cluster.wait_workers",
+    "--wait-timeout": "cluster.wait_timeout",
+    **{f"--slurm-{key.replace('_', '-')}": f"cluster.slurm.{key}" for key in (
+        "jobs", "min_jobs", "max_jobs", "cores", "memory", "processes", "walltime", "partition", "account",
+        "gres", "local_directory", "job_extra", "prologue", "interface", "python", "job_name", "log_directory")},
 }
+# --slurm: cluster.kind slurm (every stage command that takes CLUSTER_FLAGS takes these)
+CLUSTER_SWITCHES = {"--slurm": ("cluster.kind", "slurm")}
 STORAGE_FLAGS = {
     "--s3-endpoint-url": "storage.s3_endpoint_url",
     "--s3-region": "storage.s3_region",

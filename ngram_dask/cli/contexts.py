@@ -11,7 +11,15 @@ and skipped on a rerun; contexts already in the database are kept.
 
 from __future__ import annotations
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, STORAGE_FLAGS, add_renamed, command, stage
+from ngram_dask.cli.common import (
+    CLUSTER_FLAGS,
+    CLUSTER_SWITCHES,
+    STORAGE_FLAGS,
+    add_renamed,
+    add_switches,
+    command,
+    stage,
+)
 
 CONTEXTS_FLAGS = {
     "--db": "db",
@@ -29,5 +37,6 @@ CONTEXTS_FLAGS = {
 
 def register(sub) -> None:
     p = command(sub, __doc__, [CONTEXTS_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
+    add_switches(p, CLUSTER_SWITCHES)
     add_renamed(p, {"--explode-task-tokens": "build.explode_task_tokens"})
     p.set_defaults(_run=stage("ngram_dask.contexts.run", "run_contexts"))

@@ -6,7 +6,7 @@ sub-dataset per input shard; reruns skip finished shards.
 
 from __future__ import annotations
 
-from ngram_dask.cli.common import CLUSTER_FLAGS, STORAGE_FLAGS, add_switches, command, stage
+from ngram_dask.cli.common import CLUSTER_FLAGS, CLUSTER_SWITCHES, STORAGE_FLAGS, add_switches, command, stage
 
 CONVERT_FLAGS = {
     "--source": "convert.source",
@@ -29,5 +29,6 @@ CONVERT_FLAGS = {
 
 def register(sub) -> None:
     p = command(sub, __doc__, [CONVERT_FLAGS, CLUSTER_FLAGS, STORAGE_FLAGS])
+    add_switches(p, CLUSTER_SWITCHES)
     add_switches(p, {"--no-wrap": ("convert.wrap", False)})
     p.set_defaults(_run=stage("ngram_dask.convert.run", "run_convert"))

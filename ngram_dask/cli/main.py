@@ -10,8 +10,12 @@ import sys
 from ngram_dask.cli.common import Parser
 from ngram_dask.errors import UserError
 
+# What a process killed by SIGPIPE reports (128 + 13), as `cat` would under `| head`.
+EXIT_BROKEN_PIPE = 141
+
 # In the order `ngram-dask --help` lists them: the pipeline's order.
-COMMANDS = ("demo", "convert", "build", "contexts", "verify", "query", "serve", "score", "scan", "report", "export")
+COMMANDS = ("demo", "convert", "build", "contexts", "exposure", "verify", "query", "serve", "score", "scan", "report",
+            "export")
 
 
 def build_parser() -> Parser:
@@ -45,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        return args._run(args)
+        code = args._run(args)
+        sys.stdout.flush()  # here, not at exit: a reader that is gone must end in the handler below
+        return code
+    except BrokenPipeError:
+        # `ngram-dask query --json | head`: the reader has all it wants. Nothing more can be
+        # written; stdout goes to /dev/null so that Python's own flush at exit stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except UserError as exc:
         print(f"ngram-dask: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -30,7 +30,7 @@ from ngram_dask.cluster import sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.contexts.task import PART_FORMAT, ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
-from ngram_dask.db import read_info, read_only, table_names
+from ngram_dask.db import read_info, read_only, scalar, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
 from ngram_dask.inputs import PieceGroup, group_pieces, plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
@@ -177,7 +177,7 @@ def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
     if p.present:
         report.present = True
         with read_only(p.db) as con:
-            report.rows = int(con.execute(f"SELECT count(*) FROM {CONTEXTS}").fetchall()[0][0])
+            report.rows = int(scalar(con, f"SELECT count(*) FROM {CONTEXTS}"))
         announce(f"contexts: {p.db} holds them already ({report.rows:,} examples of {prompts_line} prompts, "
                  f"seed {p.identity['seed']}): nothing to do")
         return Stage(lambda ctx: (), report)

@@ -35,6 +35,7 @@ class Piece:
     sample0: int  # index, in its file, of its first sample (document, row)
     token_dtype: str  # "uint16" | "uint32": the ids as the build holds them
     stored: str = "<u2"  # numpy dtype of the ids in the file
+    samples: int = 0  # samples it holds (MDS samples, seq_len cuts, documents, rows)
     start: int = 0
     stop: int = 0
     data_offset: int = 0
@@ -88,7 +89,8 @@ def stream_pieces(file: str, file_index: int, fmt: str, total: int, seq_len: int
     """Pieces of a stream of ``total`` tokens: about ``unit_tokens`` each, on multiples of ``seq_len``."""
     step = max(seq_len, unit_tokens // seq_len * seq_len)
     return [Piece(fmt, file, file_index, file_piece_name(file_index, file, a), min(a + step, total) - a,
-                  a // seq_len, start=a, stop=min(a + step, total), seq_len=seq_len, **fields)
+                  a // seq_len, start=a, stop=min(a + step, total), seq_len=seq_len,
+                  samples=-(-(min(a + step, total) - a) // seq_len), **fields)
             for a in range(0, total, step)]
 
 

@@ -17,8 +17,8 @@ def plan(url: str, token_dtype: str = "auto") -> InputPlan:
         raise BadInputError(f"input dataset {redact_url(url)} is empty: no samples in {len(shards)} shard(s)")
     dtype = resolve_token_dtype(token_dtype, url)
     width = 4 if dtype == "uint32" else 2
-    pieces = [Piece("mds", ref.url, ref.index, ref.name, ref.raw_bytes // width, 0, dtype, extra=ref)
-              for ref in shards]
+    pieces = [Piece("mds", ref.url, ref.index, ref.name, ref.raw_bytes // width, 0, dtype, samples=ref.samples,
+                    extra=ref) for ref in shards]
     return InputPlan("mds", dtype, pieces, [ref.url for ref in shards], "seq-len")
 
 

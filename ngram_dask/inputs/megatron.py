@@ -144,7 +144,7 @@ def plan(bins: list[str], seq_len: int, samples: str, unit_tokens: int) -> Input
             e = min(max(e, d + 1), len(docs) - 1)
             a, b = int(doc_tokens[d]), int(doc_tokens[e])
             pieces.append(Piece("megatron", bin_url, i, file_piece_name(i, bin_url, d), b - a, d,
-                                start=d, stop=e, tokens_start=a, **common))
+                                start=d, stop=e, tokens_start=a, samples=e - d, **common))
             d = e
     if not pieces or not sum(p.tokens for p in pieces) and samples == "seq-len":
         raise BadInputError(f"the Megatron input holds no tokens: {', '.join(map(redact_url, bins[:3]))}")

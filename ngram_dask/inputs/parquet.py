@@ -61,7 +61,7 @@ def plan(files: list[str], token_column: str | None, samples: str, unit_tokens: 
                 tokens += counts[h]
                 h += 1
             pieces.append(Piece("parquet", file, i, file_piece_name(i, file, g), tokens, row0, "uint32",
-                                stored=stored, start=g, stop=h, column=name))
+                                stored=stored, start=g, stop=h, column=name, samples=sum(rows[g:h])))
             row0 += sum(rows[g:h])
             g = h
     if not pieces:

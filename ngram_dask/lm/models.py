@@ -13,13 +13,13 @@ from collections import Counter
 
 from ngram_dask.config import DEVICE
 from ngram_dask.errors import UserError
-from ngram_dask.schema import score_column
+from ngram_dask.schema import score_column, score_column_model
 
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 
-_CACHE: dict[tuple[str, str, str], object] = {}
+_CACHE: dict[tuple, object] = {}
 _LOCK = threading.Lock()
-_LOADS: Counter = Counter()  # (name, device, dtype) -> loads in this process; see load_counts()
+_LOADS: Counter = Counter()  # (name, device, dtype, revision) -> loads in this process; see load_counts()
 
 
 def expand_model_name(name: str) -> str:
@@ -27,6 +27,27 @@ def expand_model_name(name: str) -> str:
     if name.lower() in PYTHIA_SIZES:
         return f"EleutherAI/pythia-{name.lower()}-deduped"
     return name
+
+
+# A size in a model's name: digits, an optional fraction ("1.4", or "1_4" in a score
+# column), then m or b, standing alone between non-alphanumerics ("pythia-1.4b-deduped").
+_SIZE = re.compile(r"(?<![a-z0-9])(\d+(?:[._]\d+)?)([mb])(?![a-z])")
+
+
+def model_size(name: str) -> float | None:
+    """Parameters a model's name states, None when it states none: ``1.4b``,
+    ``EleutherAI/pythia-1.4b-deduped`` and its score column ``p_pythia_1_4b_deduped`` ->
+    1.4e9; ``/models/opt-350m`` -> 3.5e8; ``gpt2`` -> None.
+
+    Only the name itself counts (the last part of a path or hub id, without the score
+    column's ``p_``), case aside; of several sizes in it the last wins (a version or step
+    count comes before the size in names like ``v2-pythia-12b``)."""
+    base = os.path.basename(score_column_model(name.strip()).rstrip("/")).lower()
+    found = list(_SIZE.finditer(base))
+    if not found:
+        return None
+    m = found[-1]
+    return float(m.group(1).replace("_", ".")) * (1e6 if m.group(2) == "m" else 1e9)
 
 
 def column_name(name: str) -> str:
@@ -72,12 +93,13 @@ def resolve_dtype(dtype: str, device: str):
         raise UserError(f"unknown dtype {dtype!r}: use auto, float16, bfloat16 or float32") from None
 
 
-def _load_error(name: str, exc: BaseException) -> UserError:
+def _load_error(name: str, exc: BaseException, revision: str | None = None) -> UserError:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     hint = " (offline: only local folders and the hub cache are searched)" if offline else ""
-    return UserError(f"cannot load model {name!r}{hint}: {first}")
+    at = f" revision {revision!r}" if revision else ""
+    return UserError(f"cannot load model {name!r}{at}{hint}: {first}")
 
 
 def _dtype_kwarg(torch_dtype) -> dict:
@@ -143,11 +165,29 @@ def batch_limit(model, device, tokens: int, logit_rows: int, fraction: float = 0
     return max(1, min(cap, 1 << max(0, rows.bit_length() - 1)))
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto"):
-    """The model on its device, in eval mode; cached so each worker process loads it once."""
+def checkpoint(name: str, revision: str | None = None) -> tuple[str, dict]:
+    """Where a model's weights are: ``(path or hub id, from_pretrained keywords)``.
+
+    A local folder's revision ``r`` is its subfolder ``r`` (``./ckpts/step1000``); a hub
+    id's is ``from_pretrained(id, revision=r)`` (the hub cache when offline).
+    """
+    full = expand_model_name(name)
+    if revision is None:
+        return full, {}
+    if os.path.isdir(full):
+        sub = os.path.join(full, revision)
+        if not os.path.isdir(sub):
+            raise UserError(f"model {full!r} has no revision {revision!r}: no folder {sub}")
+        return sub, {}
+    return full, {"revision": revision}
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", revision: str | None = None):
+    """The model on its device, in eval mode; cached so each worker process loads it once
+    (one checkpoint at a time: loading another revision frees the previous one)."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    key = (expand_model_name(name), device, str(torch_dtype))
+    key = (expand_model_name(name), device, str(torch_dtype), revision)
     with _LOCK:
         if key not in _CACHE:
             from transformers import AutoModelForCausalLM
@@ -157,10 +197,11 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto"):
                 import torch
 
                 torch.cuda.empty_cache()
+            path, where = checkpoint(key[0], revision)
             try:
-                model = _from_pretrained(AutoModelForCausalLM, key[0], **_dtype_kwarg(torch_dtype))
+                model = _from_pretrained(AutoModelForCausalLM, path, **where, **_dtype_kwarg(torch_dtype))
             except (OSError, ValueError) as exc:
-                raise _load_error(key[0], exc) from None
+                raise _load_error(key[0], exc, revision) from None
             _CACHE[key] = model.to(device).eval()
             _LOADS[key] += 1
         return _CACHE[key]
@@ -169,20 +210,30 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto"):
 def load_counts() -> dict[str, int]:
     """How often this process loaded each model (by expanded name): once per worker is the goal."""
     out: dict[str, int] = {}
-    for (name, _device, _dtype), count in _LOADS.items():
+    for (name, _device, _dtype, _revision), count in _LOADS.items():
         out[name] = out.get(name, 0) + count
     return out
 
 
-def model_config(name: str):
+def revision_loads() -> dict[str, int]:
+    """How often this process loaded each checkpoint, as ``name@revision``."""
+    out: dict[str, int] = {}
+    for (name, _device, _dtype, revision), count in _LOADS.items():
+        key = f"{name}@{revision}" if revision else name
+        out[key] = out.get(key, 0) + count
+    return out
+
+
+def model_config(name: str, revision: str | None = None):
     """The model's ``AutoConfig`` (no weights loaded); a UserError when it cannot be had."""
     from transformers import AutoConfig
 
     full = expand_model_name(name)
+    path, where = checkpoint(full, revision)
     try:
-        return AutoConfig.from_pretrained(full)
+        return AutoConfig.from_pretrained(path, **where)
     except (OSError, ValueError) as exc:
-        raise _load_error(full, exc) from None
+        raise _load_error(full, exc, revision) from None
 
 
 def is_causal_lm(config) -> bool:

@@ -2,10 +2,15 @@
 the model's prediction sharply. This module holds the batches, the resumable task and
 the client; the statistics are ``scan_stats``, the gather of the parts ``scan_gather``.
 
-Work units are *batches*: ``samples_per_batch`` consecutive samples of one shard, numbered
-in dataset order, so a batch means the same samples in every run. Each Dask task scans
-one batch and writes the candidate rows (``p_long > min_p_long AND sym_kl > min_sym_kl``)
-to ``parts/batch-<b>.parquet`` under a temporary name, then a ``_done`` marker: a rerun
+The input is any format ``build`` reads (``ngram_dask.inputs``), cut into samples as the
+build cuts it (``build.seq_len``, ``build.samples``). Its samples are numbered in input
+order (files sorted, each file's samples in order), whatever the format: that number is
+the ``sample`` column. Work units are *batches*: batch ``b`` is samples
+``[b * samples_per_batch, (b + 1) * samples_per_batch)``, so a batch means the same samples
+in every run and from every format holding the same samples; a batch may span input
+pieces (it reads the ones it overlaps). Each Dask task scans one batch and writes the
+candidate rows (``p_long > min_p_long AND sym_kl > min_sym_kl``) to
+``parts/batch-<b>.parquet`` under a temporary name, then a ``_done`` marker: a rerun
 skips done batches, and a retried task overwrites its own file, never duplicating rows.
 The client then gathers the parts, decodes them with the tokenizer, deduplicates on
 ``text`` and writes ``--out`` (and optionally the table ``scan_<L>`` of the catalog
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
 import re
@@ -29,6 +35,7 @@ from ngram_dask import faults
 from ngram_dask.config import Config
 from ngram_dask.db import ensure_info, transaction, write_info
 from ngram_dask.errors import BadInputError, ConfigError
+from ngram_dask.inputs import InputPlan, Piece, plan_input, read_piece
 from ngram_dask.lm.scan_gather import (
     batch_name,
     decode_candidates,
@@ -38,7 +45,6 @@ from ngram_dask.lm.scan_gather import (
     read_parts,
 )
 from ngram_dask.lm.scan_stats import FLOAT_STATS, candidate_mask, context_bounds, position_statistics
-from ngram_dask.mds import ShardRef, list_shards, read_shard, resolve_token_dtype
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageReport, Step, resumable, run_stage
 from ngram_dask.schema import scan_table
 from ngram_dask.storage import atomic_write_parquet, join, redact_url
@@ -52,12 +58,11 @@ Announce = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BatchRef:
-    """Samples ``[first, stop)`` of one shard; ``sample0`` is the dataset index of ``first``."""
+    """Samples ``[sample0, sample0 + len)`` of the input: ``spans`` are ``(piece, first, stop)``,
+    samples ``[first, stop)`` of each piece it overlaps, in order."""
 
     index: int
-    shard: ShardRef
-    first: int
-    stop: int
+    spans: tuple[tuple[Piece, int, int], ...]
     sample0: int
 
     @property
@@ -65,17 +70,25 @@ class BatchRef:
         return batch_name(self.index)
 
 
-def make_batches(shards: Sequence[ShardRef], samples_per_batch: int, limit: int | None = None) -> list[BatchRef]:
-    """Consecutive groups of ``samples_per_batch`` samples, never across shards, in dataset order."""
+def make_batches(pieces: Sequence[Piece], samples_per_batch: int, limit: int | None = None) -> list[BatchRef]:
+    """Batch ``b``: samples ``[b * samples_per_batch, (b + 1) * samples_per_batch)`` of the
+    input, across pieces and files; the first ``limit`` batches only when given."""
     out: list[BatchRef] = []
-    sample0 = 0
-    for ref in shards:
-        for first in range(0, ref.samples, samples_per_batch):
+    spans: list[tuple[Piece, int, int]] = []
+    have = 0
+    for piece in pieces:
+        first = 0
+        while first < piece.samples:
             if limit is not None and len(out) >= limit:
                 return out
-            stop = min(first + samples_per_batch, ref.samples)
-            out.append(BatchRef(len(out), ref, first, stop, sample0 + first))
-        sample0 += ref.samples
+            take = min(samples_per_batch - have, piece.samples - first)
+            spans.append((piece, first, first + take))
+            first, have = first + take, have + take
+            if have == samples_per_batch:
+                out.append(BatchRef(len(out), tuple(spans), len(out) * samples_per_batch))
+                spans, have = [], 0
+    if spans and (limit is None or len(out) < limit):
+        out.append(BatchRef(len(out), tuple(spans), len(out) * samples_per_batch))
     return out
 
 
@@ -91,7 +104,6 @@ class ScanSettings:
     min_sym_kl: float
     device: str
     dtype: str
-    token_dtype: str
     model_vocab: int
     verify_hashes: bool = True
 
@@ -123,15 +135,21 @@ def candidates_table(batch_index: int, sample0: int, samples: Sequence[np.ndarra
 
 
 @functools.lru_cache(maxsize=2)
-def _shard_samples(ref: ShardRef, token_dtype: str, vocab: int, verify: bool) -> list[np.ndarray]:
-    data = read_shard(ref, token_dtype, vocab, verify)
+def _piece_samples(piece: Piece, vocab: int, verify: bool) -> list[np.ndarray]:
+    """A piece's samples; kept for the next batch, which often reads the same piece."""
+    data = read_piece(piece, vocab, verify)
     return [data.tokens[data.offsets[j]:data.offsets[j + 1]] for j in range(len(data.offsets) - 1)]
+
+
+def batch_samples(batch: BatchRef, vocab: int, verify: bool = True) -> list[np.ndarray]:
+    """The samples of one batch, in order, ids checked against ``vocab``."""
+    return [x for piece, first, stop in batch.spans for x in _piece_samples(piece, vocab, verify)[first:stop]]
 
 
 @resumable(lambda batch, s: marker_url(s.scan_dir, batch.index))
 def scan_batch(batch: BatchRef, s: ScanSettings) -> dict:
     """Scan one batch: write its candidate rows; return its statistics (a resumable task)."""
-    samples = _shard_samples(batch.shard, s.token_dtype, s.model_vocab, s.verify_hashes)[batch.first:batch.stop]
+    samples = batch_samples(batch, s.model_vocab, s.verify_hashes)
     lengths = [len(x) for x in samples]
     n_positions = int(sum(max(n - s.seq_len, 0) for n in lengths))
     if n_positions:
@@ -147,7 +165,7 @@ def scan_batch(batch: BatchRef, s: ScanSettings) -> dict:
     nbytes = atomic_write_parquet(part_url(s.scan_dir, batch.index), table, compression="zstd")
     return {
         "batch": batch.index,
-        "shard": batch.shard.name,
+        "pieces": [piece.name for piece, _, _ in batch.spans],
         "samples": len(samples),
         "tokens": int(sum(lengths)),
         "max_len": int(max(lengths, default=0)),
@@ -190,8 +208,8 @@ def default_work_dir(out: str) -> str:
     return re.sub(r"\.parquet$", "", out.rstrip("/")) + ".work"
 
 
-def scan_identity(cfg: Config, model: str, token_dtype: str, shards: Sequence[ShardRef]) -> dict:
-    s = cfg.scan
+def scan_identity(cfg: Config, model: str, plan: InputPlan) -> dict:
+    s, b = cfg.scan, cfg.build
     return {
         "input": redact_url(cfg.input),
         "model": model,
@@ -201,9 +219,30 @@ def scan_identity(cfg: Config, model: str, token_dtype: str, shards: Sequence[Sh
         "min_sym_kl": s.min_sym_kl,
         "device": s.device,
         "dtype": s.dtype,
-        "token_dtype": token_dtype,
-        "shards": [[r.basename, r.samples, r.raw_bytes] for r in shards],
+        "token_dtype": plan.token_dtype,
+        # how the input is cut into samples: the batches and the sample column depend on it
+        "input_format": plan.format,
+        "samples": plan.samples,
+        "sample_len": b.seq_len if plan.format != "mds" else None,
+        "token_column": b.token_column,
+        # batches run across pieces; a work dir of shard-bound batches (older ngram-dask) has no
+        # pieces. A digest: a whole corpus in pieces of about one batch is millions of them.
+        "pieces": f"{len(plan.pieces)} piece(s), sha256 "
+                  + hashlib.sha256(json.dumps([p.identity() for p in plan.pieces]).encode()).hexdigest()[:16],
     }
+
+
+def plan_scan_input(cfg: Config) -> InputPlan:
+    """The input's pieces, cut into samples as ``build`` cuts them. Pieces hold about one
+    batch (not an explode unit's tokens), so a batch reads little more than its own samples."""
+    b, s = cfg.build, cfg.scan
+    plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
+                      samples=b.samples, token_column=b.token_column,
+                      unit_tokens=max(1, s.samples_per_batch * b.seq_len))
+    if sum(p.samples for p in plan.pieces) == 0:
+        raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: no samples in "
+                            f"{len(plan.pieces)} piece(s)")
+    return plan
 
 
 def run_scan(cfg: Config, announce: Announce = print) -> ScanReport:
@@ -218,10 +257,7 @@ def declare_scan(cfg: Config, announce: Announce) -> Stage:
     s = cfg.scan
     report = ScanReport(out=s.out)
     model = expand_model_name(s.model)
-    shards = list_shards(cfg.input)
-    if not shards or sum(r.samples for r in shards) == 0:
-        raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: no samples in {len(shards)} shard(s)")
-    token_dtype = resolve_token_dtype(cfg.build.token_dtype, cfg.input)
+    plan = plan_scan_input(cfg)
     model_vocab, model_cfg = _model_config(model)
     max_pos = getattr(model_cfg, "max_position_embeddings", None)
     if isinstance(max_pos, int) and s.seq_len + 1 > max_pos:
@@ -229,13 +265,13 @@ def declare_scan(cfg: Config, announce: Announce) -> Stage:
                           f"{model} takes at most {max_pos} positions")
     tokenizer = load_tokenizer(cfg.tokenizer)  # fail before the scan, not after
 
-    batches = make_batches(shards, s.samples_per_batch, s.batches)
+    batches = make_batches(plan.pieces, s.samples_per_batch, s.batches)
     work_dir = cfg.work_dir or default_work_dir(s.out)
     scan_dir = join(work_dir, f"scan-{s.seq_len}-{_safe(model)}")
     settings = ScanSettings(
         scan_dir=scan_dir, model=model, seq_len=s.seq_len, micro_batch=s.micro_batch,
         min_p_long=s.min_p_long, min_sym_kl=s.min_sym_kl, device=s.device, dtype=s.dtype,
-        token_dtype=token_dtype, model_vocab=model_vocab, verify_hashes=cfg.build.verify_hashes,
+        model_vocab=model_vocab, verify_hashes=cfg.build.verify_hashes,
     )
     report.batches = len(batches)
 
@@ -277,8 +313,9 @@ def declare_scan(cfg: Config, announce: Announce) -> Stage:
 
     return Stage(
         steps, report,
-        manifest=Manifest(join(scan_dir, "manifest.json"), scan_identity(cfg, model, token_dtype, shards),
-                          f"scan work dir {scan_dir}", describe={"shards": "input shards"}),
+        manifest=Manifest(join(scan_dir, "manifest.json"), scan_identity(cfg, model, plan),
+                          f"scan work dir {scan_dir}",
+                          describe={"pieces": "input pieces (or batches of an older ngram-dask)"}),
         db=cfg.db if s.to_db else None, access=(cfg.input, work_dir), uses_gpu=True, device=s.device,
     )
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from ngram_dask import faults
 from ngram_dask.config import Config, ScoreConfig
-from ngram_dask.db import columns, read_info, read_only, table_names, transaction, write_info
+from ngram_dask.db import columns, one, read_info, read_only, scalar, table_names, transaction, write_info
 from ngram_dask.errors import ConfigError, DatabaseError, UserError
 from ngram_dask.lm.score_worker import TaskSettings, score_partition
 from ngram_dask.runtime import DiskFull, Stage, StageReport, Step, run_stage
@@ -256,7 +256,7 @@ def write_model(con, plan: ModelPlan, rows: dict[str, TableRows], probs: dict[st
             con.register(_SCORES_VIEW, arrow)
             try:
                 on = " AND ".join(f"{tq}.{c} = s.{c}" for c in keys)
-                updated = con.execute(f"UPDATE {tq} SET {col} = s.p FROM {_SCORES_VIEW} s WHERE {on}").fetchone()[0]
+                updated = scalar(con, f"UPDATE {tq} SET {col} = s.p FROM {_SCORES_VIEW} s WHERE {on}")
             finally:
                 con.unregister(_SCORES_VIEW)
             if int(updated) != t.rows:
@@ -281,14 +281,19 @@ def _means(con, report: ScoreReport) -> None:
             if plan.column not in _columns(con, table):
                 continue
             col = sql_identifier(plan.column)
-            n, mean, share = con.execute(
-                f"SELECT count({col}), avg({col}), avg(({col} > 0.5)::DOUBLE) FROM {sql_identifier(table)}").fetchone()
+            n, mean, share = one(
+                con, f"SELECT count({col}), avg({col}), avg(({col} > 0.5)::DOUBLE) FROM {sql_identifier(table)}")
             per[table] = (int(n), mean, share)
         report.means[plan.column] = per
 
 
 def run_score(cfg: Config, announce: Announce = print) -> ScoreReport:
-    """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``."""
+    """Score every model of ``cfg.score.models`` on ``cfg.score.tables`` of ``cfg.db``
+    (at each training checkpoint of ``score.revisions`` when given: ``lm.revisions``)."""
+    if cfg.score.revisions:
+        from ngram_dask.lm.revisions import run_revisions
+
+        return run_revisions(cfg, announce)
     return run_stage(cfg, "score", lambda info: declare_score(cfg, announce), announce,
                      needs_db="run `ngram-dask build --tokenizer ...` first")
 
@@ -323,6 +328,10 @@ def declare_score(cfg: Config, announce: Announce) -> Stage:
 
 def summary_lines(report: ScoreReport) -> list[str]:
     """The table printed at the end: mean probability (and share of rows with p > 0.5) per model."""
+    if not isinstance(report, ScoreReport):
+        from ngram_dask.lm import revisions
+
+        return revisions.summary_lines(report)
     if not report.plans:
         return []
     head = ["model", "column"] + [f"{t} mean p (p>0.5)" for t in report.tables] + ["rows/s"]

@@ -30,6 +30,7 @@ class TaskSettings:
     # (worker address, its index among the workers of its host, workers on that host):
     # picks a GPU when one process sees several, and a fair share of cores on CPU.
     placement: tuple[tuple[str, int, int], ...] = ()
+    revision: str | None = None  # a training checkpoint (``score --revisions``); None: the model as named
 
 
 def _last_logits(model, prompts):
@@ -144,7 +145,7 @@ def score_partition(ids: np.ndarray, s: TaskSettings) -> dict:
         threads = s.cpu_threads or max(1, (usable_cores() - 1) // max(1, local_workers))
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-    model = load_model(s.model, device, s.dtype)
+    model = load_model(s.model, device, s.dtype, s.revision)
     p, used = probabilities(model, ids, s.batch_size, device)
     return {"p": p, "device": device, "dtype": str(resolve_dtype(s.dtype, device)).replace("torch.", ""),
             "batch_size": used, "seconds": time.perf_counter() - t0}

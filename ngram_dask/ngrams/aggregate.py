@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ngram_dask import faults
+from ngram_dask.db import scalar
 from ngram_dask.errors import WorkDirError
 from ngram_dask.ngrams import partfile
 from ngram_dask.ngrams.counting import (
@@ -62,7 +63,7 @@ from ngram_dask.ngrams.counting import (
 from ngram_dask.ngrams.explode import n_dir
 from ngram_dask.runtime import resumable
 from ngram_dask.schema import id_columns
-from ngram_dask.storage import get_fs, glob, is_local, join, local_path, sql_string
+from ngram_dask.storage import atomic_write_path, get_fs, glob, is_local, join, local_path, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -498,24 +499,21 @@ def _duckdb_chunk(chain: list[int], chunk: int, sources: dict[int, list[partfile
             if previous:
                 con.execute(f"DROP TABLE {previous}")
             previous = table
-            res = {"rows": con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0], "prefix_rows": 0, "files": {}}
+            res = {"rows": scalar(con, f"SELECT count(*) FROM {table}"), "prefix_rows": 0, "files": {}}
             spilled = max(spilled, _spilled_bytes(con))
             ngrams_sql, prefixes_sql = chunk_sql(n, table)
             queries = {"ngrams": ngrams_sql}
             if prefixes_sql:
                 queries["prefixes"] = prefixes_sql
             for kind, sql in queries.items():
-                staged = _staging_path(outs[n][kind], tmp_root)
-                con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd, "
-                            "COMPRESSION_LEVEL 1)")
+                with atomic_write_path(outs[n][kind], tmp_root) as staged:
+                    con.execute(f"COPY ({sql}) TO {sql_string(staged)} (FORMAT parquet, COMPRESSION zstd, "
+                                "COMPRESSION_LEVEL 1)")
                 spilled = max(spilled, _spilled_bytes(con))
-                _publish(staged, outs[n][kind])
                 res["files"][kind] = outs[n][kind]
             if prefixes_sql:
                 head = ", ".join(id_columns(n)[:-1])
-                res["prefix_rows"] = con.execute(
-                    f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM {table})"
-                ).fetchall()[0][0]
+                res["prefix_rows"] = scalar(con, f"SELECT count(*) FROM (SELECT DISTINCT {head} FROM {table})")
             res["spilled_bytes"] = spilled
             results[n] = res
         con.close()
@@ -526,12 +524,13 @@ def _duckdb_chunk(chain: list[int], chunk: int, sources: dict[int, list[partfile
 
 def _spilled_bytes(con) -> int:
     """Bytes DuckDB holds in its temp directory now (evicted blocks of the temp table)."""
-    return int(con.execute("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()[0][0])
+    return int(scalar(con, "SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()"))
 
 
 def _staging_path(url: str, tmp_root: str, tag: str = "") -> str:
-    """Where a final file is written first: beside it when local (so the publish is a
-    rename), else in the worker's scratch dir (then uploaded in one PUT)."""
+    """Where a final file written range by range lies until the chunk is done (a writer kept
+    open across ranges, so not ``storage.atomic_write_path``'s block): beside it when local
+    (the publish is a rename), else in the worker's scratch dir (then one PUT)."""
     if is_local(url):
         dst = local_path(url)
         os.makedirs(os.path.dirname(dst), exist_ok=True)

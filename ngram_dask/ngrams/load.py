@@ -14,7 +14,7 @@ build is refused untouched.
 from __future__ import annotations
 
 from ngram_dask import faults
-from ngram_dask.db import ensure_info, transaction, write_info
+from ngram_dask.db import ensure_info, scalar, transaction, write_info
 from ngram_dask.schema import (
     LEDGER,
     create_sql,
@@ -74,8 +74,8 @@ class CountsWriter:
 
     def _stray_rows(self, n: int) -> bool:
         """Rows of n not accounted for by the ledger (a ledger row deleted by hand)."""
-        total = self.con.execute(f"SELECT count(*) FROM {ngram_table(n)}").fetchone()[0]
-        ledger = self.con.execute(f"SELECT coalesce(sum(rows), 0) FROM {LEDGER} WHERE n = ?", [n]).fetchone()[0]
+        total = scalar(self.con, f"SELECT count(*) FROM {ngram_table(n)}")
+        ledger = scalar(self.con, f"SELECT coalesce(sum(rows), 0) FROM {LEDGER} WHERE n = ?", [n])
         return total != ledger
 
     def append_chunks(self, results: list[dict]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,15 @@ from typing import Callable
 from ngram_dask import __version__
 from ngram_dask.cluster import package_versions, sized_unit_tokens
 from ngram_dask.config import Config
-from ngram_dask.db import read_info, table_names
-from ngram_dask.errors import BadInputError
+from ngram_dask.db import read_info, scalar, table_names
+from ngram_dask.errors import BadInputError, DatabaseError
 from ngram_dask.inputs import InputPlan, group_pieces, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
 from ngram_dask.ngrams.load import WRITER_SETTINGS, CountsWriter
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
-from ngram_dask.schema import SCHEMA_VERSION, TOOL, ngram_table, prefix_table
+from ngram_dask.schema import LEDGER, SCHEMA_VERSION, TOOL, ngram_table, prefix_table
 from ngram_dask.storage import is_local, join, local_path, redact_url
 
 Announce = Callable[[str], None]
@@ -140,7 +141,7 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
     def steps(ctx: StageContext):
         yield _explode_step(pieces, xs, b.steps, announce)
         _tally(report, ctx.results["explode"])
-        if not {"aggregate", "load"} & set(b.steps):
+        if not {"aggregate", "load", "top"} & set(b.steps):
             return
         if report.tokens == 0:
             raise BadInputError(f"input dataset {redact_url(cfg.input)} is empty: its samples hold no tokens")
@@ -152,7 +153,10 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
                     **{f"ngram_total_{n}": str(v) for n, v in report.ngrams.items()},
                     "token_dtype": xs.token_dtype, "started_at": started}
             writer = CountsWriter(ctx.db(), b.ngrams, cfg.vocab_size, b.chunks, info, cfg.work_dir)
-        yield _aggregate_step(cfg, ags, writer, announce, report)
+        if {"aggregate", "load"} & set(b.steps):
+            yield _aggregate_step(cfg, ags, writer, announce, report)
+        if writer is None and tokenizer is not None:
+            writer = _loaded_counts(ctx, cfg)  # the top step without the load: an earlier run's counts
         if writer is None:
             return
         if report.loaded_chunks:
@@ -161,7 +165,7 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
             _build_top(writer, cfg, tokenizer, announce, report)
         for n in sorted(b.ngrams):
             for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
-                report.rows[table] = writer.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+                report.rows[table] = scalar(writer.con, f"SELECT count(*) FROM {table}")
 
     return Stage(steps, report, manifest=work_dir_manifest(cfg, plan, unit_tokens), db=cfg.db, db_identity=identity,
                  db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir))
@@ -255,6 +259,20 @@ def _aggregate_step(cfg: Config, ags: AggregateSettings, writer: CountsWriter | 
                 not_run=lambda u: f"chunk {u[1]} of n={u[0]} has not been aggregated yet: "
                                   "run the aggregate step first",
                 on_result=on_result)
+
+
+def _loaded_counts(ctx: StageContext, cfg: Config) -> CountsWriter:
+    """The writer over counts an earlier run loaded: every chunk of every n, else one line
+    (and a database that does not exist is not created)."""
+    missing_db = not os.path.exists(cfg.db)
+    loaded = set() if missing_db or LEDGER not in table_names(ctx.db()) else \
+        {(int(n), int(c)) for n, c in ctx.db().execute(f"SELECT n, chunk FROM {LEDGER}").fetchall()}
+    missing = sorted((n, c) for n in cfg.build.ngrams for c in range(cfg.build.chunks) if (n, c) not in loaded)
+    if missing:
+        n, c = missing[0]
+        raise DatabaseError(f"database {cfg.db} has not loaded chunk {c} of n={n} ({len(missing)} chunk(s) "
+                            "missing): run the load step first (--steps load,top)")
+    return CountsWriter(ctx.db(), cfg.build.ngrams, cfg.vocab_size, cfg.build.chunks, {}, cfg.work_dir)
 
 
 def _build_top(writer: CountsWriter, cfg: Config, tokenizer, announce: Announce,

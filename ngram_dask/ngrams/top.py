@@ -14,7 +14,7 @@ The last step of the build: it runs on the build's own writer connection.
 from __future__ import annotations
 
 from ngram_dask.config import TopConfig
-from ngram_dask.db import table_names, transaction
+from ngram_dask.db import scalar, table_names, transaction
 from ngram_dask.schema import INFO, TOKENS, TOP_NGRAMS, id_columns, id_sql_type, prefix_table, top_table
 
 # n -> (min frac_max, min sum_count) config fields, for each n of schema.TOP_NGRAMS.
@@ -102,7 +102,7 @@ def build_top_tables(con, tokenizer, vocab_size: int, ngrams: list[int], cfg: To
             if n not in _THRESHOLDS:
                 continue
             con.execute(top_sql(n), list(_thresholds(n, cfg)))
-            rows[top_table(n)] = con.execute(f"SELECT count(*) FROM {top_table(n)}").fetchone()[0]
+            rows[top_table(n)] = scalar(con, f"SELECT count(*) FROM {top_table(n)}")
             if has_info:
                 con.execute(f"INSERT OR REPLACE INTO {INFO} VALUES (?, ?)", [rule_key(n), rules[rule_key(n)]])
     return rows

@@ -108,7 +108,9 @@ def gpu_resources(client) -> dict | None:
 
 
 def scheduler_workers(client) -> dict[str, dict]:
-    """Every worker the scheduler knows, by address (not the first few only)."""
+    """Every worker the scheduler knows, by address (not the first few only): the one call of
+    ``scheduler_info``. Some distributed releases pyproject allows list five workers unless
+    asked for all; those before 2025.1 take no ``n_workers``."""
     try:
         info = client.scheduler_info(n_workers=-1)
     except TypeError:  # distributed before 2025.1 takes no n_workers and lists them all anyway

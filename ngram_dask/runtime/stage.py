@@ -284,7 +284,7 @@ def _start_cluster(cfg, name: str, stage: Stage, stack: contextlib.ExitStack, op
         check_worker_access(client, *stage.access)
     if stage.manifest:
         stage.manifest.claim()
-    at_start = set(client.scheduler_info()["workers"])
+    at_start = set(scheduler_workers(client))
     stack.callback(_warn_lost_workers, client, at_start, name, announce)
     stack.enter_context(performance_report(cfg.cluster.performance_report))
     if stage.uses_gpu and not gpu_resources(client):
@@ -352,7 +352,7 @@ def _results(step: Step, todo: list, ctx: StageContext, progress: Progress) -> I
 
 def _warn_lost_workers(client, at_start: set, stage: str, announce: Announce) -> None:
     try:
-        lost = at_start - set(client.scheduler_info()["workers"])
+        lost = at_start - set(scheduler_workers(client))
     except Exception:  # the stage is ending on another error: that one is the news
         return
     if lost:

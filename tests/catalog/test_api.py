@@ -8,7 +8,6 @@ import threading
 import pytest
 
 from ngram_dask.catalog.api import Catalog
-from ngram_dask.catalog.browse import model_size
 from ngram_dask.errors import UserError
 
 from catalog_corpus import RES, TELOME
@@ -129,8 +128,6 @@ def test_task_view_and_models_by_size(cat):
     assert [m["p"] for m in t["models"]] == [t["row"][c] for c in MODELS]
     with pytest.raises(UserError, match="no task"):
         cat.task("top_trigrams", [1, 2])
-    assert model_size("EleutherAI/pythia-2.8b-deduped") == 2.8e9 and model_size("p_pythia_160m_deduped") == 1.6e8
-    assert model_size("my-model") is None
 
 
 def test_scan_tables_are_browsable(cat):

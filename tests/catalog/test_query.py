@@ -149,3 +149,18 @@ def test_query_runs_while_another_reader_holds_the_db(built, capsys):
     finally:
         other.close()
     assert rc == 0 and "99.8%" in out
+
+
+def test_a_reader_that_stops_early_ends_the_query_quietly(built):
+    """``query --json | head``: the reader is gone before the answer is written (a real pipe
+    whose read end is closed), which ends the command without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    db, _ = built
+    proc = subprocess.Popen([sys.executable, "-m", "ngram_dask.cli", "query", "--db", str(db), "--json", " telome"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the command has its answer (it imports and opens the catalog first)
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 141, err  # as a process killed by SIGPIPE (128 + 13) reports it
+    assert err == ""

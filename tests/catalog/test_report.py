@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ngram_dask.catalog.reader import open_catalog
-from ngram_dask.catalog.report.data import counts_by_rank, coverage, model_size
+from ngram_dask.catalog.report.data import counts_by_rank, coverage
 from ngram_dask.cli import main
 
 from catalog_corpus import _copy, bad_databases
@@ -68,15 +68,6 @@ def test_model_plots_when_scores_exist(built, tmp_path):
     # models by size in the example table: 70m, 410m, 1.4b
     head = page.split("top_bigrams: the 20 most frequent contexts")[1].split("</thead>")[0]
     assert head.index("EleutherAI/pythia-70m-deduped") < head.index("pythia_410m") < head.index("pythia_1_4b")
-
-
-def test_model_size_order():
-    cols = ["p_gpt2", "p_pythia_12b_deduped", "p_pythia_1_4b_deduped", "p_pythia_160m_deduped", "p_pythia_6_9b"]
-    assert sorted(cols, key=lambda c: (model_size(c), c)) == [
-        "p_pythia_160m_deduped", "p_pythia_1_4b_deduped", "p_pythia_6_9b", "p_pythia_12b_deduped", "p_gpt2"]
-    assert model_size("EleutherAI/pythia-1.4b-deduped") == 1.4e9
-    assert model_size("EleutherAI/pythia-70m") == 70e6
-    assert model_size("/models/tiny-neox-32x2") == float("inf")
 
 
 def test_numbers_behind_the_plots(built):

@@ -137,6 +137,14 @@ def test_rows_filter_sort_page_like_the_python_api(server, db):
     assert status == 200 and page["total"] >= 1 and all(" or" in r["seq"] for r in page["rows"])
     status, page, _ = server.get("/api/rows", table="scan_4", min_p_long="0.85", sort="-p_long", limit=3)
     assert page["total"] == 5 and [r["long_ids"][0] for r in page["rows"]] == [29, 28, 27]
+    # hide special tokens: no task whose prompt or next token is <|endoftext|> (id 0) or another special
+    with Catalog(db) as cat:
+        special = set(cat.tokenizer.all_special_ids)
+        every = cat.tasks("top_bigrams", limit=None).to_pylist()
+    plain = [r for r in every if r["id0"] not in special and r["id1"] not in special]
+    assert 0 in special and 0 < len(plain) < len(every)
+    status, page, _ = server.get("/api/rows", table="top_bigrams", no_special="1", limit=500)
+    assert page["total"] == len(plain) and {r["id0"] for r in page["rows"]} == {r["id0"] for r in plain}
 
 
 def test_task_view_over_http(server):
@@ -294,6 +302,10 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             expect(page.locator("#followers tbody tr").first.locator(".tok")).to_have_text("·common")
             expect(page.locator("#followers tbody tr").first.locator(".share")).to_have_text("91.7%")
             expect(page.locator("#models svg circle")).to_have_count(len(MODELS))
+            # where the eye is: beside the table, in the window, not below the rows
+            task = page.locator("#task-section").bounding_box()
+            grid = page.locator("#browse-section .scroll").bounding_box()
+            assert task["x"] >= grid["x"] + grid["width"] and 0 <= task["y"] < 1000, (task, grid)
             # its examples from the corpus: the prompt and its next token highlighted
             examples = page.locator("#examples li.example")
             expect(examples).to_have_count(5)
@@ -301,6 +313,9 @@ def test_the_page_in_a_real_browser(server, tmp_path):
             for i in range(5):
                 ex = examples.nth(i)
                 expect(ex.locator(".context .tok.prompt")).to_have_text([",", "·or"])
+                # the text around reads as prose: no token boxes, no whitespace marks
+                assert ex.locator(".context .tok").count() == 3 and ex.locator(".context .plain .ws").count() == 0
+                assert ex.locator(".context .plain").count() > 0
                 nxt = ex.locator(".context .tok.next").inner_text()
                 assert nxt in ("·common", "·ice")
                 assert ("miss" in ex.get_attribute("class")) == (nxt == "·ice")

@@ -29,6 +29,7 @@ def samples_of(url, vocab=None, **kw) -> list[list[int]]:
     for piece in plan.pieces:
         data = read_piece(piece, vocab_size=vocab)
         assert data.tokens.dtype == np.dtype(plan.token_dtype)
+        assert len(data.offsets) - 1 == piece.samples  # known before the read (the scan's batches need it)
         out += [data.tokens[a:b].tolist() for a, b in zip(data.offsets[:-1], data.offsets[1:])]
     return out
 

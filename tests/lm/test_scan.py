@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_cli, write_mds, write_mds_subfolders
+from helpers import read_index, run_cli, write_mds, write_mds_subfolders
 
 L = 4
 FILLER_TEXT = "the quick brown fox jumps over the lazy dog. def main(): return 0\nimport os, sys\n" * 3
@@ -222,16 +222,33 @@ def test_trigger_model_does_what_it_is_built_for(bpe, trigger_model):
     assert got["p_long"][0] < 0.05
 
 
-def test_batches_are_fixed_groups_of_samples_inside_shards(tmp_path):
-    from ngram_dask.lm.scan import make_batches
-    from ngram_dask.mds import list_shards
+def test_batches_are_fixed_groups_of_the_inputs_samples_across_pieces(tmp_path):
+    from helpers_formats import cut, write_bin
 
-    root = write_mds_subfolders(tmp_path / "mds", [[[1, 2]] * 5, [[3]] * 2, [[4]] * 4])
-    shards = list_shards(str(root))
-    got = [(b.index, b.shard.index, b.first, b.stop, b.sample0) for b in make_batches(shards, 2)]
-    assert got == [(0, 0, 0, 2, 0), (1, 0, 2, 4, 2), (2, 0, 4, 5, 4), (3, 1, 0, 2, 5),
-                   (4, 2, 0, 2, 7), (5, 2, 2, 4, 9)]
-    assert [b.index for b in make_batches(shards, 2, limit=3)] == [0, 1, 2]
+    from ngram_dask.inputs import plan_input
+    from ngram_dask.lm.scan import batch_samples, make_batches
+
+    samples = [[k] * (1 + k % 3) for k in range(11)]
+    root = write_mds_subfolders(tmp_path / "mds", [samples[:5], samples[5:7], samples[7:]])
+    pieces = plan_input(str(root)).pieces
+    assert [p.samples for p in pieces] == [5, 2, 4]
+    batches = make_batches(pieces, 2)
+    got = [(b.index, b.sample0, [(pieces.index(p), a, z) for p, a, z in b.spans]) for b in batches]
+    assert got == [(0, 0, [(0, 0, 2)]), (1, 2, [(0, 2, 4)]), (2, 4, [(0, 4, 5), (1, 0, 1)]),
+                   (3, 6, [(1, 1, 2), (2, 0, 1)]), (4, 8, [(2, 1, 3)]), (5, 10, [(2, 3, 4)])]
+    for b in batches:
+        assert [x.tolist() for x in batch_samples(b, 100)] == samples[2 * b.index:2 * b.index + 2]
+    assert [b.index for b in make_batches(pieces, 2, limit=3)] == [0, 1, 2]
+
+    # a token file in pieces of 3 samples, batches of 2: the same rule
+    stream = list(range(1, 39))
+    write_bin(tmp_path / "flat.bin", stream)
+    pieces = plan_input(str(tmp_path / "flat.bin"), seq_len=4, unit_tokens=12).pieces
+    assert [p.samples for p in pieces] == [3, 3, 3, 1]  # the last sample holds 2 tokens
+    want = cut(stream, 4)
+    batches = make_batches(pieces, 2)
+    assert [b.sample0 for b in batches] == [0, 2, 4, 6, 8]
+    assert [[x.tolist() for x in batch_samples(b, 100)] for b in batches] == [want[i:i + 2] for i in range(0, 10, 2)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,18 +277,18 @@ def test_known_positions_come_out_with_text_context_and_place(tmp_path, bpe, tri
         f[:2] + phrase + f[:1],        # 6: the window of sample 1 again: dropped by the dedup
         f[5:25],                       # 7: nothing
     ]
-    # two shards: samples 0-4 and 5-7; 3 samples per batch -> batches [0,1,2] [3,4] [5,6,7]
+    # two shards: samples 0-4 and 5-7; 3 samples per batch -> batches [0,1,2] [3,4,5] [6,7]
     mds = write_mds_subfolders(tmp_path / "mds", [samples[:5], samples[5:]])
-    batch_of = {0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2}
+    batch_of = {0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2}
     expected = {(1, 7), (3, 0), (5, 10)}
 
     out = tmp_path / "scan 4.parquet"  # a space in the path
     r = run_cli("scan", "--input", str(mds), "--model", trigger_model, "--seq-len", str(L), "--out", str(out),
-                "--samples-per-batch", "3", "--micro-batch", "3", "--batches", "2", "--tokenizer",
+                "--samples-per-batch", "3", "--micro-batch", "3", "--batches", "1", "--tokenizer",
                 bpe_tokenizer_path, "--scheduler", local_cluster, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     first = pq.read_table(out).to_pylist()
-    assert {(row["sample"], row["start"]) for row in first} == {(1, 7), (3, 0)}  # batches 0 and 1 only
+    assert {(row["sample"], row["start"]) for row in first} == {(1, 7)}  # batch 0 only
 
     db = tmp_path / "catalog.duckdb"
     said: list[str] = []
@@ -279,7 +296,7 @@ def test_known_positions_come_out_with_text_context_and_place(tmp_path, bpe, tri
         "scan.model": trigger_model, "scan.seq_len": L, "scan.out": str(out), "scan.samples_per_batch": 3,
         "scan.micro_batch": 3, "scan.device": "cpu", "scan.to_db": True, "cluster.scheduler": local_cluster,
     }), said.append)
-    assert report.batches == 3 and report.skipped["scan"] == 2, said
+    assert report.batches == 3 and report.skipped["scan"] == 1, said
     assert report.kept == 4 and report.rows == 3  # sample 6's window is a duplicate
 
     table = pq.read_table(out)
@@ -328,6 +345,55 @@ def test_known_positions_come_out_with_text_context_and_place(tmp_path, bpe, tri
         run_scan(config(input=str(mds), tokenizer=bpe_tokenizer_path, **{
             "scan.model": trigger_model, "scan.out": str(out), "scan.samples_per_batch": 3,
             "scan.device": "cpu", "scan.min_p_long": 0.9}), said.append)
+
+
+@pytest.mark.slow
+def test_the_same_tokens_give_the_identical_table_from_every_format(tmp_path, bpe, trigger_model,
+                                                                    bpe_tokenizer_path, local_cluster):
+    """One token stream as MDS samples (several shards), one Megatron .bin/.idx, an .npy and
+    Parquet rows: the identical scan table, whose sample and batch say where each row is."""
+    import pyarrow.parquet as pq
+    from helpers_formats import cut, write_megatron_with_megatron, write_npy, write_parquet
+
+    from ngram_dask.lm.scan import run_scan
+
+    tok, x, _, f = bpe
+    S = 16  # tokens per sample; positions with room start at 0..S-L-1
+    stream = (f * 4)[:170]
+    triggers = [3, 20, 40, 62, 100, 165]  # 62 % 16 = 14: no room for the long window there
+    for at in triggers:
+        stream[at] = x
+    expected = {(at // S, at % S) for at in triggers if at % S + L + 1 <= len(cut(stream, S)[at // S])}
+    assert len(expected) == 5
+    inputs = {
+        "mds": write_mds(tmp_path / "mds", cut(stream, S), size_limit=1 << 7),
+        "megatron": write_megatron_with_megatron(tmp_path / "meg", [[stream[:77]], [stream[77:]]]).parent / "meg.bin",
+        "npy": write_npy(tmp_path / "flat.npy", stream),
+        "parquet": write_parquet(tmp_path / "rows.parquet", cut(stream, S), row_group_size=3),
+    }
+    assert len(read_index(inputs["mds"])["shards"]) > 2  # shards that do not line up with batches
+
+    tables = {}
+    for name, url in inputs.items():
+        out = tmp_path / f"{name}.parquet"
+        if name == "megatron":  # as a user runs it, the flags included
+            r = run_cli("scan", "--input", str(url), "--model", trigger_model, "--seq-len", str(L), "--out", str(out),
+                        "--sample-len", str(S), "--samples-per-batch", "3", "--micro-batch", "5", "--tokenizer",
+                        bpe_tokenizer_path, "--scheduler", local_cluster, "--device", "cpu")
+            assert r.returncode == 0, r.stderr
+        else:
+            run_scan(config(input=str(url), tokenizer=bpe_tokenizer_path, **{
+                "build.seq_len": S, "scan.model": trigger_model, "scan.seq_len": L, "scan.out": str(out),
+                "scan.samples_per_batch": 3, "scan.micro_batch": 5, "scan.device": "cpu",
+                "cluster.scheduler": local_cluster}), lambda m: None)
+        tables[name] = pq.read_table(out).to_pylist()
+    rows = tables["mds"]
+    assert {(r["sample"], r["start"]) for r in rows} == expected
+    for r in rows:
+        assert r["batch"] == r["sample"] // 3
+        assert r["long_ids"] == stream[r["sample"] * S + r["start"]:][:L + 1]  # where the row is in the stream
+    for name in ("megatron", "npy", "parquet"):
+        assert tables[name] == rows, name
 
 
 def _markers(work: Path) -> int:

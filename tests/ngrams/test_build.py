@@ -315,6 +315,34 @@ def test_catalog_step_follows_thresholds_and_keeps_tables_otherwise(tmp_path, lo
         "frac_max > 0.5 AND sum_count > 0"
 
 
+def test_the_top_step_alone_builds_the_top_tables_of_loaded_counts(tmp_path, local_cluster, bpe_tokenizer_path):
+    rng = np.random.default_rng(4)
+    samples = [rng.integers(0, 30, 300).tolist() for _ in range(8)] + [[40, 41, 42] * 60]
+    over = {"tokenizer": bpe_tokenizer_path, "vocab_size": 512, "build.steps": "explode,aggregate,load",
+            "top.top_trigram_min_count": 20}
+    cfg, _ = build(tmp_path, samples, local_cluster, **over)
+    assert not {"tokens", "top_bigrams", "top_trigrams"} & {t for (t,) in db_rows(cfg.db, "SHOW TABLES")}
+    # a database without the counts: refused in one line before anything is written
+    fresh = tmp_path / "fresh.duckdb"
+    r = _cli_build(tmp_path, tmp_path / "mds", local_cluster, "--tokenizer", bpe_tokenizer_path,
+                   "--vocab-size", "512", "--chunks", "7", "--steps", "top", db=fresh)
+    _assert_one_line_error(r, "run the load step first")
+    assert not fresh.exists()
+
+    said: list[str] = []
+    report = run_build(make_cfg(tmp_path, tmp_path / "mds", local_cluster, **{**over, "build.steps": "top"}),
+                       announce=said.append)
+    assert not report.did_nothing and "top" in report.seconds, said
+    for n, table, min_count in ((2, "top_bigrams", 0), (3, "top_trigrams", 20)):
+        want = {k for k, (f, s, m, frac) in oracle_prefixes(oracle(samples, n)).items() if frac > 0.5 and s > min_count}
+        ids = ", ".join(id_columns(n)[:-1])
+        assert want and {tuple(r) for r in db_rows(cfg.db, f"SELECT {ids} FROM {table}")} == want
+    assert db_rows(cfg.db, "SELECT count(*) FROM tokens") == [(512,)]
+    again = run_build(make_cfg(tmp_path, tmp_path / "mds", local_cluster, **{**over, "build.steps": "top"}),
+                      announce=lambda m: None)
+    assert again.did_nothing  # nothing changed: the top tables are kept
+
+
 def test_a_work_dir_of_another_explode_grouping_is_refused(tmp_path, local_cluster):
     samples = [list(range(i, i + 300)) for i in range(12)]
     cfg, _ = build(tmp_path, samples, local_cluster, **{"build.explode_unit_tokens": 1000})

@@ -89,3 +89,14 @@ def test_a_task_user_error_comes_back_as_itself_and_the_rest_are_cancelled(local
             time.sleep(0.05)
         assert all(f.status in ("cancelled", "finished", "error") for f in futures)
         assert any(f.status == "cancelled" for f in futures)
+
+
+def test_workers_lists_every_worker_not_the_first_few():
+    from distributed import LocalCluster
+
+    from ngram_dask.runtime import scheduler_workers
+
+    with LocalCluster(n_workers=7, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(7)
+        assert set(scheduler_workers(client)) == set(cluster.scheduler.workers) and len(cluster.scheduler.workers) == 7

@@ -64,7 +64,12 @@ def make_report(db: str, out: str, announce=print) -> Report:
             plot_models(cat, n, cols, out, images)
         if not models:
             notes.append("No p_<model> columns yet: run `ngram-dask score` for the model plots.")
-        index = write_index(cat, out, images, covs, models, ns, notes)
+        from ngram_dask.catalog.curves import report_section
+        from ngram_dask.catalog.report.plots import _plt
+
+        curve_images, curve_html = report_section(cat, out, _plt())
+        index = write_index(cat, out, images, covs, models, ns, notes, curve_html)
+        images += curve_images
     for name in images:
         announce(f"  {os.path.join(out, name)}")
     return Report(out=out, index=index, images=images, notes=notes)

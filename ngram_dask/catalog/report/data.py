@@ -7,6 +7,8 @@ import math
 import re
 
 from ngram_dask.catalog.reader import CatalogConnection
+from ngram_dask.db import scalar
+from ngram_dask.lm.models import model_size
 from ngram_dask.schema import (
     is_score_column,
     ngram_table,
@@ -24,17 +26,6 @@ def threshold(info: dict[str, str], n: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def model_size(name: str) -> float:
-    """Parameters a model's name states (``p_pythia_1_4b_deduped``, ``EleutherAI/pythia-1.4b``
-    -> 1.4e9), else inf (sorted last)."""
-    name = score_column_model(name)
-    m = re.search(r"(?:^|[^0-9a-z])(\d+)(?:[._](\d+))?([mb])(?:[^a-z]|$)", name.lower())
-    if not m:
-        return math.inf
-    value = float(m.group(1) + ("." + m.group(2) if m.group(2) else ""))
-    return value * (1e6 if m.group(3) == "m" else 1e9)
-
-
 def model_labels(cat: CatalogConnection, columns: list[str]) -> dict[str, str]:
     """Column -> the model's name as scoring recorded it (``catalog_info`` ``scored_models``)."""
     scored = scored_models(cat.info)
@@ -49,7 +40,10 @@ def model_columns(cat: CatalogConnection, table: str) -> list[str]:
     """The ``p_<model>`` columns of a top table, smallest model first."""
     cols = [c for c, t in cat.columns(table) if is_score_column(c) and t in ("DOUBLE", "FLOAT")]
     labels = model_labels(cat, cols)
-    return sorted(cols, key=lambda c: (min(model_size(labels[c]), model_size(c)), c))
+    def size(name: str) -> float:
+        return model_size(name) or math.inf  # no size stated: last
+
+    return sorted(cols, key=lambda c: (min(size(labels[c]), size(c)), c))
 
 
 # --- data (small aggregates) ---------------------------------------------------------------
@@ -89,7 +83,7 @@ def ngram_total(cat: CatalogConnection, n: int) -> int:
     total = cat.info.get(f"ngram_total_{n}")
     if total is not None:
         return int(total)
-    return int(cat.con.execute(f"SELECT coalesce(sum(count), 0) FROM {ngram_table(n)}").fetchone()[0])
+    return int(scalar(cat.con, f"SELECT coalesce(sum(count), 0) FROM {ngram_table(n)}"))
 
 
 def coverage(cat: CatalogConnection, n: int) -> dict:

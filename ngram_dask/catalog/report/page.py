@@ -75,7 +75,7 @@ def _examples(cat: CatalogConnection, n: int, models: list[str], limit: int = 20
 
 
 def write_index(cat: CatalogConnection, out: str, images: list[str], covs: list[dict], models: dict[str, list[str]],
-                ns: list[int], notes: list[str]) -> str:
+                ns: list[int], notes: list[str], extra_html: str = "") -> str:
     prov = provenance(cat.info)
     counts = [[t, f"{cat.rows(t):,}"] for t in
               [ngram_table(n) for n in cat.ngrams] + [prefix_table(n) for n in ns] + ["tokens"]
@@ -116,6 +116,7 @@ def write_index(cat: CatalogConnection, out: str, images: list[str], covs: list[
         n = cv["n"]
         parts.append(f"<h2>{_h(cv['table'])}: the 20 most frequent contexts</h2>")
         parts.append(_examples(cat, n, models.get(cv["table"], [])))
+    parts.append(extra_html)
     parts.append("<h2>Tables</h2>")
     parts.append(_table_html(["table", "rows"], counts))
     parts.append("<h2>Provenance (catalog_info)</h2>")

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { info: null, table: null, sort: null, offset: 0, limit: 50, total: 0, filters: {} };
+const state = { info: null, table: null, sort: null, offset: 0, limit: 50, total: 0, filters: {}, task: null };
 
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -71,6 +71,7 @@ function scheduleComplete() {
 
 async function complete() {
   const text = $("#prompt").value;
+  saveView();
   const seq = ++completeSeq;
   const tokens = $("#tokens"), out = $("#completions");
   if (text === "") { tokens.replaceChildren(); out.replaceChildren(); return; }
@@ -142,6 +143,7 @@ function readFilters() {
   const f = {};
   const contains = $("#contains").value;
   if (contains) f.contains = contains;
+  if ($("#no-special").checked) f.no_special = "1";
   for (const input of document.querySelectorAll("#ranges input")) {
     if (input.value !== "") f[`${input.dataset.end}_${input.dataset.col}`] = input.value;
   }
@@ -180,6 +182,7 @@ async function loadPage() {
   const sel = selectionParams();
   sel.set("format", "csv"); $("#dl-csv").href = "/api/download?" + sel;
   sel.set("format", "parquet"); $("#dl-parquet").href = "/api/download?" + sel;
+  saveView();
 }
 
 function sortState(col) {
@@ -224,17 +227,27 @@ function renderGrid(res) {
 
 let taskSeq = 0;
 
+// The task view opens beside the table where the window is wide enough (style.css), in
+// view whatever row was clicked; below the table on a narrow window, scrolled to.
+function showTaskSection() {
+  $("#task-section").hidden = false;
+  $("#workspace").classList.add("with-task");
+  const top = $("#task-section").getBoundingClientRect().top;
+  if (top > window.innerHeight * 0.6 || top < 0) $("#task-section").scrollIntoView({ block: "start" });
+}
+
 async function openTask(table, row) {
   const t = tableInfo(table);
   const box = $("#task");
-  $("#task-section").hidden = false;
   if (t.kind !== "top") {
     box.replaceChildren(el("dl", { class: "kv" }, Object.entries(row).flatMap(([k, v]) =>
       [el("dt", {}, k), el("dd", {}, fmtNum(v, (t.columns.find((c) => c.name === k) || {}).type))])));
-    $("#task-section").scrollIntoView();
+    showTaskSection();
     return;
   }
   const seq = ++taskSeq;
+  state.task = t.key.map((k) => row[k]);
+  saveView();
   let res;
   try {
     res = await api("/api/task", new URLSearchParams({ table, ids: t.key.map((k) => row[k]).join(",") }));
@@ -263,8 +276,10 @@ async function openTask(table, row) {
   if (res.models.length) parts.push(el("div", { id: "models" }, el("h3", {}, "p(expected) against model size"), modelChart(res.models)));
   const examples = el("div", { id: "examples" }, el("h3", {}, "examples from the corpus"),
     el("div", { class: "muted" }, "loading…"));
-  box.replaceChildren(el("div", { class: "task-grid" }, parts), examples);
-  $("#task-section").scrollIntoView();
+  const curves = el("div", { id: "curves" });
+  box.replaceChildren(el("div", { class: "task-grid" }, parts), curves, examples);
+  showTaskSection();
+  loadCurve(res.context, curves, () => seq === taskSeq);
   loadExamples(res.context, examples, seq);
 }
 
@@ -285,7 +300,9 @@ async function loadExamples(ids, box, seq) {
     return;
   }
   const rows = res.examples.map((ex) => el("li", { class: "example " + (ex.matches ? "match" : "miss"), "data-rank": ex.rank },
-    el("div", { class: "context" }, ex.tokens.map((t) => tok(t.token, t.id, t.role))),
+    // prose: the text around reads as text; whitespace marks only in the prompt and its next token
+    el("div", { class: "context" }, ex.tokens.map((t) => t.role === "prompt" || t.role === "next"
+      ? tok(t.token, t.id, t.role) : el("span", { class: "plain " + t.role, title: "id " + t.id }, t.token))),
     el("div", { class: "where muted" },
       ex.matches ? "next = expected " : el("span", { class: "differs" }, "next differs: "),
       tok(ex.actual.token, ex.actual.id, "next"),
@@ -350,10 +367,18 @@ async function main() {
   $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadPage(); });
   $("#next").addEventListener("click", () => { state.offset += state.limit; loadPage(); });
   $("#pagesize").addEventListener("change", () => { state.limit = Number($("#pagesize").value); state.offset = 0; loadPage(); });
-  $("#close-task").addEventListener("click", () => { $("#task-section").hidden = true; });
+  $("#close-task").addEventListener("click", () => {
+    $("#task-section").hidden = true;
+    $("#workspace").classList.remove("with-task");
+    state.task = null;
+    saveView();
+  });
   state.limit = Number($("#pagesize").value);
-  setupTable(info.tables[0].name);
+  const task = restoreView(info.tables[0].name);
   await loadPage();
+  if (task && tableInfo().kind === "top" && task.length === tableInfo().key.length) {
+    await openTask(state.table, Object.fromEntries(tableInfo().key.map((k, i) => [k, task[i]])));
+  }
   document.body.dataset.ready = "1";
 }
 
