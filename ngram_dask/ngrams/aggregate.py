@@ -63,7 +63,7 @@ from ngram_dask.ngrams.counting import (
 from ngram_dask.ngrams.explode import n_dir
 from ngram_dask.runtime import resumable
 from ngram_dask.schema import id_columns
-from ngram_dask.storage import atomic_write_path, get_fs, glob, is_local, join, local_path, sql_string
+from ngram_dask.storage import atomic_write_path, glob, join, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +322,8 @@ class _StagedParquet:
     published (renamed, or uploaded in one PUT) once the whole chunk is done."""
 
     def __init__(self, url: str, tmp_root: str, n: int, kind: str):
-        self.url, self.n = url, n
-        self.staged = _staging_path(url, tmp_root, tag=f"{n}-{kind}")
+        self.url, self.n, self.tmp_root = url, n, tmp_root
+        self.target = None  # storage.atomic_write_path, entered at the first row
         self.writer = None
         self.rows = 0
 
@@ -335,7 +335,8 @@ class _StagedParquet:
         if not table.num_rows:
             return
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.staged, table.schema, **_final_parquet(columns, self.n))
+            self.target = atomic_write_path(self.url, self.tmp_root)
+            self.writer = pq.ParquetWriter(self.target.__enter__(), table.schema, **_final_parquet(columns, self.n))
         self.writer.write_table(table)
         self.rows += table.num_rows
 
@@ -343,14 +344,16 @@ class _StagedParquet:
         if self.writer is None:
             return None
         self.writer.close()
-        _publish(self.staged, self.url)
+        self.writer, target, self.target = None, self.target, None
+        target.__exit__(None, None, None)  # renamed into place, or uploaded
         return self.url
 
     def discard(self) -> None:
+        """Drop an unpublished file (the chunk failed): nothing is left behind."""
         if self.writer is not None:
             self.writer.close()
-            if os.path.exists(self.staged):
-                os.unlink(self.staged)
+            stop = RuntimeError("aggregate unit failed")
+            self.target.__exit__(RuntimeError, stop, None)
 
 
 def _aggregate_numpy(chain: list[int], chunk: int, sources: dict[int, list[partfile.ChunkBlocks]],
@@ -525,25 +528,6 @@ def _duckdb_chunk(chain: list[int], chunk: int, sources: dict[int, list[partfile
 def _spilled_bytes(con) -> int:
     """Bytes DuckDB holds in its temp directory now (evicted blocks of the temp table)."""
     return int(scalar(con, "SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()"))
-
-
-def _staging_path(url: str, tmp_root: str, tag: str = "") -> str:
-    """Where a final file written range by range lies until the chunk is done (a writer kept
-    open across ranges, so not ``storage.atomic_write_path``'s block): beside it when local
-    (the publish is a rename), else in the worker's scratch dir (then one PUT)."""
-    if is_local(url):
-        dst = local_path(url)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.tmp-{os.getpid()}")
-    return os.path.join(tmp_root, f"{tag}{os.path.basename(url)}")
-
-
-def _publish(staged: str, url: str) -> None:
-    if is_local(url):
-        os.replace(staged, local_path(url))
-    else:
-        fs, path = get_fs(url)
-        fs.put_file(staged, path)
 
 
 # ----------------------------------------------------------------------------- as a Dask DataFrame
