@@ -39,7 +39,7 @@ def revision_checks(con, check: Callable) -> Iterator[Callable]:
                              WHERE model = ? AND revision = ? AND n = {n} GROUP BY ALL) s
                           ON s.id0 = t.id0 AND s.id1 IS NOT DISTINCT FROM {id1}
                         WHERE t.id0 IS NULL OR s.k IS DISTINCT FROM 1 OR s.lo < 0 OR s.hi > 1""",
-                                        [model, revision]).fetchone()[0]
+                                        [model, revision]).fetchall()[0][0]
                     if wrong:
                         bad.append(f"{model} {revision} {top_table(n)}: {wrong} prompts without exactly one p "
                                    "in [0, 1]")
@@ -64,7 +64,7 @@ def revision_checks(con, check: Callable) -> Iterator[Callable]:
                          got AS (SELECT * FROM {LEARNING} WHERE model = $model)
                     SELECT count(*) FROM (
                         (SELECT * FROM want EXCEPT ALL SELECT * FROM got) UNION ALL
-                        (SELECT * FROM got EXCEPT ALL SELECT * FROM want))""", {"model": model}).fetchone()[0]
+                        (SELECT * FROM got EXCEPT ALL SELECT * FROM want))""", {"model": model}).fetchall()[0][0]
                 if wrong:
                     bad.append(f"{model}: {wrong} rows differ from the learning recomputed from {SCORES}")
             return check(f"{LEARNING}: equal to its definition over {SCORES}", not bad,
@@ -80,10 +80,10 @@ def revision_checks(con, check: Callable) -> Iterator[Callable]:
                     SELECT prompt_seen, task_seen,
                            lag(prompt_seen) OVER w AS p0, lag(task_seen) OVER w AS t0
                     FROM {EXPOSURE} WINDOW w AS (PARTITION BY n, id0, id1 ORDER BY step))
-                WHERE task_seen > prompt_seen OR prompt_seen < p0 OR task_seen < t0""").fetchone()[0]
+                WHERE task_seen > prompt_seen OR prompt_seen < p0 OR task_seen < t0""").fetchall()[0][0]
             last = con.execute(f"""
                 SELECT coalesce(sum(prompt_seen), 0), coalesce(sum(task_seen), 0) FROM {EXPOSURE}
-                WHERE step = (SELECT max(step) FROM {EXPOSURE})""").fetchone()
+                WHERE step = (SELECT max(step) FROM {EXPOSURE})""").fetchall()[0]
             after = totals.get("after_last_step", [0, 0])
             whole = totals.get("pass", [None, None])
             sums = [int(last[0]) + int(after[0]), int(last[1]) + int(after[1])]

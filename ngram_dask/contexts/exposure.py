@@ -293,10 +293,10 @@ def write_exposure(con, s: ExposureSettings, prompts: pa.Table, parts: list[str]
                 WINDOW w AS (PARTITION BY g.row ORDER BY g.k ROWS UNBOUNDED PRECEDING)
                 ORDER BY n, id0, id1, step""", [parts])
             after = con.execute("SELECT coalesce(sum(prompt_seen), 0), coalesce(sum(task_seen), 0) "
-                                "FROM read_parquet(?) WHERE interval = ?", [parts, len(s.steps)]).fetchone()
+                                "FROM read_parquet(?) WHERE interval = ?", [parts, len(s.steps)]).fetchall()[0]
             record = {**record, "totals": {**record["totals"], "after_last_step": [int(after[0]), int(after[1])]}}
             write_info(con, {EXPOSURE_INFO: json.dumps(record, sort_keys=True)})
-            return int(con.execute(f"SELECT count(*) FROM {EXPOSURE}").fetchone()[0])
+            return int(con.execute(f"SELECT count(*) FROM {EXPOSURE}").fetchall()[0][0])
     finally:
         con.unregister(_PROMPTS_VIEW)
         con.unregister(_STEPS_VIEW)

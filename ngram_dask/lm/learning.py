@@ -57,4 +57,4 @@ def write_learning(con, model: str, threshold: float, vocab_size: int) -> int:
         con.execute(f"DELETE FROM {LEARNING} WHERE model = ?", [model])
         con.execute(f"INSERT INTO {LEARNING} SELECT * FROM ({learning_select(threshold)}) "
                     f"ORDER BY {_KEY}", {"model": model})
-        return int(con.execute(f"SELECT count(*) FROM {LEARNING} WHERE model = ?", [model]).fetchone()[0])
+        return int(con.execute(f"SELECT count(*) FROM {LEARNING} WHERE model = ?", [model]).fetchall()[0][0])

@@ -349,7 +349,7 @@ def _conclude(con, m: ModelRevisions, prompts: dict[str, Prompts], cfg: Config, 
         from ngram_dask.lm.models import column_name
 
         announce(f"  {m.label}: {column_name(m.model)} filled from {s.final_revision}")
-    learned = con.execute("SELECT count(learned_step) FROM learning WHERE model = ?", [m.label]).fetchone()[0]
+    learned = con.execute("SELECT count(learned_step) FROM learning WHERE model = ?", [m.label]).fetchall()[0][0]
     report.learned[m.label] = (int(learned), rows)
 
 
