@@ -324,6 +324,36 @@ def _local(cfg: ClusterConfig, security, announce) -> Iterator[Client]:
         cluster.close()
 
 
+def worker_memory(cfg: ClusterConfig) -> tuple[int | None, int]:
+    """``(memory limit of one worker in bytes, its threads)``, known before any cluster starts.
+
+    A LocalCluster's come from its settings, as Dask will parse them (``auto``: the
+    machine's memory times threads per worker over cores). A running scheduler's workers
+    are not asked (that would start a connection for a rerun with nothing to do): their
+    limit is ``cluster.memory_limit`` when set explicitly, else unknown (None).
+    """
+    from distributed.worker_memory import parse_memory_limit
+
+    threads = cfg.threads_per_worker
+    if cfg.scheduler and cfg.memory_limit == "auto":
+        return None, threads
+    cores = usable_cores() if not cfg.scheduler else threads
+    return parse_memory_limit(cfg.memory_limit, threads, total_cores=max(cores, threads), logger=log), threads
+
+
+def sized_unit_tokens(setting: int | None, cfg: ClusterConfig) -> int:
+    """Tokens per unit of a stage that reads piece groups (the build's explode, contexts):
+    ``setting`` (``build.explode_unit_tokens``) when given, else sized so that a worker's
+    threads, each running one unit, stay under ``inputs.UNIT_MEMORY_SHARE`` of its memory
+    limit (``worker_memory``; ``inputs.FALLBACK_UNIT_TOKENS`` when it is unknown)."""
+    from ngram_dask.inputs import unit_tokens_for
+
+    if setting:
+        return int(setting)
+    worker_limit, threads = worker_memory(cfg)
+    return unit_tokens_for(worker_limit, threads)
+
+
 def local_gpus(device: str) -> int:
     """CUDA devices this machine would give tasks that ask for ``device`` (0 for cpu)."""
     if device == "cpu":

@@ -230,9 +230,24 @@ class BuildConfig:
     verify_hashes: bool = setting(True, "check shard hashes listed in index.json")
     count_engine: str = setting("duckdb", "explode's counting: duckdb (hash aggregate, then a sort of the distinct "
                                           "n-grams) or numpy (sort every packed key); equal results")
-    explode_unit_tokens: int = setting(34_000_000, "tokens per explode unit: each unit reads as many consecutive "
-                                                   "input pieces as hold this many tokens (~8 B each of worker "
-                                                   "memory while counting); a work dir keeps its grouping")
+    explode_unit_tokens: Optional[int] = setting(None, "tokens per explode unit: each unit reads as many "
+                                                       "consecutive input pieces as hold this many (~28 B each "
+                                                       "of worker memory while counting); default: sized from "
+                                                       "the worker's memory limit so no unit makes a worker "
+                                                       "pause; a work dir keeps its grouping")
+    aggregate_budget_bytes: Optional[int] = setting(None, "memory one aggregate key range may use (default: "
+                                                          "duckdb_memory_fraction of the worker's limit); a "
+                                                          "chunk over it is cut into key ranges")
+    block_rows: int = setting(1 << 17, "rows per block of the explode's part files at most (a chunk's rows in a unit "
+                                       "are cut into 8 blocks when large): the key ranges of the aggregate are "
+                                       "planned from the blocks' first keys, and a range reads only its blocks")
+    plan: bool = setting(False, "print what the build would do (units, K, key ranges, files, scratch and "
+                                "catalog bytes, time per step) from the input's index and a sample, for the "
+                                "cluster settings given, and stop: no cluster, nothing written")
+    plan_sample_tokens: int = setting(4_000_000, "--plan: tokens sampled to fit the growth of distinct n-grams")
+    plan_sample_pieces: int = setting(4, "--plan: pieces the sample is spread over")
+    plan_tokens: Optional[float] = setting(None, "--plan: predict for a corpus of this many tokens like the input "
+                                                 "(e.g. 207e9 from a sample of the same kind of text)")
     duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
     duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
     aggregate_method: str = setting("auto", "auto: the numpy merge for chunks that fit duckdb_memory_fraction of "
@@ -259,8 +274,14 @@ class BuildConfig:
         if not 0 < self.duckdb_memory_fraction <= 1:
             raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
         _at_least("build.duckdb_threads", self.duckdb_threads, 1, optional=True)
-        if not 1 <= self.explode_unit_tokens < 1 << 32:  # partial counts are stored as uint32
+        if self.explode_unit_tokens is not None and not 1 <= self.explode_unit_tokens < 1 << 32:
+            # partial counts are stored as uint32
             raise ConfigError(f"build.explode_unit_tokens must be in [1, 2**32), got {self.explode_unit_tokens}")
+        _at_least("build.aggregate_budget_bytes", self.aggregate_budget_bytes, 1, optional=True)
+        _at_least("build.block_rows", self.block_rows, 1)
+        _at_least("build.plan_sample_tokens", self.plan_sample_tokens, 1000)
+        _at_least("build.plan_sample_pieces", self.plan_sample_pieces, 1)
+        _at_least("build.plan_tokens", self.plan_tokens, 1, optional=True)
 
 
 @dataclass
@@ -496,6 +517,7 @@ class DemoConfig:
 # What each command needs set, with the flag that sets it.
 REQUIRED = {
     "build": {"input": "--input", "work_dir": "--work-dir", "db": "--db"},
+    "plan": {"input": "--input"},
     "convert": {"convert.source": "--source", "convert.out": "--out"},
     "scan": {"input": "--input", "scan.model": "--model", "scan.out": "--out"},
     "score": {"db": "--db"},

@@ -11,6 +11,9 @@ variable                                what it does
 ``NGRAM_DASK_CRASH_IN_LOAD=n:chunk``    the build's client exits inside the load transaction
                                         that holds chunk ``chunk`` of ``n`` (nothing commits)
 ``NGRAM_DASK_CRASH_AFTER_LOAD=n:chunk`` ... right after that transaction commits
+``NGRAM_DASK_CRASH_IN_AGGREGATE=n:chunk:range``
+                                        the worker aggregating chunk ``chunk`` of ``n`` exits
+                                        after writing key range ``range`` of it (not the last)
 ``NGRAM_DASK_CRASH_IN_SCORE=<column>``  ``score`` exits once the first results of the model
                                         stored as ``<column>`` arrived
 ``NGRAM_DASK_CRASH_IN_SCORE=<column>:write``
@@ -41,6 +44,7 @@ CRASH_EXIT_CODE = 86
 
 CRASH_IN_LOAD = "NGRAM_DASK_CRASH_IN_LOAD"
 CRASH_AFTER_LOAD = "NGRAM_DASK_CRASH_AFTER_LOAD"
+CRASH_IN_AGGREGATE = "NGRAM_DASK_CRASH_IN_AGGREGATE"
 CRASH_IN_SCORE = "NGRAM_DASK_CRASH_IN_SCORE"
 SCAN_TEST_DELAY = "NGRAM_DASK_SCAN_TEST_DELAY"
 CRASH_IN_CONTEXTS = "NGRAM_DASK_CRASH_IN_CONTEXTS"

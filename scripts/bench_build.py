@@ -104,15 +104,15 @@ def run_floor(mds_root: str, chunks: int) -> dict:
 def run_aggregate_floor(work: str) -> dict:
     """Aggregate's floor, one core: every chunk's partial rows already in memory, merged
     (sum per key) and turned into the prefix table; reading and writing files excluded."""
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
-    from ngram_dask.ngrams import aggregate
+    from ngram_dask.ngrams import aggregate, partfile
 
     merge_s, rows_in, rows_out = 0.0, 0, 0
-    for chunk_dir in sorted(Path(work, "explode").glob("n=*/id0_chunk=*")):
-        n = int(chunk_dir.parent.name.split("=")[1])
-        files = sorted(str(p) for p in chunk_dir.glob("*.parquet"))
-        table = pq.read_table(files).combine_chunks() if files else None
+    for n, chunk in _explode_chunks(work):
+        tables = [t for b in aggregate.chunk_sources(work, n, chunk)
+                  for t in partfile.read_blocks(b, slice(None), [f"id{j}" for j in range(n)] + ["count"])]
+        table = pa.concat_tables(tables).combine_chunks() if tables else None
         if table is None or table.num_rows == 0:
             continue
         ids = [table.column(f"id{j}").to_numpy() for j in range(n)]
@@ -125,6 +125,13 @@ def run_aggregate_floor(work: str) -> dict:
         rows_in += table.num_rows
         rows_out += len(keys)
     return {"seconds": merge_s, "rows_in": rows_in, "rows_out": rows_out, "tokens": 0, "stages": {}, "scratch": {}}
+
+
+def _explode_chunks(work: str) -> list[tuple[int, int]]:
+    """Every (n, chunk) of a work dir's explode output (its manifest's K)."""
+    chunks = int(json.loads(Path(work, "manifest.json").read_text())["chunks"])
+    ns = sorted(int(p.name.split("=")[1]) for p in Path(work, "explode").glob("n=*"))
+    return [(n, c) for n in ns for c in range(chunks)]
 
 
 def run_load_floor(work: str, db_path: str, threads: int) -> dict:
@@ -158,12 +165,10 @@ def compare_aggregate_engines(work: str, sample: int = 16) -> list[dict]:
     from ngram_dask.ngrams import aggregate
 
     out = []
-    dirs = sorted(Path(work, "explode").glob("n=*/id0_chunk=*"))
+    dirs = _explode_chunks(work)
     step = max(1, len(dirs) // sample)
     # the first chunk twice: its first pass pays each engine's imports and is not kept
-    for i, chunk_dir in enumerate([dirs[0]] + dirs[::step][:sample]):
-        n = int(chunk_dir.parent.name.split("=")[1])
-        chunk = int(chunk_dir.name.split("=")[1])
+    for i, (n, chunk) in enumerate([dirs[0]] + dirs[::step][:sample]):
         row = {"n": n, "chunk": chunk}
         for method in ("numpy", "duckdb"):
             scratch = Path(work).parent / f"engine-{method}"

@@ -15,7 +15,7 @@ one process on ``--groups`` shard groups of the build's default size (two 32 MiB
   giving unsorted distinct keys and counts: DuckDB on one packed column, Arrow's
   ``value_counts``, pandas ``factorize`` + ``bincount``, and ``torch.unique`` (sorted);
 * sort: sorting the distinct keys (what a hash kernel leaves to do);
-* write: the group's partial Parquet files (``explode._write_part``).
+* write: the group's trigram part file (``partfile.write_part``: its blocks and index).
 
 Every kernel's result is checked against the build's engine. Then it prints the fastest
 build these parts allow on this machine: the explode with its best kernels, plus the
@@ -38,8 +38,8 @@ import numpy as np
 from benchkit.corpus import REPO, VOCAB, make_corpus
 
 from ngram_dask.inputs import group_pieces, plan_input, read_group
-from ngram_dask.ngrams import counting
-from ngram_dask.ngrams.explode import ExplodeSettings, _write_part, counts_table
+from ngram_dask.ngrams import counting, partfile
+from ngram_dask.ngrams.explode import ExplodeSettings, chunk_tables
 
 SENTINEL = np.iinfo(np.uint64).max
 
@@ -128,9 +128,7 @@ def profile_group(group, s: ExplodeSettings, reps: int, out_dir: str) -> dict:
 
     def write():
         shutil.rmtree(out_dir, ignore_errors=True)
-        for c in chunked.nonempty_chunks():
-            table = counts_table(chunked.chunk(int(c)), 3, bits, s.vocab_size)
-            _write_part(os.path.join(out_dir, f"c{c}.parquet"), table)
+        partfile.write_part(out_dir, "bench", k, bits, chunk_tables(chunked, 3, s))
 
     row["write the trigram partial files"], _ = timed(write, reps)
     row["tokens"] = float(len(tokens))

@@ -361,7 +361,22 @@ def test_a_megatron_file_on_s3_builds_in_several_tasks_identical_to_local(tmp_pa
                 "--db", str(tmp_path / "s3.duckdb"), "--s3-endpoint-url", endpoint, "--n-workers", "2",
                 *common, env=env)
     assert r.returncode == 0, r.stderr
-    assert "explode: 6 piece(s) of input in 6 task(s)" in r.stdout
+    assert "explode: 6 piece(s) of input in 6 unit(s)" in r.stdout
     assert len(fs.find("ngram/meg-work/explode/_done")) == 6
     tables = ["bigrams", "bigram_prefixes", "trigrams", "trigram_prefixes"]
     assert table_dump(tmp_path / "s3.duckdb", tables) == table_dump(tmp_path / "local.duckdb", tables)
+
+
+def test_plan_reads_an_s3_input_and_writes_nothing(tmp_path, s3_server):
+    """--plan on S3: the index and a sample read through the storage settings, no work dir."""
+    endpoint, env, fs = s3_server
+    rng = np.random.default_rng(9)
+    samples = [rng.integers(0, 3000, 512).tolist() for _ in range(30)]
+    write_mds(tmp_path / "mds", samples, size_limit=1 << 13)
+    fs.put(str(tmp_path / "mds"), "ngram/plan-mds", recursive=True)
+    r = run_cli("build", "--plan", "--input", "s3://ngram/plan-mds", "--s3-endpoint-url", endpoint,
+                "--n-workers", "2", "--memory-limit", "1GiB", "--plan-sample-pieces", "100", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("plan (predicted, nothing built): mds input") and "time:" in r.stdout
+    assert f"(sample: {sum(len(s) for s in samples):,} tokens" in r.stdout  # every sample read from S3
+    assert [p.name for p in tmp_path.iterdir()] == ["mds"]

@@ -15,7 +15,8 @@ index-based joins.
 Two sources give the same frames:
 
 * a **work dir** (local or any fsspec URL such as ``s3://``): the aggregate step's
-  per-chunk Parquet files, ``<work>/aggregate/n=<n>/{ngrams,prefixes}/chunk=<c>.parquet``,
+  per-chunk Parquet files, ``<work>/aggregate/n=<n>/{ngrams,prefixes}/chunk=<c>.parquet``
+  (a chunk summed in key ranges has a row group per range, still one file, still sorted),
   read straight from storage by the workers: nothing is copied to one machine;
 * a **catalog** (a local ``.duckdb`` file): each partition opens the database
   read-only and selects its chunk (the file must be reachable at the same path

@@ -4,7 +4,8 @@ Explode the MDS samples into partial counts per id0 chunk (a Dask bag of shard
 groups), aggregate each chunk (a Dask DataFrame of chunks), load them into the one
 DuckDB file and write the tokens and top tables. With --contexts, then find real
 examples of every task (the contexts stage, `ngram-dask contexts`). Rerun the same
-command to resume.
+command to resume. With --plan, print what the build would do (in seconds, no build)
+and stop.
 """
 
 from __future__ import annotations
@@ -39,13 +40,24 @@ BUILD_FLAGS = {
     "--aggregate-method": "build.aggregate_method",
     "--spill-dir": "build.spill_dir",
     "--explode-unit-tokens": "build.explode_unit_tokens",
+    "--aggregate-budget-bytes": "build.aggregate_budget_bytes",
+    "--block-rows": "build.block_rows",
     "--count-engine": "build.count_engine",
+    "--plan-sample-tokens": "build.plan_sample_tokens",
+    "--plan-sample-pieces": "build.plan_sample_pieces",
+    "--plan-tokens": "build.plan_tokens",
 }
 
 
 def run(args) -> int:
     cfg = config_from(args)
     announce = announcer(args)
+    if cfg.build.plan:
+        plan = importlib.import_module("ngram_dask.ngrams.plan")
+        cfg.check("plan")
+        for line in plan.plan_lines(plan.plan_build(cfg)):
+            announce(line)
+        return 0
     run_build_and_contexts(cfg, announce)
     return 0
 
@@ -68,6 +80,7 @@ def run_build_and_contexts(cfg, announce) -> None:
 def register(sub) -> None:
     p = command(sub, __doc__, [BUILD_FLAGS, STORAGE_FLAGS, CLUSTER_FLAGS])
     add_switches(p, CLUSTER_SWITCHES)
-    add_switches(p, {"--drop-eos": ("build.drop_eos", True), "--contexts": ("build.contexts", True)})
+    add_switches(p, {"--drop-eos": ("build.drop_eos", True), "--contexts": ("build.contexts", True),
+                     "--plan": ("build.plan", True)})
     add_renamed(p, {"--explode-task-tokens": "build.explode_task_tokens"})
     p.set_defaults(_run=run)

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from ngram_dask.cluster import sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.contexts.task import PART_FORMAT, ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
@@ -109,10 +110,11 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
         prompts, sum_counts, sizes = _read_prompts(db, con, info)
         have_tables = CONTEXTS in table_names(con)
     b = cfg.build
+    unit_tokens = sized_unit_tokens(b.explode_unit_tokens, cfg.cluster)
     read_as = plan_input(source, input_format=info.get("input_format", "auto"),
                          token_dtype=info.get("token_dtype") or b.token_dtype,
                          seq_len=int(info.get("seq_len", b.seq_len)), samples=info.get("samples_mode", b.samples),
-                         token_column=info.get("token_column") or None, unit_tokens=b.explode_unit_tokens)
+                         token_column=info.get("token_column") or None, unit_tokens=unit_tokens)
     pieces = read_as.pieces
     if read_as.format == "mds":
         size, unit, recorded_size = sum(r.extra.samples for r in pieces), "samples", info.get("samples")
@@ -133,7 +135,6 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
                 "drop_eos": drop_eos, "eos_id": cfg.build.eos_id if drop_eos else None,
                 "prompts": prompt_digest[:16]}
     present = have_tables and _recorded(info) == identity
-    unit_tokens = cfg.build.explode_unit_tokens
     work = cfg.work_dir or default_work_dir(db)
     digest = _digest({**identity, "unit_tokens": unit_tokens, "token_dtype": token_dtype,
                       "shards": [r.identity() for r in pieces], "part_format": PART_FORMAT})[:12]

@@ -100,6 +100,31 @@ def detect_format(files: list[str]) -> str:
     return next(iter(kinds))
 
 
+# Peak memory of an explode unit per token of its piece group (the tokens, the keys, the
+# hash aggregate or sort, the partial tables and their blocks): ~850 MiB at 34M tokens
+# (docs/performance.md, issue 28), rounded up.
+EXPLODE_BYTES_PER_TOKEN = 28
+# What a worker holds before any unit (Python, numpy, pyarrow, DuckDB, Dask's own state).
+WORKER_BASELINE_BYTES = 320 << 20
+# Share of the worker's limit the units of its threads may peak at together: below Dask's
+# pause (80%) and spill (70% target) thresholds, so a worker never pauses or restarts.
+UNIT_MEMORY_SHARE = 0.6
+# Without a known worker limit (a running scheduler and cluster.memory_limit auto).
+FALLBACK_UNIT_TOKENS = 34_000_000
+# Larger units save little (fewer, larger files) and lengthen the tail of the step.
+MAX_UNIT_TOKENS = 1 << 27
+MIN_UNIT_TOKENS = 1 << 20
+
+
+def unit_tokens_for(worker_limit: int | None, threads: int) -> int:
+    """Tokens per unit so that ``threads`` units stay under ``UNIT_MEMORY_SHARE`` of a
+    worker's ``worker_limit`` (the fallback when it is unknown)."""
+    if not worker_limit:
+        return FALLBACK_UNIT_TOKENS
+    room = (worker_limit * UNIT_MEMORY_SHARE - WORKER_BASELINE_BYTES) / max(threads, 1)
+    return int(min(MAX_UNIT_TOKENS, max(MIN_UNIT_TOKENS, room // EXPLODE_BYTES_PER_TOKEN)))
+
+
 def plan_input(url: str, *, input_format: str = "auto", token_dtype: str = "auto", seq_len: int = 2048,
                samples: str = "seq-len", token_column: str | None = None,
                unit_tokens: int = 34_000_000) -> InputPlan:

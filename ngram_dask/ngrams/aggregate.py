@@ -2,25 +2,36 @@
 
 Every n-gram with a given ``id0`` lands in one chunk, so a chunk's sums are final
 and its prefix table (which only groups by ``id0..id{n-2}``) needs no other chunk.
-Two ways to do it, chosen per chunk and recorded in its marker (``path``):
+A chunk's partial counts are its blocks in every unit's part file of n
+(``ngrams.partfile``: a few ranged reads per file, whatever K). Two ways to sum them,
+chosen per chunk and recorded in its marker (``path``):
 
-* ``numpy`` (the fast path): when the chunk's partial counts fit a memory budget,
-  read them, pack each row into one integer key and merge the already-sorted
-  partial files with a stable sort (timsort merges sorted runs in near-linear time),
-  sum equal keys and compute the prefix table from the sorted runs. No hashing.
-* ``duckdb``: otherwise DuckDB does it out of core inside the worker, with a memory
-  limit below the worker's and a temp directory to spill to.
+* ``numpy`` (the fast path, at any size): the chunk's sorted key space is cut into
+  *key ranges* whose partial rows fit the memory budget (``counting.key_ranges``, from
+  the blocks' first keys and row counts in the indexes: nothing is read to plan). Range
+  by range, the blocks overlapping it are read and cut to it, their rows packed into
+  one integer key each and merged with a stable sort (the blocks are sorted runs), equal
+  keys summed, the prefix rows computed from the sorted runs. Each range is appended to
+  the chunk's final files as a row group; a prefix cut by a range bound is merged with
+  its continuation (sums add, the larger max wins, the earlier range's id on ties), so
+  the files are those of one pass. No hashing, and no range needs more than the budget
+  (bounds fall on n-gram prefixes: a range holds whole n-grams of every derived n).
+* ``duckdb`` (the fallback: ``build.aggregate_method = duckdb``, or a chunk that would
+  need more than ``MAX_RANGES`` ranges): DuckDB's hash aggregate out of core inside the
+  worker, with a memory limit below the worker's and a temp directory to spill to.
 
 Either writes two sorted Parquet files with exactly the final tables' columns::
 
     <work>/aggregate/n=<n>/ngrams/chunk=<c>.parquet
     <work>/aggregate/n=<n>/prefixes/chunk=<c>.parquet
 
-then a ``_done`` marker with row counts (``runtime.resumable``). A chunk with a
-marker is skipped.
+(staged under a temporary name and published when the chunk is done), then a ``_done``
+marker with row counts (``runtime.resumable``). A chunk with a marker is skipped; a
+worker lost in the middle of a chunk leaves no final file and no marker, and the
+chunk is done again from its partial counts.
 
 A derived n (``AggregateSettings.derived``, e.g. the bigrams of a 2,3 build) has no
-task of its own: the task of chunk c of n + 1 sums its final (n+1)-gram counts over the
+unit of its own: the unit of chunk c of n + 1 sums its final (n+1)-gram counts over the
 last id, adds the samples' last n-grams (all the explode wrote for n), and writes n's
 files and marker for chunk c before its own marker.
 """
@@ -28,6 +39,7 @@ files and marker for chunk c before its own marker.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -35,13 +47,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ngram_dask import faults
 from ngram_dask.db import scalar
 from ngram_dask.errors import WorkDirError
-from ngram_dask.ngrams.counting import KEY_DTYPE, Counts, add_sorted, sum_runs, unpack_keys
-from ngram_dask.ngrams.explode import explode_dir
+from ngram_dask.ngrams import partfile
+from ngram_dask.ngrams.counting import (
+    KEY_DTYPE,
+    Counts,
+    add_sorted,
+    key_ranges,
+    pack_columns,
+    sum_runs,
+    unpack_keys,
+)
+from ngram_dask.ngrams.explode import n_dir
 from ngram_dask.runtime import resumable
 from ngram_dask.schema import id_columns
-from ngram_dask.storage import atomic_write_path, get_fs, glob, is_local, join, sql_string
+from ngram_dask.storage import atomic_write_path, glob, join, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +71,9 @@ log = logging.getLogger(__name__)
 # sort order, the sorted copies and the output columns (measured with tracemalloc
 # on a trigram chunk: ~60 B/row; rounded up).
 NUMPY_BYTES_PER_ROW = 80
+# A chunk needing more key ranges than this goes to DuckDB: each range reads the
+# blocks overlapping it, so very many ranges read the chunk's blocks many times.
+MAX_RANGES = 256
 # The final per-chunk files are written once and read once, whole (by the load, or by
 # `counts`). zstd at level 1 takes half the bytes of LZ4 (0.38 against 0.74 B/token at 1e9
 # tokens, which keeps the work dir under half the original's scratch) for ~+1 s of
@@ -66,11 +91,11 @@ class AggregateSettings:
     memory_fraction: float = 0.5
     threads: int | None = None
     memory_limit_bytes: int | None = None  # overrides the worker-derived limit (tests, no worker)
-    # "auto": numpy when the chunk's estimated footprint fits the budget, else DuckDB;
+    # "auto": numpy in key ranges that fit the budget (DuckDB past MAX_RANGES);
     # "numpy" / "duckdb" force one path (tests, benchmarks).
     method: str = "auto"
-    # Memory budget of the numpy path; None = memory_fraction of the worker's limit
-    # (the same share DuckDB would get), or DEFAULT_NUMPY_BUDGET without a worker.
+    # Memory budget of the numpy path per range; None = memory_fraction of the worker's
+    # limit (the same share DuckDB would get), or DEFAULT_NUMPY_BUDGET without a worker.
     numpy_budget_bytes: int | None = None
     # Where DuckDB spills; None = the worker's local directory (Dask's scratch space).
     spill_dir: str | None = None
@@ -79,7 +104,7 @@ class AggregateSettings:
     derived: tuple[int, ...] = ()
 
     def top(self, n: int) -> int:
-        """The n whose task writes n's files: n itself, or the first larger n not derived."""
+        """The n whose unit writes n's files: n itself, or the first larger n not derived."""
         while n in self.derived:
             n += 1
         return n
@@ -139,56 +164,300 @@ def chunk_sql(n: int, table: str = "g") -> tuple[str, str]:
     return ngrams, prefixes
 
 
-def partial_files(work_dir: str, n: int, chunk: int) -> list[str]:
-    return glob(join(explode_dir(work_dir), f"n={n}", f"id0_chunk={chunk}", "*.parquet"))
+def chunk_sources(work_dir: str, n: int, chunk: int) -> list[partfile.ChunkBlocks]:
+    """The blocks of ``chunk`` in every unit's part file of n (those holding any)."""
+    found = (partfile.chunk_blocks(url, chunk) for url in glob(join(n_dir(work_dir, n), "*.index")))
+    return [b for b in found if len(b)]
 
 
 @resumable(lambda n, chunk, s: marker_url(s.work_dir, n, chunk))
 def aggregate_chunk(n: int, chunk: int, s: AggregateSettings) -> dict:
-    """Sum the partial counts of one chunk and write its final rows (a resumable task).
+    """Sum the partial counts of one chunk and write its final rows (a resumable unit).
 
     With derived smaller n (``s.chain(n)``), their final rows are written too, each with
     its own marker, before this chunk's marker: a chunk whose marker exists has them all.
     """
     chain = s.chain(n)
-    parts = {m: partial_files(s.work_dir, m, chunk) for m in chain}
+    sources = {m: chunk_sources(s.work_dir, m, chunk) for m in chain}
     outs = {m: output_urls(s.work_dir, m, chunk) for m in chain}
-    stats = {m: {"n": m, "chunk": chunk, "inputs": len(parts[m]), "rows": 0, "prefix_rows": 0,
+    stats = {m: {"n": m, "chunk": chunk, "inputs": len(sources[m]), "rows": 0, "prefix_rows": 0,
                  "files": {}, "path": None} for m in chain}
     # A chunk may hold tails of a derived n and no (n+1)-gram at all (samples of n tokens).
-    if any(parts.values()):
+    if any(sources.values()):
         limit, threads, scratch = _worker_resources()
         limit = s.memory_limit_bytes or limit
-        path, estimate, budget = choose_path(n, [u for m in chain for u in parts[m]], s, limit)
-        done = None
-        if path == "numpy":
-            done = _aggregate_numpy(chain, parts, outs)
-            if done is None:  # ids too wide for one 64-bit key
-                path = "duckdb"
-        reason = _reason(s.method, path, estimate, budget)
+        rows = sum(int(b.rows.sum()) for m in chain for b in sources[m])
+        path, estimate, budget, n_ranges = choose_path(n, rows, s, limit)
+        reason = _reason(s.method, path, estimate, budget, n_ranges)
         log.info("aggregate n=%d chunk=%d: %s path (%s)", n, chunk, path, reason)
-        if done is None:
-            done = _aggregate_duckdb(chain, chunk, parts, outs, s, limit, threads, scratch)
+        if path == "numpy":
+            done = _aggregate_numpy(chain, chunk, sources, outs, n_ranges, scratch, s)
+        else:
+            done = _aggregate_duckdb(chain, chunk, sources, outs, s, limit, threads, scratch)
         for m in chain:
-            stats[m].update(done[m], path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget)
+            stats[m].update(done[m], path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget,
+                            partial_rows=sum(int(b.rows.sum()) for b in sources[m]))
     # The derived n's markers are written by the runtime, before this chunk's own.
     also = {marker_url(s.work_dir, m, chunk): {**stats[m], "derived_from": m + 1} for m in chain[1:]}
     return {**stats[n], "also": also}
 
 
 def chunk_results(top: dict) -> list[dict]:
-    """A chunk task's statistics, then those of the n derived in it (the same ``skipped``)."""
+    """A chunk unit's statistics, then those of the n derived in it (the same ``skipped``)."""
     also = top.get("also", {})
     return [{k: v for k, v in top.items() if k != "also"}] + list(also.values())
 
 
-def _aggregate_duckdb(chain: list[int], chunk: int, parts: dict[int, list[str]], outs: dict[int, dict[str, str]],
-                      s: AggregateSettings, limit: int | None, threads: int | None, scratch: str | None) -> dict:
+def _reason(method: str, path: str, estimate: int, budget: int, n_ranges: int) -> str:
+    if method != "auto":
+        return f"build.aggregate_method = {method}"
+    if path == "numpy":
+        return (f"{n_ranges} key range(s) of the numpy budget ({estimate:,} B over {budget:,} B each): "
+                "the sorted merge is faster")
+    return f"over {MAX_RANGES} ranges of the numpy budget ({estimate:,} B over {budget:,} B): DuckDB streams and spills"
+
+
+def choose_path(n: int, rows: int, s: AggregateSettings, worker_limit: int | None) -> tuple[str, int, int, int]:
+    """``(path, estimated_bytes, budget_bytes, ranges)`` for a chunk of ``rows`` partial rows:
+    the explicit choice of engine, and how many key ranges the numpy path cuts it into."""
+    if s.method not in ("auto", "numpy", "duckdb"):
+        raise ValueError(f"AggregateSettings.method must be auto, numpy or duckdb, got {s.method!r}")
+    if s.numpy_budget_bytes is not None:
+        budget = s.numpy_budget_bytes
+    elif worker_limit:
+        budget = int(worker_limit * s.memory_fraction)
+    else:
+        budget = DEFAULT_NUMPY_BUDGET
+    estimate = rows * (NUMPY_BYTES_PER_ROW + 2 * n)
+    n_ranges = max(1, math.ceil(estimate / max(budget, 1)))
+    if s.method == "duckdb" or (s.method == "auto" and n_ranges > MAX_RANGES):
+        return "duckdb", estimate, budget, 1
+    return "numpy", estimate, budget, min(n_ranges, MAX_RANGES)
+
+
+def merge_partials(n: int, ids: list, counts, bits: int):
+    """Sum partial counts: ``(keys, counts)`` with keys ascending and distinct.
+
+    Every partial block is sorted, so the concatenation is a few sorted runs and a
+    stable sort merges them in near-linear time.
+    """
+    keys = pack_columns(ids, bits)
+    order = np.argsort(keys, kind="stable")
+    merged = sum_runs(keys[order], counts.astype(np.uint64)[order])
+    return merged.keys, merged.counts
+
+
+def prefix_rows(n: int, keys, counts, bits: int):
+    """The prefix table of sorted distinct n-gram keys: per (id0..id{n-2}), the sum of
+    counts, the most frequent last id (smallest id on ties), its count and share."""
+    prefixes = keys >> KEY_DTYPE(bits)
+    starts = np.flatnonzero(np.concatenate(([True], prefixes[1:] != prefixes[:-1])))
+    sizes = np.diff(np.append(starts, len(keys)))
+    sums = np.add.reduceat(counts, starts)
+    maxes = np.maximum.reduceat(counts, starts)
+    # Within a prefix the last ids ascend, so the first row reaching the maximum holds
+    # the smallest id among the ties.
+    hits = np.flatnonzero(counts == np.repeat(maxes, sizes))
+    group = np.searchsorted(starts, hits, side="right") - 1
+    first_hit = hits[np.concatenate(([True], group[1:] != group[:-1]))]
+    last_ids = keys[first_hit] & KEY_DTYPE((1 << bits) - 1)
+    frac = maxes.astype(np.float64) / sums.astype(np.float64)
+    return prefixes[starts], last_ids, sums.astype(np.uint64), maxes.astype(np.uint64), frac
+
+
+def merge_prefix_runs(held: tuple | None, rows: tuple) -> tuple[tuple | None, tuple]:
+    """Join prefix rows cut by a range bound: ``held`` (the previous range's last row, kept
+    back) and this range's ``rows`` (prefixes, last ids, sums, maxes; ascending) ->
+    ``(new held row, rows ready to write)``. A prefix on both sides gets the summed count
+    and the larger max; on a tie the held row's id, which is smaller (its range is earlier)."""
+    heads, last, sums, maxes = (np.array(a, copy=True) for a in rows)
+    if held is not None:
+        if len(heads) and heads[0] == held[0][0]:
+            sums[0] += held[2][0]
+            if held[3][0] >= maxes[0]:
+                last[0], maxes[0] = held[1][0], held[3][0]
+        else:
+            heads, last, sums, maxes = (np.concatenate([h, a]) for h, a in zip(held, (heads, last, sums, maxes)))
+    if not len(heads):
+        return None, (heads, last, sums, maxes)
+    return (tuple(a[-1:] for a in (heads, last, sums, maxes)),
+            tuple(a[:-1] for a in (heads, last, sums, maxes)))
+
+
+def _block_overlap(first_keys: np.ndarray, lo: int, hi: int | None) -> np.ndarray:
+    """Which blocks of one sorted file may hold keys in ``[lo, hi)``: a block holds keys
+    from its first key up to (not including) the next block's; the last one, up to any."""
+    keep = np.ones(len(first_keys), bool)
+    if lo:
+        keep &= np.append(first_keys[1:], np.iinfo(KEY_DTYPE).max).astype(KEY_DTYPE) > KEY_DTYPE(lo)
+    if hi is not None:
+        keep &= first_keys < KEY_DTYPE(hi)
+    return keep
+
+
+def _read_range(m: int, blocks: list[partfile.ChunkBlocks], lo: int, hi: int | None, bits: int):
+    """Summed counts of m's partial rows with keys in ``[lo, hi)``, keys ascending;
+    the id type of the blocks; how many blocks were read."""
+    keys, counts, dtype, read = [], [], None, 0
+    for b in blocks:
+        for table in partfile.read_blocks(b, _block_overlap(b.first_keys, lo, hi), id_columns(m) + ["count"]):
+            read += 1
+            ids = [table.column(c).to_numpy() for c in id_columns(m)]
+            dtype = ids[0].dtype
+            k = pack_columns(ids, bits)
+            inside = k >= KEY_DTYPE(lo) if lo else np.ones(len(k), bool)
+            if hi is not None:
+                inside &= k < KEY_DTYPE(hi)
+            keys.append(k[inside])
+            counts.append(table.column("count").to_numpy()[inside].astype(np.uint64))
+    if not keys:
+        return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64)), dtype, read
+    k, c = np.concatenate(keys), np.concatenate(counts)
+    order = np.argsort(k, kind="stable")
+    return sum_runs(k[order], c[order]), dtype, read
+
+
+class _StagedParquet:
+    """One final file, written a row group per key range under a temporary name and
+    published (renamed, or uploaded in one PUT) once the whole chunk is done."""
+
+    def __init__(self, url: str, tmp_root: str, n: int, kind: str):
+        self.url, self.n, self.tmp_root = url, n, tmp_root
+        self.target = None  # storage.atomic_write_path, entered at the first row
+        self.writer = None
+        self.rows = 0
+
+    def write(self, columns: dict) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(columns)
+        if not table.num_rows:
+            return
+        if self.writer is None:
+            self.target = atomic_write_path(self.url, self.tmp_root)
+            self.writer = pq.ParquetWriter(self.target.__enter__(), table.schema, **_final_parquet(columns, self.n))
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def publish(self) -> str | None:
+        if self.writer is None:
+            return None
+        self.writer.close()
+        self.writer, target, self.target = None, self.target, None
+        target.__exit__(None, None, None)  # renamed into place, or uploaded
+        return self.url
+
+    def discard(self) -> None:
+        """Drop an unpublished file (the chunk failed): nothing is left behind."""
+        if self.writer is not None:
+            self.writer.close()
+            stop = RuntimeError("aggregate unit failed")
+            self.target.__exit__(RuntimeError, stop, None)
+
+
+def _aggregate_numpy(chain: list[int], chunk: int, sources: dict[int, list[partfile.ChunkBlocks]],
+                     outs: dict[int, dict[str, str]], n_ranges: int, scratch: str | None,
+                     s: AggregateSettings) -> dict:
+    """The in-memory path, one key range at a time (``n_ranges`` planned from the indexes)."""
+    n = chain[0]
+    bits = next(b.bits for m in chain for b in sources[m])
+    # Bounds on prefixes of the smallest derived n: each range holds whole n-grams of every n.
+    bounds = key_ranges(np.concatenate([b.first_keys for b in sources[n]] or [np.empty(0, KEY_DTYPE)]),
+                        np.concatenate([b.rows for b in sources[n]] or [np.empty(0, np.int64)]),
+                        n_ranges, bits * (n - chain[-1]))
+    ranges = list(zip([0] + bounds, bounds + [None]))
+    tmp_root = tempfile.mkdtemp(prefix=f"agg-n{n}-c{chunk}-", dir=s.spill_dir or scratch)
+    writers = {m: {kind: _StagedParquet(outs[m][kind], tmp_root, m, kind) for kind in outs[m]} for m in chain}
+    held: dict[int, tuple | None] = {m: None for m in chain}
+    rows = {m: 0 for m in chain}
+    prefix_count = {m: 0 for m in chain}
+    out_dtype = None
+    blocks_read = 0
+    try:
+        for r, (lo, hi) in enumerate(ranges):
+            keys = sums = None
+            for m in chain:
+                shift = bits * (n - m)
+                part, dtype, read = _read_range(m, sources[m], lo >> shift, None if hi is None else hi >> shift,
+                                                bits)
+                blocks_read += read
+                if out_dtype is None:
+                    out_dtype = dtype
+                if keys is not None:  # derived: the (m+1)-grams summed over their last id, plus the tails
+                    part = add_sorted(sum_runs(keys >> KEY_DTYPE(bits), sums), part)
+                keys, sums = part.keys, part.counts
+                if not len(keys):
+                    continue
+                rows[m] += len(keys)
+                cols = dict(zip(id_columns(m), unpack_keys(keys, m, bits, out_dtype)))
+                cols["count"] = sums
+                writers[m]["ngrams"].write(cols)
+                if m >= 2:
+                    heads, last, psum, pmax, _ = prefix_rows(m, keys, sums, bits)
+                    held[m], ready = merge_prefix_runs(held[m], (heads, last, psum, pmax))
+                    prefix_count[m] += _write_prefixes(writers[m]["prefixes"], m, ready, bits, out_dtype)
+            if r < len(ranges) - 1:
+                faults.crash_point(faults.CRASH_IN_AGGREGATE, f"{n}:{chunk}:{r}")
+        results = {}
+        for m in chain:
+            if held[m] is not None:
+                prefix_count[m] += _write_prefixes(writers[m]["prefixes"], m, held[m], bits, out_dtype)
+            files = {kind: url for kind, w in writers[m].items() if (url := w.publish())}
+            results[m] = {"rows": rows[m], "prefix_rows": prefix_count[m], "files": files,
+                          "ranges": len(ranges), "blocks_read": blocks_read}
+        return results
+    finally:
+        for ws in writers.values():
+            for w in ws.values():
+                w.discard()
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _write_prefixes(writer: _StagedParquet, n: int, rows: tuple, bits: int, out_dtype) -> int:
+    heads, last, psum, pmax = rows
+    if not len(heads):
+        return 0
+    cols = dict(zip(id_columns(n)[:-1], unpack_keys(heads, n - 1, bits, out_dtype)))
+    cols[id_columns(n)[-1]] = last.astype(out_dtype)
+    cols.update(sum_count=psum.astype(np.uint64), max_count=pmax.astype(np.uint64),
+                frac_max=pmax.astype(np.float64) / psum.astype(np.float64))
+    writer.write(cols)
+    return len(heads)
+
+
+def _final_parquet(columns, n: int) -> dict:
+    """Parquet options of a final file. The columns that are not ids (counts, mostly small
+    numbers in 8 bytes, and shares) are byte-stream split: zstd then meets their high bytes
+    as runs of zeros, which took ~25% off writing a trigram file, and ~1.5 s off the
+    aggregate+load at 1e9 tokens (docs/performance.md)."""
+    ids = set(id_columns(n))
+    return {**FINAL_PARQUET, "column_encoding": {c: "BYTE_STREAM_SPLIT" for c in columns if c not in ids}}
+
+
+def _block_stream(blocks: list[partfile.ChunkBlocks], columns: list[str]):
+    """Every block of a chunk as one Arrow stream, read as DuckDB consumes it."""
+    import pyarrow as pa
+
+    tables = (t for b in blocks for t in partfile.read_blocks(b, slice(None), columns))
+    first = next(tables)
+
+    def batches():
+        yield from first.to_batches()
+        for t in tables:
+            yield from t.to_batches()
+
+    return pa.RecordBatchReader.from_batches(first.schema, batches())
+
+
+def _aggregate_duckdb(chain: list[int], chunk: int, sources: dict[int, list[partfile.ChunkBlocks]],
+                      outs: dict[int, dict[str, str]], s: AggregateSettings, limit: int | None,
+                      threads: int | None, scratch: str | None) -> dict:
     """Out of core: DuckDB's hash aggregate under a memory limit, spilling to local disk."""
     import duckdb
 
     try:
-        return _duckdb_chunk(chain, chunk, parts, outs, s, limit, threads, scratch)
+        return _duckdb_chunk(chain, chunk, sources, outs, s, limit, threads, scratch)
     except duckdb.OutOfMemoryException as exc:
         raise WorkDirError(
             f"aggregating chunk {chunk} of n={chain[0]} ran out of memory under DuckDB's limit "
@@ -197,8 +466,9 @@ def _aggregate_duckdb(chain: list[int], chunk: int, parts: dict[int, list[str]],
         ) from None
 
 
-def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], outs: dict[int, dict[str, str]],
-                  s: AggregateSettings, limit: int | None, threads: int | None, scratch: str | None) -> dict:
+def _duckdb_chunk(chain: list[int], chunk: int, sources: dict[int, list[partfile.ChunkBlocks]],
+                  outs: dict[int, dict[str, str]], s: AggregateSettings, limit: int | None,
+                  threads: int | None, scratch: str | None) -> dict:
     from ngram_dask.db import memory
 
     results = {}
@@ -212,24 +482,23 @@ def _duckdb_chunk(chain: list[int], chunk: int, parts: dict[int, list[str]], out
             "preserve_insertion_order": False,
             **({"memory_limit": f"{max(32 << 20, int(limit * s.memory_fraction))}B"} if limit else {}),
         })
-        if not is_local(s.work_dir):
-            con.register_filesystem(get_fs(s.work_dir)[0])
         spilled = 0
         previous = None  # the temp table of the n before (n + 1), if it had rows
         for n in chain:
             ids = ", ".join(id_columns(n))
             table = f"g{n}"
-            sources = [f"SELECT {ids}, count FROM {previous}"] if previous else []  # derived: by prefix
-            if parts[n]:
-                sources.append(f"SELECT {ids}, count FROM read_parquet(?, hive_partitioning = false)")
-            if not sources:  # no (n+1)-gram in this chunk, only tails of a smaller n
+            sources_sql = [f"SELECT {ids}, count FROM {previous}"] if previous else []  # derived: by prefix
+            if sources[n]:
+                con.register(f"parts{n}", _block_stream(sources[n], id_columns(n) + ["count"]))
+                sources_sql.append(f"SELECT {ids}, count FROM parts{n}")
+            if not sources_sql:  # no (n+1)-gram in this chunk, only tails of a smaller n
                 results[n] = {"rows": 0, "prefix_rows": 0, "files": {}, "spilled_bytes": spilled}
                 continue
             con.execute(
                 f"CREATE TEMP TABLE {table} AS SELECT {ids}, CAST(SUM(count) AS UBIGINT) AS count "
-                f"FROM ({' UNION ALL '.join(sources)}) GROUP BY {ids}",
-                [parts[n]] if parts[n] else [],
-            )
+                f"FROM ({' UNION ALL '.join(sources_sql)}) GROUP BY {ids}")
+            if sources[n]:
+                con.unregister(f"parts{n}")
             if previous:
                 con.execute(f"DROP TABLE {previous}")
             previous = table
@@ -261,145 +530,6 @@ def _spilled_bytes(con) -> int:
     return int(scalar(con, "SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()"))
 
 
-def _reason(method: str, path: str, estimate: int, budget: int) -> str:
-    if method != "auto":
-        return f"build.aggregate_method = {method}"
-    if path == "numpy":
-        return f"fits the numpy budget ({estimate:,} <= {budget:,} B): the sorted merge is faster"
-    return f"over the numpy budget ({estimate:,} > {budget:,} B): DuckDB streams and spills"
-
-
-def choose_path(n: int, parts: list[str], s: AggregateSettings, worker_limit: int | None) -> tuple[str, int, int]:
-    """``(path, estimated_bytes, budget_bytes)`` for a chunk: the explicit choice of engine.
-
-    The estimate comes from the Parquet footers (row counts), not from reading data.
-    """
-    if s.method not in ("auto", "numpy", "duckdb"):
-        raise ValueError(f"AggregateSettings.method must be auto, numpy or duckdb, got {s.method!r}")
-    if s.numpy_budget_bytes is not None:
-        budget = s.numpy_budget_bytes
-    elif worker_limit:
-        budget = int(worker_limit * s.memory_fraction)
-    else:
-        budget = DEFAULT_NUMPY_BUDGET
-    if s.method == "duckdb":
-        return "duckdb", 0, budget
-    import pyarrow.parquet as pq
-
-    rows = 0
-    for url in parts:
-        fs, p = get_fs(url)
-        with fs.open(p, "rb") as f:
-            rows += pq.read_metadata(f).num_rows
-    estimate = rows * (NUMPY_BYTES_PER_ROW + 2 * n)
-    if s.method == "numpy":
-        return "numpy", estimate, budget
-    return ("numpy" if estimate <= budget else "duckdb"), estimate, budget
-
-
-def _read_partials(n: int, parts: list[str]):
-    """The id columns and counts of every partial file, concatenated in file order."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = []
-    for url in parts:
-        fs, p = get_fs(url)
-        with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f, columns=id_columns(n) + ["count"], use_threads=False))
-    table = pa.concat_tables(tables).combine_chunks()
-    return [table.column(c).to_numpy() for c in id_columns(n)], table.column("count").to_numpy()
-
-
-def merge_partials(n: int, ids: list, counts, bits: int):
-    """Sum partial counts: ``(keys, counts)`` with keys ascending and distinct.
-
-    Every partial file is sorted, so the concatenation is a few sorted runs and a
-    stable sort merges them in near-linear time.
-    """
-    keys = np.zeros(len(counts), KEY_DTYPE)
-    for col in ids:
-        keys <<= KEY_DTYPE(bits)
-        keys |= col
-    order = np.argsort(keys, kind="stable")
-    merged = sum_runs(keys[order], counts.astype(np.uint64)[order])
-    return merged.keys, merged.counts
-
-
-def prefix_rows(n: int, keys, counts, bits: int):
-    """The prefix table of sorted distinct n-gram keys: per (id0..id{n-2}), the sum of
-    counts, the most frequent last id (smallest id on ties), its count and share."""
-    prefixes = keys >> KEY_DTYPE(bits)
-    starts = np.flatnonzero(np.concatenate(([True], prefixes[1:] != prefixes[:-1])))
-    sizes = np.diff(np.append(starts, len(keys)))
-    sums = np.add.reduceat(counts, starts)
-    maxes = np.maximum.reduceat(counts, starts)
-    # Within a prefix the last ids ascend, so the first row reaching the maximum holds
-    # the smallest id among the ties.
-    hits = np.flatnonzero(counts == np.repeat(maxes, sizes))
-    group = np.searchsorted(starts, hits, side="right") - 1
-    first_hit = hits[np.concatenate(([True], group[1:] != group[:-1]))]
-    last_ids = keys[first_hit] & KEY_DTYPE((1 << bits) - 1)
-    frac = maxes.astype(np.float64) / sums.astype(np.float64)
-    return prefixes[starts], last_ids, sums.astype(np.uint64), maxes.astype(np.uint64), frac
-
-
-def _aggregate_numpy(chain: list[int], parts: dict[int, list[str]], outs: dict[int, dict[str, str]]) -> dict | None:
-    """The in-memory path; None when the ids are too wide to pack ``chain[0]`` of them in 64 bits."""
-
-    read = {m: _read_partials(m, parts[m]) for m in chain if parts[m]}
-    n = chain[0]
-    out_dtype = next(iter(read.values()))[0][0].dtype  # the explode wrote the final id type
-    # Key width from the largest id present: wide vocabularies still pack when they can.
-    bits = max(1, max(int(c.max()) if len(c) else 0 for ids, _ in read.values() for c in ids).bit_length())
-    if n * bits > 64:
-        return None
-    if n in read:
-        keys, sums = merge_partials(n, *read.pop(n), bits)
-        results = {n: _write_final(n, keys, sums, bits, out_dtype, outs[n])}
-    else:
-        keys, sums = np.empty(0, KEY_DTYPE), np.empty(0, np.uint64)
-        results = {n: {"rows": 0, "prefix_rows": 0, "files": {}}}
-    for m in chain[1:]:
-        # Derived: the (m+1)-grams summed over their last id (still sorted), plus the tails.
-        counts = sum_runs(keys >> KEY_DTYPE(bits), sums)
-        if m in read:
-            counts = add_sorted(counts, Counts(*merge_partials(m, *read.pop(m), bits)))
-        keys, sums = counts.keys, counts.counts
-        results[m] = _write_final(m, keys, sums, bits, out_dtype, outs[m])
-    return results
-
-
-def _final_parquet(columns, n: int) -> dict:
-    """Parquet options of a final file. The columns that are not ids (counts, mostly small
-    numbers in 8 bytes, and shares) are byte-stream split: zstd then meets their high bytes
-    as runs of zeros, which took ~25% off writing a trigram file, and ~1.5 s off the
-    aggregate+load at 1e9 tokens (docs/performance.md)."""
-    ids = set(id_columns(n))
-    return {**FINAL_PARQUET, "column_encoding": {c: "BYTE_STREAM_SPLIT" for c in columns if c not in ids}}
-
-
-def _write_final(n: int, keys, sums, bits: int, out_dtype, outs: dict[str, str]) -> dict:
-    """The final n-gram and prefix files of one chunk, from its sorted distinct keys."""
-    import pyarrow as pa
-
-    from ngram_dask.storage import atomic_write_parquet
-
-    cols = dict(zip(id_columns(n), unpack_keys(keys, n, bits, out_dtype)))
-    cols["count"] = sums
-    atomic_write_parquet(outs["ngrams"], pa.table(cols), **_final_parquet(cols, n))
-    res = {"rows": len(keys), "prefix_rows": 0, "files": {"ngrams": outs["ngrams"]}}
-    if n >= 2:
-        heads, last, psum, pmax, frac = prefix_rows(n, keys, sums, bits)
-        pcols = dict(zip(id_columns(n)[:-1], unpack_keys(heads, n - 1, bits, out_dtype)))
-        pcols[id_columns(n)[-1]] = last.astype(out_dtype)
-        pcols.update(sum_count=psum, max_count=pmax, frac_max=frac)
-        atomic_write_parquet(outs["prefixes"], pa.table(pcols), **_final_parquet(pcols, n))
-        res["prefix_rows"] = len(heads)
-        res["files"]["prefixes"] = outs["prefixes"]
-    return res
-
-
 # ----------------------------------------------------------------------------- as a Dask DataFrame
 #
 # The aggregate step is a Dask DataFrame of id0 chunks: ``dd.from_map`` makes exactly one
@@ -415,7 +545,13 @@ CHUNK_COLUMNS = {"n": "int64", "id0_chunk": "int64", "partial_dir": "object"}
 RESULT_COLUMNS = {"n": "int64", "id0_chunk": "int64", "inputs": "int64", "rows": "int64",
                   "prefix_rows": "int64", "ngrams_file": "object", "prefixes_file": "object",
                   "path": "object", "reason": "object", "estimated_bytes": "float64", "budget_bytes": "float64",
-                  "spilled_bytes": "float64", "derived_from": "float64", "seconds": "float64", "skipped": "bool"}
+                  "spilled_bytes": "float64", "derived_from": "float64", "partial_rows": "float64",
+                  "ranges": "float64", "blocks_read": "float64", "seconds": "float64", "skipped": "bool"}
+
+
+# Statistics that only some units have (None when absent): float columns, NaN for None.
+NUMBERS = ("estimated_bytes", "budget_bytes", "spilled_bytes", "derived_from", "partial_rows", "ranges",
+           "blocks_read")
 
 
 def _empty_frame(columns: dict):
@@ -425,12 +561,11 @@ def _empty_frame(columns: dict):
 
 
 def chunk_row(ref: tuple[int, int], work_dir: str):
-    """The partition of one (n, chunk): a one-row frame naming its partial files' folder."""
+    """The partition of one (n, chunk): a one-row frame naming the folder of n's part files."""
     import pandas as pd
 
     n, chunk = ref
-    return pd.DataFrame({"n": [n], "id0_chunk": [chunk],
-                         "partial_dir": [join(explode_dir(work_dir), f"n={n}", f"id0_chunk={chunk}")]})
+    return pd.DataFrame({"n": [n], "id0_chunk": [chunk], "partial_dir": [n_dir(work_dir, n)]})
 
 
 def aggregate_partition(part, s: AggregateSettings):
@@ -457,7 +592,7 @@ def _result_row(res: dict) -> dict:
             "rows": int(res.get("rows", 0)), "prefix_rows": int(res.get("prefix_rows", 0)),
             "ngrams_file": files.get("ngrams"), "prefixes_file": files.get("prefixes"),
             "path": res.get("path"), "reason": res.get("reason"),
-            **{k: number(k) for k in ("estimated_bytes", "budget_bytes", "spilled_bytes", "derived_from")},
+            **{k: number(k) for k in NUMBERS},
             "seconds": float(res.get("seconds", 0.0)), "skipped": bool(res.get("skipped"))}
 
 
@@ -475,7 +610,7 @@ def unit_stats(frame) -> list[dict]:
                "files": {k: row[f"{k}_file"] for k in ("ngrams", "prefixes") if text(row[f"{k}_file"])},
                "path": text(row["path"]), "reason": text(row["reason"]), "seconds": float(row["seconds"]),
                "skipped": bool(row["skipped"])}
-        for k in ("estimated_bytes", "budget_bytes", "spilled_bytes", "derived_from"):
+        for k in NUMBERS:
             if not math.isnan(row[k]):
                 res[k] = int(row[k])
         out.append(res)

@@ -96,6 +96,38 @@ def unpack_keys(keys: np.ndarray, n: int, bits: int, dtype=np.uint32) -> list[np
     ]
 
 
+def pack_columns(columns: list[np.ndarray], bits: int) -> np.ndarray:
+    """Packed keys of rows given as id columns ``[id0, ..., id{n-1}]`` (the inverse of ``unpack_keys``)."""
+    keys = np.zeros(len(columns[0]) if columns else 0, KEY_DTYPE)
+    for col in columns:
+        keys <<= KEY_DTYPE(bits)
+        keys |= col
+    return keys
+
+
+def key_ranges(first_keys: np.ndarray, rows: np.ndarray, n_ranges: int, align: int) -> list[int]:
+    """Cut a sorted key space into about ``n_ranges`` ranges of equal rows: the lower bounds
+    of ranges 1.. (range 0 starts at 0, the last one is unbounded).
+
+    ``first_keys``/``rows``: blocks of sorted rows (from several sorted files, in any order),
+    each given by its first key and its row count; a block's rows are taken to sit at its
+    first key, so the ranges are as even as the blocks are fine. Every bound is a multiple
+    of ``2**align`` (the keys' low ``align`` bits zero): keys sharing their high bits (an
+    n-gram's prefix) never straddle two ranges. Fewer ranges come back when the blocks
+    cannot tell more apart.
+    """
+    if n_ranges <= 1 or len(first_keys) == 0:
+        return []
+    order = np.argsort(first_keys, kind="stable")
+    keys = np.asarray(first_keys, KEY_DTYPE)[order] >> KEY_DTYPE(align) << KEY_DTYPE(align)
+    before = np.cumsum(np.asarray(rows, np.int64)[order]) - np.asarray(rows, np.int64)[order]
+    total = int(before[-1] + rows[order[-1]])
+    targets = [total * i / n_ranges for i in range(1, n_ranges)]
+    at = np.searchsorted(before, targets, side="left")
+    bounds = sorted({int(keys[i]) for i in at if i < len(keys)} - {int(keys[0])} - {0})
+    return bounds
+
+
 def first_ids(keys: np.ndarray, n: int, bits: int) -> np.ndarray:
     """``id0`` of each packed key."""
     return keys >> KEY_DTYPE(bits * (n - 1))

@@ -1,24 +1,25 @@
-"""The build's explode step: the input's pieces -> partial n-gram counts in Parquet, split by ``id0 % K``.
+"""The build's explode step: the input's pieces -> partial n-gram counts, one file pair per (unit, n).
 
 A piece (``ngram_dask.inputs``) is an MDS shard, or a byte range of a Megatron, flat
-``.bin``/``.npy`` or Parquet file of about ``unit_tokens`` tokens. Each unit takes a
-*piece group* of consecutive pieces (as many as fit ``unit_tokens``),
-counts every n-gram inside each sample of all of them at once (sort + run length,
-in numpy), and writes, per n and per chunk, one file::
+``.bin``/``.npy`` or Parquet file. Each unit takes a *piece group* (consecutive pieces,
+as many as fit ``unit_tokens``, which the build sizes from the worker's memory),
+counts every n-gram inside each sample of all of them at once (one sort or hash
+aggregate per unit, the smaller n derived), and writes, per n, one data file and its
+index (``ngrams.partfile``)::
 
-    <work>/explode/n=<n>/id0_chunk=<c>/part-<group>.parquet
+    <work>/explode/n=<n>/part-<group>.data    sorted by (id0 % K, ids), in blocks
+    <work>/explode/n=<n>/part-<group>.index   where each chunk's blocks are
 
-sorted by the ids, narrow types (uint16 ids, uint32 counts), zstd-compressed. For the n
-in ``derived`` (n + 1 is counted too), the file holds only the counts of each sample's
-last n-gram: the aggregate derives the other n-grams from the (n+1)-grams.
-Counting several pieces together merges their partial counts before anything is
-written: fewer rows for the aggregate to read and fewer, larger files.
+narrow types (uint16 ids, uint32 counts), zstd-compressed. How many files does not
+depend on K. For the n in ``derived`` (n + 1 is counted too), the file holds only the
+counts of each sample's last n-gram: the aggregate derives the other n-grams from the
+(n+1)-grams.
 
-The group name is its first piece's name plus how many follow, so a retried or
-re-run unit replaces its own output and nothing is counted twice; the work dir's
-manifest records ``unit_tokens``, so a rerun cannot regroup pieces under files of
-another grouping. A ``_done/<group>.json`` marker written last (``runtime.resumable``)
-holds the group's statistics; a group with a marker is skipped.
+The group name is its first piece's name plus how many follow, so a retried or re-run
+unit replaces its own output and nothing is counted twice; the work dir's manifest
+records the unit size, so a rerun cannot regroup pieces under files of another grouping.
+A ``_done/<group>.json`` marker written last (``runtime.resumable``) holds the group's
+statistics; a group with a marker is skipped.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask.inputs import Piece, PieceGroup, read_group
-from ngram_dask.ngrams import counting
+from ngram_dask.ngrams import counting, partfile
 from ngram_dask.runtime import resumable, thread_buffer
-from ngram_dask.storage import atomic_write_parquet, join
+from ngram_dask.storage import join
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ExplodeSettings:
     # n whose partial files hold only each sample's last n-gram: the aggregate derives the
     # rest from the (n+1)-grams (counting.derived_in_aggregate)
     derived: tuple[int, ...] = ()
+    block_rows: int = partfile.DEFAULT_BLOCK_ROWS  # rows per block of a part file (tests set it small)
 
     @property
     def bits(self) -> int:
@@ -60,8 +62,9 @@ def explode_dir(work_dir: str) -> str:
     return join(work_dir, "explode")
 
 
-def part_url(work_dir: str, n: int, chunk: int, group_name: str) -> str:
-    return join(explode_dir(work_dir), f"n={n}", f"id0_chunk={chunk}", f"part-{group_name}.parquet")
+def n_dir(work_dir: str, n: int) -> str:
+    """The folder of n's part files (``partfile``: a data and an index file per unit)."""
+    return join(explode_dir(work_dir), f"n={n}")
 
 
 def marker_url(work_dir: str, group_name: str) -> str:
@@ -83,15 +86,11 @@ def explode_tokens(tokens: np.ndarray, offsets: np.ndarray, n: int, s: ExplodeSe
     return counting.count_keys(counting.ngram_keys(tokens, offsets, n, s.bits, exclude_id=exclude))
 
 
-def _write_part(url: str, table: pa.Table) -> int:
-    # Sorted narrow columns compress well with plain zstd; dictionary pages cost ~30% more
-    # write time and ~12% more bytes here, and column statistics ~a third of the write
-    # time while nothing reads them (the aggregate reads these files whole). One row
-    # group per file keeps the footer small. The counts (mostly 1) are byte-stream split, so
-    # zstd meets their high bytes as runs of zeros: ~12% less write time, ~8% fewer bytes.
-    return atomic_write_parquet(url, table, compression="zstd", use_dictionary=False,
-                                write_statistics=False, row_group_size=max(1, table.num_rows),
-                                column_encoding={"count": "BYTE_STREAM_SPLIT"})
+def chunk_tables(c: counting.ChunkedCounts, n: int, s: ExplodeSettings):
+    """``(chunk, table, keys)`` of each non-empty chunk, ascending: what ``partfile.write_part`` takes."""
+    for chunk in c.nonempty_chunks():
+        part = c.chunk(int(chunk))
+        yield int(chunk), counts_table(part, n, s.bits, s.vocab_size), part.keys
 
 
 def _workspace(tokens: int) -> np.ndarray:
@@ -103,8 +102,8 @@ def explode_group(group: PieceGroup, s: ExplodeSettings) -> dict:
     """Explode one piece group; returns its statistics (a resumable unit).
 
     Every n is counted in one pass (``counting.count_by_chunk``: one sort for the
-    largest n, the smaller ones derived from it), then each non-empty chunk of each n
-    is written as one sorted Parquet file.
+    largest n, the smaller ones derived from it), then each n is written as one part
+    file, its chunks in order (``partfile.write_part``).
     """
     t0 = time.perf_counter()
     data = read_group(group, s.vocab_size, s.verify_hashes)
@@ -133,10 +132,10 @@ def explode_group(group: PieceGroup, s: ExplodeSettings) -> dict:
         counted = int(c.counts.sum()) if len(c) else 0
         stats["ngrams"][str(n)] = counted if s.drop_eos else counting.ngram_totals(lengths, n)
         stats["distinct" if n not in s.derived else "tails"][str(n)] = len(c)
-        for chunk in c.nonempty_chunks():
-            table = counts_table(c.chunk(int(chunk)), n, s.bits, s.vocab_size)
-            stats["bytes"] += _write_part(part_url(s.work_dir, n, int(chunk), group.name), table)
-            stats["files"] += 1
+        wrote = partfile.write_part(n_dir(s.work_dir, n), group.name, s.chunks, s.bits,
+                                    chunk_tables(c, n, s), s.block_rows)
+        stats["bytes"] += wrote["bytes"]
+        stats["files"] += 2
         del c
     stats["count_seconds"] = round(t_count - t0, 4)  # read + count; the rest is writing files
     return stats

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ngram_dask import __version__
-from ngram_dask.cluster import package_versions
+from ngram_dask.cluster import package_versions, sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, scalar, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
@@ -67,7 +67,13 @@ def build_identity(cfg: Config) -> dict[str, str]:
     }
 
 
-def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
+# The explode's part files: one data and index file per (unit, n), chunks as blocks
+# (``ngrams.partfile``). A work dir of the older layout (a file per unit, n and chunk) has
+# no such key in its manifest and is refused in one line.
+EXPLODE_LAYOUT = "unit-files-1"
+
+
+def work_dir_manifest(cfg: Config, plan: InputPlan, unit_tokens: int) -> Manifest:
     """What the work dir's intermediate results depend on: another input or layout is refused."""
     identity = {
         **build_identity(cfg),
@@ -76,7 +82,8 @@ def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
         "samples": plan.samples,
         "shards": [piece.identity() for piece in plan.pieces],
         # Part files are named after their shard group: another grouping must not mix in.
-        "explode_unit_tokens": cfg.build.explode_unit_tokens,
+        "explode_unit_tokens": unit_tokens,
+        "explode_layout": EXPLODE_LAYOUT,
         # The n whose part files hold only the samples' last n-grams.
         "derived": list(derived_in_aggregate(cfg.build.ngrams, cfg.build.drop_eos)),
     }
@@ -84,7 +91,20 @@ def work_dir_manifest(cfg: Config, plan: InputPlan) -> Manifest:
         "shards": "the input pieces",
         "explode_unit_tokens": lambda old, new: f"piece groups (build.explode_unit_tokens {old}, not {new})",
         "derived": "partial files (written by another version of ngram-dask)",
+        "explode_layout": "explode layout (part files per chunk, written by an older ngram-dask)",
     })
+
+
+def explode_unit_tokens(cfg: Config) -> int:
+    """Tokens per explode unit: ``build.explode_unit_tokens``, else the size a work dir
+    recorded (it keeps its grouping, whatever the cluster now), else sized from the
+    worker's memory (``cluster.sized_unit_tokens``)."""
+    if cfg.build.explode_unit_tokens:
+        return cfg.build.explode_unit_tokens
+    recorded = Manifest(join(cfg.work_dir, "manifest.json"), {}, f"work dir {cfg.work_dir}").read() or {}
+    if recorded.get("explode_layout") == EXPLODE_LAYOUT and recorded.get("explode_unit_tokens"):
+        return int(recorded["explode_unit_tokens"])
+    return sized_unit_tokens(None, cfg.cluster)
 
 
 def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
@@ -96,8 +116,9 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
     b = cfg.build
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    unit_tokens = explode_unit_tokens(cfg)
     plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
-                      samples=b.samples, token_column=b.token_column, unit_tokens=b.explode_unit_tokens)
+                      samples=b.samples, token_column=b.token_column, unit_tokens=unit_tokens)
     pieces = plan.pieces
     report.pieces = len(pieces)
     token_dtype = plan.token_dtype
@@ -110,12 +131,12 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
     xs = ExplodeSettings(
         work_dir=cfg.work_dir, ngrams=tuple(sorted(b.ngrams)), chunks=b.chunks,
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
-        eos_id=b.eos_id, verify_hashes=b.verify_hashes, unit_tokens=b.explode_unit_tokens,
-        count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos),
+        eos_id=b.eos_id, verify_hashes=b.verify_hashes, unit_tokens=unit_tokens,
+        count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos), block_rows=b.block_rows,
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
                             threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir,
-                            derived=xs.derived)
+                            derived=xs.derived, numpy_budget_bytes=b.aggregate_budget_bytes)
 
     def steps(ctx: StageContext):
         yield _explode_step(pieces, xs, b.steps, announce)
@@ -146,7 +167,7 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
             for table in [ngram_table(n)] + ([prefix_table(n)] if n >= 2 else []):
                 report.rows[table] = scalar(writer.con, f"SELECT count(*) FROM {table}")
 
-    return Stage(steps, report, manifest=work_dir_manifest(cfg, plan), db=cfg.db, db_identity=identity,
+    return Stage(steps, report, manifest=work_dir_manifest(cfg, plan, unit_tokens), db=cfg.db, db_identity=identity,
                  db_settings=WRITER_SETTINGS, access=(cfg.input, cfg.work_dir))
 
 

@@ -89,25 +89,32 @@ def test_both_paths_match_the_oracle(exploded, tmp_path, method, n):
 
 
 def test_auto_choice_follows_the_budget(exploded):
+    """A budget the chunk fits: numpy in one range; half of it: two ranges; one byte (more
+    than MAX_RANGES ranges): DuckDB. The same rows every time."""
     tmp, samples = exploded
     work = tmp / "work"
     chunk, n = 1, 3
     outcomes = {}
-    for budget in (1, 1 << 30):
+    for budget in (1, "half", 1 << 30):
         for p in (work / "aggregate").glob(f"n={n}/**/chunk={chunk}*"):
             p.unlink()
+        if budget == "half":
+            budget = outcomes[1][3] // 2 + 1
         res = aggregate_chunk(n, chunk, AggregateSettings(work_dir=str(work), numpy_budget_bytes=budget))
         assert res["estimated_bytes"] > 1 and res["budget_bytes"] == budget
-        outcomes[budget] = (res["path"], _read(res["files"]["ngrams"]), _read(res["files"]["prefixes"]))
-    assert outcomes[1][0] == "duckdb" and outcomes[1 << 30][0] == "numpy"
-    assert outcomes[1][1:] == outcomes[1 << 30][1:]
+        outcomes[budget] = (res["path"], _read(res["files"]["ngrams"]), _read(res["files"]["prefixes"]),
+                            res["estimated_bytes"], res.get("ranges"))
+    half = outcomes[1][3] // 2 + 1
+    assert outcomes[1][0] == "duckdb" and outcomes[half][0] == "numpy" and outcomes[1 << 30][0] == "numpy"
+    assert outcomes[half][4] == 2 and outcomes[1 << 30][4] == 1
+    assert outcomes[1][1:3] == outcomes[half][1:3] == outcomes[1 << 30][1:3]
     assert {r[:-1]: r[-1] for r in outcomes[1][1]} == _expected(samples, n, chunk)
 
 
 def test_unknown_method_is_refused(exploded):
     tmp, _ = exploded
     with pytest.raises(ValueError, match="method"):
-        aggregate.choose_path(2, [], AggregateSettings(work_dir=str(tmp / "work"), method="gpu"), None)
+        aggregate.choose_path(2, 0, AggregateSettings(work_dir=str(tmp / "work"), method="gpu"), None)
 
 
 partials_st = st.lists(

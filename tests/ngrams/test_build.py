@@ -351,6 +351,63 @@ def test_a_work_dir_of_another_explode_grouping_is_refused(tmp_path, local_clust
                 "--explode-unit-tokens", "2000", "--scheduler", local_cluster)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        f"ngram-dask: error: work dir {cfg.work_dir} holds results for different shard groups "
+        f"ngram-dask: error: work dir {cfg.work_dir} holds results for different piece groups "
         "(build.explode_unit_tokens 1000, not 2000); use a fresh --work-dir (or delete this one)"]
     assert not (tmp_path / "other.duckdb").exists()
+
+
+def test_a_work_dir_of_the_old_per_chunk_layout_is_refused_in_one_line(tmp_path, local_cluster):
+    """A work dir whose explode wrote a file per (unit, n, chunk) (no explode_layout in its
+    manifest): refused before any work, untouched."""
+    import json
+
+    samples = [list(range(i, i + 300)) for i in range(12)]
+    cfg, _ = build(tmp_path, samples, local_cluster)
+    manifest = Path(cfg.work_dir, "manifest.json")
+    old = json.loads(manifest.read_text())
+    del old["explode_layout"]
+    manifest.write_text(json.dumps(old))
+    old_part = Path(cfg.work_dir, "explode", "n=3", "id0_chunk=0", "part-x.parquet")
+    old_part.parent.mkdir(parents=True)
+    old_part.write_bytes(b"PAR1")
+    before = sorted(str(p) for p in Path(cfg.work_dir).rglob("*"))
+    r = run_cli("build", "--input", cfg.input, "--work-dir", cfg.work_dir, "--db", str(tmp_path / "other.duckdb"),
+                "--vocab-size", "65536", "--chunks", "7", "--steps", "explode,aggregate,load",
+                "--scheduler", local_cluster)
+    _assert_one_line_error(r, "holds results for different explode layout (part files per chunk")
+    assert sorted(str(p) for p in Path(cfg.work_dir).rglob("*")) == before
+    assert not (tmp_path / "other.duckdb").exists()
+
+
+def test_auto_unit_size_follows_the_worker_memory_and_the_work_dir_keeps_it(tmp_path, local_cluster):
+    """Without build.explode_unit_tokens the unit size comes from the worker's memory
+    (cluster.memory_limit); a rerun with another limit resumes with the recorded size."""
+    import json
+
+    from ngram_dask.inputs import unit_tokens_for
+
+    samples = [list(range(i, i + 300)) for i in range(12)]
+    cfg, _ = build(tmp_path, samples, local_cluster, **{"cluster.memory_limit": "1GiB"})
+    recorded = json.loads(Path(cfg.work_dir, "manifest.json").read_text())["explode_unit_tokens"]
+    assert recorded == unit_tokens_for(1 << 30, 1) < unit_tokens_for(4 << 30, 1)
+    again = make_cfg(tmp_path, Path(cfg.input), local_cluster, **{"cluster.memory_limit": "4GiB"})
+    report = run_build(again, announce=lambda m: None)
+    assert report.did_nothing
+    assert_matches_oracle(cfg.db, samples)
+
+
+def test_chunks_cut_into_key_ranges_through_the_cli(tmp_path, local_cluster):
+    """A tiny aggregate budget: every chunk in several key ranges, the database exact."""
+    import json
+
+    rng = np.random.default_rng(5)
+    samples = [rng.zipf(1.3, 400).clip(max=60000).tolist() for _ in range(40)]
+    mds = write_mds(tmp_path / "mds", samples, size_limit=1 << 12)
+    r = _cli_build(tmp_path, mds, local_cluster, "--aggregate-budget-bytes", "20000", "--vocab-size", "65536",
+                   "--block-rows", "64")
+    assert r.returncode == 0, r.stderr
+    markers = [json.loads(p.read_text()) for p in (tmp_path / "work" / "aggregate" / "n=3" / "_done").glob("*.json")]
+    assert markers and all(m["path"] == "numpy" for m in markers)
+    assert max(m["ranges"] for m in markers) >= 3, [m["ranges"] for m in markers]
+    assert_matches_oracle(str(tmp_path / "catalog.duckdb"), samples)
+    verify(str(tmp_path / "catalog.duckdb"), announce=lambda m: None)

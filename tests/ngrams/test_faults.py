@@ -88,6 +88,30 @@ def test_worker_killed_mid_stage_build_still_exact(tmp_path, corpus, clean_db, s
     verify(cfg.db, announce=lambda m: None)
 
 
+def test_worker_lost_inside_a_ranged_aggregate_then_rerun_is_exact(tmp_path, corpus, clean_db, local_cluster,
+                                                                  start_dask_processes, monkeypatch):
+    """A worker exits (as if killed) after key range 1 of chunk 5 of the trigrams, every time
+    it is retried: the build fails, the chunk has no marker and no final file, and a rerun on
+    a healthy cluster gives the clean database (nothing counted twice)."""
+    import json
+
+    monkeypatch.setenv("NGRAM_DASK_CRASH_IN_AGGREGATE", "3:5:1")
+    procs = start_dask_processes(workers=1, nthreads=1)
+    monkeypatch.delenv("NGRAM_DASK_CRASH_IN_AGGREGATE")
+    over = {"build.aggregate_budget_bytes": 200_000, "build.block_rows": 256}
+    from distributed import KilledWorker
+
+    with pytest.raises(KilledWorker):
+        run_build(_cfg(tmp_path, corpus, procs.address, **over), announce=lambda m: None)
+    agg = tmp_path / "work" / "aggregate" / "n=3"
+    assert not (agg / "_done" / "chunk=5.json").exists() and not (agg / "ngrams" / "chunk=5.parquet").exists()
+    cfg = _cfg(tmp_path, corpus, local_cluster, **over)
+    run_build(cfg, announce=lambda m: None)
+    marker = json.loads((agg / "_done" / "chunk=5.json").read_text())
+    assert marker["path"] == "numpy" and marker["ranges"] >= 3, marker
+    assert table_dump(cfg.db, TABLES) == clean_db  # every row and count of a clean build
+
+
 def _capture(errors, fn, *args):
     try:
         fn(*args)

@@ -1,0 +1,272 @@
+"""``ngram-dask build --plan``: what a build would do, predicted in seconds, with no build.
+
+What it reads: the input's plan (``inputs.plan_input``: pieces and tokens, from indexes
+and headers, no token read), a *sample* (``build.plan_sample_pieces`` pieces spread over
+the input, at most ``build.plan_sample_tokens`` tokens of whole samples), and the
+cluster's settings (workers, threads, memory per worker: ``cluster.worker_memory``;
+nothing is started, nothing is written).
+
+The growth model, stated: the distinct n-grams of T tokens follow Heaps' law,
+``D_n(T) = a_n * T ** b_n``, fitted by least squares in log-log on the distinct n-grams
+of the first 1/8, 1/4, 1/2 and all of the sample (counted by the explode's own core),
+and capped by the n-grams T tokens hold and by V ** n. From it:
+
+* partial rows of an explode unit of U tokens: ``D_n(U)`` (for a derived n, its samples'
+  last n-grams: U over the mean sample length); the explode writes units times that;
+* final rows: ``D_n(corpus tokens)``; prefix rows: ``D_{n-1}(corpus tokens)``;
+* a chunk's aggregate reads its share (1/K) of the partial rows of n and of the n derived
+  from it, at ``NUMPY_BYTES_PER_ROW + 2n`` bytes each: the key ranges it needs are that
+  over the budget (``aggregate.choose_path``);
+* bytes per partial and per final row: the sample's own counts written as the build writes
+  them; bytes per catalog row and the per-core speed of each step: ``rates.json`` (measured
+  by ``scripts/bench_regime.py rates``, see docs/performance.md): the explode's tokens per
+  core-second on as many cores as there are units; the aggregate's partial rows per
+  core-second plus a fixed cost per chunk unit; the load's rows per core-second of the client.
+
+A sample says nothing about text unlike it: a corpus whose later pieces differ from the
+sampled ones (another language, another domain) grows otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from ngram_dask.config import Config
+from ngram_dask.errors import ConfigError
+from ngram_dask.inputs import group_pieces, plan_input, read_piece, unit_tokens_for
+from ngram_dask.ngrams import counting, partfile
+from ngram_dask.ngrams.aggregate import FINAL_PARQUET, MAX_RANGES, NUMPY_BYTES_PER_ROW, AggregateSettings
+from ngram_dask.schema import key_bits
+from ngram_dask.storage import use_storage
+
+
+def rates() -> dict:
+    """The per-core speeds and catalog bytes shipped with the package (``rates.json``)."""
+    return json.loads(resources.files("ngram_dask.ngrams").joinpath("rates.json").read_text())
+
+
+@dataclass
+class Heaps:
+    """``D(T) = a * T ** b``, at most ``T`` (the n-grams T tokens hold) and at most ``limit``
+    (the n-grams a vocabulary can make, V ** n)."""
+
+    a: float
+    b: float
+    points: list[tuple[int, int]] = field(default_factory=list)  # (tokens, distinct) it was fitted on
+    limit: float = math.inf
+
+    def __call__(self, tokens: float) -> float:
+        return min(float(tokens), self.a * float(tokens) ** self.b, self.limit) if tokens > 0 else 0.0
+
+    @classmethod
+    def fit(cls, points: list[tuple[int, int]], limit: float = math.inf) -> "Heaps":
+        pts = [(t, d) for t, d in points if t > 0 and d > 0]
+        if not pts:
+            return cls(0.0, 1.0, points, limit)
+        if len({t for t, _ in pts}) < 2:
+            t, d = pts[-1]
+            return cls(d / t, 1.0, points, limit)  # one size: grow in proportion (the safe side)
+        b, log_a = np.polyfit(np.log([t for t, _ in pts]), np.log([d for _, d in pts]), 1)
+        b = float(min(max(b, 0.0), 1.0))
+        return cls(float(math.exp(log_a)), b, points, limit)
+
+
+def _sample(pieces, want_pieces: int, want_tokens: int, vocab_size: int, verify: bool):
+    """Whole samples of a few pieces spread over the input: ``(tokens, offsets)``."""
+    picks = sorted({int(i) for i in np.linspace(0, len(pieces) - 1, min(want_pieces, len(pieces)))})
+    per_piece = max(1, want_tokens // len(picks))
+    tokens, offsets = [], [0]
+    for i in picks:
+        data = read_piece(pieces[i], vocab_size, verify)
+        cut = int(np.searchsorted(data.offsets, per_piece, side="right")) - 1
+        cut = max(cut, 1) if len(data.offsets) > 1 else 0
+        take = data.tokens[: data.offsets[cut]]
+        tokens.append(take)
+        offsets.extend((data.offsets[1: cut + 1] + offsets[-1]).tolist())
+    return np.concatenate(tokens) if tokens else np.empty(0, np.uint16), np.asarray(offsets, np.int64)
+
+
+def _bytes_per_row(c: counting.Counts, n: int, bits: int, vocab_size: int, final: bool) -> float:
+    """Bytes per row of these counts written as the explode (a block) or the aggregate writes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not len(c):
+        return 0.0
+    cols = dict(zip([f"id{j}" for j in range(n)], counting.unpack_keys(c.keys, n, bits, counting.id_dtype(vocab_size))))
+    if final:
+        cols["count"] = c.counts.astype(np.uint64)
+        buf = io.BytesIO()
+        pq.write_table(pa.table(cols), buf, **FINAL_PARQUET, column_encoding={"count": "BYTE_STREAM_SPLIT"})
+        return len(buf.getvalue()) / len(c)
+    cols["count"] = c.counts.astype(np.uint32)
+    return len(partfile.block_bytes(pa.table(cols))) / len(c)
+
+
+def plan_build(cfg: Config) -> dict:
+    """The prediction, as a JSON-able dict (``plan_lines`` prints it)."""
+    b, cl = cfg.build, cfg.cluster
+    if not cfg.input:
+        raise ConfigError("'input' is required (flag --input or config key 'input')")
+    use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input may be on S3
+    try:
+        from ngram_dask.cluster import usable_cores, worker_memory
+
+        limit, threads = worker_memory(cl)
+    except ValueError as exc:
+        raise ConfigError(f"cluster.memory_limit: {exc}") from None
+    if not limit:
+        raise ConfigError("--plan needs the workers' memory: give --memory-limit (a running scheduler's "
+                          "workers are not asked)")
+    workers = cl.n_workers or max(1, usable_cores() // threads)
+    cores = workers * threads
+    unit = b.explode_unit_tokens or unit_tokens_for(limit, threads)
+    ip = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
+                    samples=b.samples, token_column=b.token_column, unit_tokens=unit)
+    pieces = ip.pieces
+    corpus_tokens = sum(p.tokens for p in pieces)
+    units = len(group_pieces(pieces, unit))
+    if b.plan_tokens:  # another corpus like this one: as many units as its tokens fill
+        corpus_tokens = int(b.plan_tokens)
+        units = max(1, math.ceil(corpus_tokens / unit))
+    unit_tokens_mean = corpus_tokens / max(units, 1)
+    ns = sorted(b.ngrams)
+    derived = counting.derived_in_aggregate(ns, b.drop_eos)
+    bits = key_bits(cfg.vocab_size)
+    exclude = b.eos_id if b.drop_eos else None
+
+    tokens, offsets = _sample(pieces, b.plan_sample_pieces, b.plan_sample_tokens, cfg.vocab_size, b.verify_hashes)
+    sample_tokens = int(offsets[-1])
+    mean_sample = sample_tokens / max(len(offsets) - 1, 1)
+    growth: dict[int, Heaps] = {}
+    bytes_partial: dict[int, float] = {}
+    bytes_final: dict[int, float] = {}
+    for m in range(1, max(ns) + 1):
+        points = []
+        for frac in (8, 4, 2, 1):
+            cut = int(np.searchsorted(offsets, sample_tokens / frac, side="right")) - 1
+            if cut < 1:
+                continue
+            c = counting.count_keys(counting.ngram_keys(tokens[: offsets[cut]], offsets[: cut + 1], m, bits,
+                                                        exclude_id=exclude))
+            points.append((int(offsets[cut]), len(c)))
+        growth[m] = Heaps.fit(points, limit=float(cfg.vocab_size) ** m)
+        if m in ns:
+            bytes_partial[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=False)
+            bytes_final[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=True)
+
+    r = rates()
+    budget = b.aggregate_budget_bytes or int(limit * b.duckdb_memory_fraction)
+    per_n = {}
+    for n in ns:
+        if n in derived:
+            partial_per_unit = min(unit_tokens_mean / mean_sample, unit_tokens_mean)
+        else:
+            partial_per_unit = growth[n](unit_tokens_mean)
+        per_n[n] = {
+            "partial_rows_per_unit": partial_per_unit,
+            "partial_rows": partial_per_unit * units,
+            "final_rows": growth[n](corpus_tokens),
+            "prefix_rows": growth[n - 1](corpus_tokens) if n >= 2 else 0.0,
+            "heaps": {"a": growth[n].a, "b": growth[n].b, "fitted_on": growth[n].points},
+            "bytes_per_partial_row": bytes_partial[n],
+            "bytes_per_final_row": bytes_final[n],
+        }
+    chunks = b.chunks
+    ags = AggregateSettings(work_dir="", derived=derived)
+    aggregate_units = {}
+    for top in sorted({ags.top(n) for n in ns}):
+        chain = ags.chain(top)
+        rows = sum(per_n[m]["partial_rows"] for m in chain) / chunks
+        memory = rows * (NUMPY_BYTES_PER_ROW + 2 * top)
+        n_ranges = max(1, math.ceil(memory / max(budget, 1)))
+        aggregate_units[top] = {
+            "chain": chain, "units": chunks, "partial_rows": rows, "memory_bytes": memory,
+            "budget_bytes": budget, "ranges": n_ranges,
+            "path": "numpy" if b.aggregate_method != "duckdb" and n_ranges <= MAX_RANGES else "duckdb",
+            "chunks_for_one_range": max(1, math.ceil(rows * chunks * (NUMPY_BYTES_PER_ROW + 2 * top) / budget)),
+        }
+    partial_rows = sum(v["partial_rows"] for v in per_n.values())
+    final_rows = sum(v["final_rows"] + v["prefix_rows"] for v in per_n.values())
+    scratch = (sum(v["partial_rows"] * v["bytes_per_partial_row"] for v in per_n.values())
+               + sum((v["final_rows"] + v["prefix_rows"]) * v["bytes_per_final_row"] for v in per_n.values()))
+    catalog = sum(v["final_rows"] * r["catalog_bytes_per_row"] + v["prefix_rows"] * r["catalog_bytes_per_prefix_row"]
+                  for v in per_n.values())
+    # The load runs on the client: the LocalCluster's machine, or this one beside a scheduler.
+    client_cores = cores if not cl.scheduler else usable_cores()
+    # A step runs on at most as many cores as it has units.
+    seconds = {
+        "explode": corpus_tokens / (r["explode_tokens_per_core_second"] * min(cores, units)),
+        "aggregate": (partial_rows / r["aggregate_partial_rows_per_core_second"]
+                      + chunks * len(aggregate_units) * r["aggregate_seconds_per_chunk_unit"])
+        / min(cores, chunks * len(aggregate_units)),
+        "load": final_rows / (r["load_rows_per_core_second"] * client_cores),
+    }
+    return {
+        "input": {"format": ip.format, "pieces": len(pieces), "tokens": corpus_tokens,
+                  "scaled": bool(b.plan_tokens),
+                  "sampled_tokens": sample_tokens, "mean_sample_tokens": mean_sample},
+        "cluster": {"workers": workers, "threads_per_worker": threads, "memory_per_worker": limit,
+                    "cores": cores},
+        "explode": {"unit_tokens": unit, "units": units, "peak_bytes_per_unit": unit * r["explode_bytes_per_token"],
+                    "files": units * (2 * len(ns) + 1)},
+        "chunks": chunks,
+        "ngrams": per_n,
+        "aggregate": aggregate_units,
+        "files": units * (2 * len(ns) + 1) + chunks * sum(3 if n >= 2 else 2 for n in ns),
+        "scratch_bytes": scratch,
+        "catalog_bytes": catalog,
+        "seconds": seconds,
+        "rates": r,
+    }
+
+
+def _si(x: float) -> str:
+    for unit, f in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _bytes(x: float) -> str:
+    for unit, f in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if x >= f:
+            return f"{x / f:.2f} {unit}"
+    return f"{x:.0f} B"
+
+
+def plan_lines(p: dict) -> list[str]:
+    i, c, x = p["input"], p["cluster"], p["explode"]
+    lines = [
+        f"plan (predicted, nothing built): {i['format']} input, {i['pieces']:,} piece(s), {i['tokens']:,} tokens "
+        + ("(--plan-tokens: a corpus like the input's) " if i.get("scaled") else "")
+        + f"(sample: {i['sampled_tokens']:,} tokens, samples of {i['mean_sample_tokens']:.0f} tokens on average)",
+        f"  cluster: {c['workers']} worker(s) x {c['threads_per_worker']} thread(s), "
+        f"{_bytes(c['memory_per_worker'])} each ({c['cores']} cores)",
+        f"  explode: {x['units']:,} unit(s) of {x['unit_tokens']:,} tokens "
+        f"(peak ~{_bytes(x['peak_bytes_per_unit'])} each), {x['files']:,} files",
+        f"  K = {p['chunks']} chunk(s)",
+    ]
+    for n, v in p["ngrams"].items():
+        h = v["heaps"]
+        lines.append(f"  n={n}: distinct(T) = {h['a']:.3g} * T^{h['b']:.3f}; partial rows {_si(v['partial_rows'])} "
+                     f"({_si(v['partial_rows_per_unit'])} per unit), final rows {_si(v['final_rows'])}, "
+                     f"prefix rows {_si(v['prefix_rows'])}")
+    for a in p["aggregate"].values():
+        lines.append(f"  aggregate n={'+'.join(map(str, a['chain']))}: {a['units']} unit(s) of "
+                     f"{_si(a['partial_rows'])} partial rows, ~{_bytes(a['memory_bytes'])} each against a budget of "
+                     f"{_bytes(a['budget_bytes'])}: {a['ranges']} key range(s), {a['path']} path "
+                     f"(one range each from K = {a['chunks_for_one_range']})")
+    s = p["seconds"]
+    lines += [
+        f"  files {p['files']:,}; scratch {_bytes(p['scratch_bytes'])}; catalog {_bytes(p['catalog_bytes'])}",
+        f"  time: explode {s['explode']:.1f} s, aggregate {s['aggregate']:.1f} s, load {s['load']:.1f} s, "
+        f"total {sum(s.values()):.1f} s (rates of {p['rates']['measured_on']})",
+    ]
+    return lines

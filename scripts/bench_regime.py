@@ -1,0 +1,288 @@
+#!/usr/bin/env python
+"""`build --plan` against real builds, the per-core rates it ships, and the regime benchmark.
+
+    .venv/bin/python scripts/bench_regime.py rates   --tokens 2e7          # -> ngram_dask/ngrams/rates.json
+    .venv/bin/python scripts/bench_regime.py compare --tokens 2e8          # plan vs build, two clusters
+    .venv/bin/python scripts/bench_regime.py regime  --tokens 2e8          # chunks in many key ranges
+    .venv/bin/python scripts/bench_regime.py big     --tokens 1e10 --clusters 2x4GiB   # issue 28, item 4
+
+The corpus is the build benchmark's (``benchkit.corpus``: real text, then copies with rare
+tokens renamed so distinct n-grams keep growing), cached under ``--cache``. Each build
+runs in a fresh child process; a sampler thread records the peak RSS of every process of
+its tree. Nothing here is a test: the machine may be shared, so say so beside the figures.
+
+* ``rates``: one build (2 workers of 4 GiB, K = 64): explode tokens, aggregate partial rows
+  and loaded rows per core-second, bytes per catalog row, peak explode bytes per token:
+  the JSON ``--write`` stores as the package's ``rates.json``.
+* ``compare``: ``plan_build`` then the build, for each cluster of ``--clusters``
+  (``workers x memory``); every figure the plan predicts beside what happened, and the ratio.
+* ``regime``: the aggregate + load of one explode output (``--reuse-work``, or exploded
+  here), alternating: with memory plentiful (one key range per chunk), and with a budget that
+  cuts each chunk into about ``--ranges`` ranges (``build --plan`` for the deduplicated Pile
+  on a 64-core / 512 GB box at K = 64 says 10: a chunk's ~481M partial rows, ~38.5 GiB, over
+  a 4 GiB budget); the ratio of the two times (target <= 1.25x).
+* ``big``: the largest build (1e10 tokens is hours of this machine alone, and ~25 GB of
+  MDS plus the work dir on disk): ``compare`` for the first cluster of ``--clusters``, then
+  ``verify`` and a brute-force check of ``--verify-samples`` trigrams (half drawn from the
+  catalog, half from random positions of the token stream) counted over every shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchkit.corpus import REPO, VOCAB, make_corpus
+from benchkit.memory import RssSampler, du
+
+
+def child_main(spec: dict) -> None:
+    """One build in this process (its LocalCluster's workers are our children): JSON out."""
+    from ngram_dask.config import load_config
+    from ngram_dask.ngrams.pipeline import run_build
+
+    t0 = time.perf_counter()
+    report = run_build(load_config(None, spec["overrides"]), announce=lambda m: None)
+    print(json.dumps({"seconds": dict(report.seconds), "load_seconds": report.load_seconds,
+                      "tokens": report.tokens, "wall": time.perf_counter() - t0}))
+
+
+def run_child(overrides: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", json.dumps({"overrides": overrides})]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    with RssSampler(proc.pid) as sampler:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed ({proc.returncode}):\n{err[-4000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["rss"] = sampler.summary()
+    return result
+
+
+def overrides_for(mds: str, root: Path, workers: int, memory: str, chunks: int, **extra) -> dict:
+    return {"input": mds, "work_dir": str(root / "work"), "db": str(root / "catalog.duckdb"),
+            "vocab_size": VOCAB, "build.chunks": chunks, "build.steps": ["explode", "aggregate", "load"],
+            "cluster.n_workers": workers, "cluster.threads_per_worker": 1, "cluster.memory_limit": memory,
+            "cluster.dashboard_address": ":0", **extra}
+
+
+def measured(root: Path, result: dict) -> dict:
+    """What a finished build did, from its markers, its files and its timings."""
+    work = root / "work"
+    explode = [json.loads(p.read_text()) for p in (work / "explode" / "_done").glob("*.json")]
+    aggregate = [json.loads(p.read_text()) for p in (work / "aggregate").glob("n=*/_done/*.json")]
+    partial = sum(sum(e.get("distinct", {}).values()) + sum(e.get("tails", {}).values()) for e in explode)
+    final = sum(a["rows"] + a["prefix_rows"] for a in aggregate)
+    files = sum(1 for p in work.rglob("*") if p.is_file() and p.name != "manifest.json")
+    secs = result["seconds"]
+    return {
+        "units": len(explode), "partial_rows": partial, "final_rows": final, "files": files,
+        "scratch_bytes": du(work), "catalog_bytes": (root / "catalog.duckdb").stat().st_size,
+        "ranges_max": max((a.get("ranges", 1) for a in aggregate), default=0),
+        "seconds": {"explode": secs.get("explode", 0.0),
+                    "aggregate": secs.get("aggregate+load", 0.0) - result["load_seconds"],
+                    "load": result["load_seconds"]},
+        "peak_worker_rss": result["rss"].get("worker", 0), "peak_client_rss": result["rss"].get("main", 0),
+    }
+
+
+def cmd_rates(args, mds: str, info: dict) -> None:
+    import numpy as np
+
+    root = Path(args.cache) / "runs" / "rates"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    cores = args.workers
+    # Units of a quarter of the corpus: every worker explodes (the rate is per core).
+    unit_tokens = info["tokens"] // (2 * cores)
+    result = run_child(overrides_for(mds, root, args.workers, "4GiB", args.chunks,
+                                     **{"build.explode_unit_tokens": unit_tokens}))
+    m = measured(root, result)
+    s = m["seconds"]
+    # A chunk unit's seconds = fixed cost + partial rows / rate: least squares over the units.
+    units = [json.loads(p.read_text()) for p in (root / "work" / "aggregate").glob("n=*/_done/*.json")]
+    units = [u for u in units if "derived_from" not in u and u.get("partial_rows")]
+    rows = np.array([u["partial_rows"] for u in units], float)
+    secs = np.array([u["seconds"] for u in units], float)
+    per_row, fixed = np.polyfit(rows, secs, 1) if len(units) > 1 else (secs.sum() / rows.sum(), 0.0)
+    # The explode's rate from its units' own seconds: the step's wall time also holds the
+    # cluster's start, which a small corpus makes most of it.
+    done = (root / "work" / "explode" / "_done").glob("*.json")
+    explode_work = sum(json.loads(p.read_text())["seconds"] for p in done)
+    rates = {
+        "measured_on": f"{time.strftime('%Y-%m-%d')}, {cores} workers x 1 thread, a shared 2-core / 24 GiB machine, "
+                       f"{info['tokens']:,} tokens of the build benchmark's corpus (scripts/bench_regime.py rates)",
+        "explode_tokens_per_core_second": round(info["tokens"] / explode_work),
+        "explode_bytes_per_token": round(max(m["peak_worker_rss"] - (320 << 20), 1) / unit_tokens, 1),
+        "aggregate_partial_rows_per_core_second": round(1 / max(per_row, 1e-12)),
+        "aggregate_seconds_per_chunk_unit": round(max(fixed, 0.0), 4),
+        "load_rows_per_core_second": round(m["final_rows"] / (max(s["load"], 1e-3) * cores)),
+        "catalog_bytes_per_row": round(m["catalog_bytes"] / max(m["final_rows"], 1), 2),
+        "catalog_bytes_per_prefix_row": round(m["catalog_bytes"] / max(m["final_rows"], 1), 2),
+    }
+    print(json.dumps({"measured": m, "rates": rates}, indent=1))
+    if args.write:
+        Path(args.write).write_text(json.dumps(rates, indent=2) + "\n")
+        print(f"wrote {args.write}")
+
+
+def cmd_compare(args, mds: str, info: dict) -> None:
+    from ngram_dask.config import load_config
+    from ngram_dask.ngrams.plan import plan_build, plan_lines
+
+    for spec in args.clusters.split(","):
+        workers, memory = spec.split("x")
+        root = Path(args.cache) / "runs" / f"compare-{workers}x{memory}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        over = overrides_for(mds, root, int(workers), memory, args.chunks)
+        t0 = time.perf_counter()
+        plan = plan_build(load_config(None, over))
+        plan_seconds = time.perf_counter() - t0
+        print("\n".join(plan_lines(plan)))
+        m = measured(root, run_child(over))
+        predicted = {
+            "units": plan["explode"]["units"],
+            "partial_rows": sum(v["partial_rows"] for v in plan["ngrams"].values()),
+            "final_rows": sum(v["final_rows"] + v["prefix_rows"] for v in plan["ngrams"].values()),
+            "files": plan["files"], "scratch_bytes": plan["scratch_bytes"], "catalog_bytes": plan["catalog_bytes"],
+            "ranges_max": max(a["ranges"] for a in plan["aggregate"].values()),
+            "explode s": plan["seconds"]["explode"], "aggregate s": plan["seconds"]["aggregate"],
+            "load s": plan["seconds"]["load"],
+            "peak_worker_rss": plan["explode"]["peak_bytes_per_unit"] + (320 << 20),
+        }
+        actual = {**{k: m[k] for k in predicted if k in m}, "explode s": m["seconds"]["explode"],
+                  "aggregate s": m["seconds"]["aggregate"], "load s": m["seconds"]["load"]}
+        print(f"\n{workers} workers x {memory}, K = {args.chunks}, {info['tokens']:,} tokens "
+              f"(plan took {plan_seconds:.1f} s)")
+        print(f"  {'figure':<16} {'predicted':>16} {'actual':>16} {'pred/actual':>12}")
+        for k, v in predicted.items():
+            a = actual[k]
+            print(f"  {k:<16} {v:>16,.1f} {a:>16,.1f} {v / a if a else float('nan'):>12.2f}")
+        print(f"  peak client RSS {m['peak_client_rss'] / 2**20:,.0f} MiB")
+
+
+def brute_force_check(mds: str, db: str, samples: int, seed: int = 0) -> dict:
+    """Trigram counts of the catalog against a pass over every shard, for sampled trigrams."""
+    import numpy as np
+
+    from ngram_dask.db import read_only
+    from ngram_dask.inputs import plan_input, read_piece
+    from ngram_dask.ngrams import counting
+
+    rng = np.random.default_rng(seed)
+    pieces = plan_input(mds).pieces
+    with read_only(db) as con:
+        drawn = con.execute(f"SELECT id0, id1, id2 FROM trigrams USING SAMPLE {samples // 2} ROWS").fetchall()
+    keys = [(a << 32) | (b << 16) | c for a, b, c in drawn]
+    for i in rng.choice(len(pieces), size=min(len(pieces), samples - len(keys)), replace=True):
+        d = read_piece(pieces[int(i)], VOCAB)
+        s = int(rng.integers(0, len(d.offsets) - 1))
+        lo, hi = int(d.offsets[s]), int(d.offsets[s + 1])
+        if hi - lo >= 3:
+            at = int(rng.integers(lo, hi - 2))
+            keys.append((int(d.tokens[at]) << 32) | (int(d.tokens[at + 1]) << 16) | int(d.tokens[at + 2]))
+    want = np.unique(np.array(keys, np.uint64))
+    brute = np.zeros(len(want), np.int64)
+    for piece in pieces:  # every trigram of the corpus, once
+        d = read_piece(piece, VOCAB)
+        k = counting.ngram_keys(d.tokens, d.offsets, 3, 16)
+        hit = np.isin(k, want)
+        np.add.at(brute, np.searchsorted(want, k[hit]), 1)
+    with read_only(db) as con:
+        con.execute("CREATE TEMP TABLE want AS SELECT unnest(?::UBIGINT[]) AS k", [want.tolist()])
+        got = dict(con.execute("SELECT k, count FROM want JOIN trigrams ON k = (id0::UBIGINT << 32) | "
+                               "(id1::UBIGINT << 16) | id2").fetchall())
+    catalog = np.array([got.get(int(k), 0) for k in want], np.int64)
+    bad = int((catalog != brute).sum())
+    return {"trigrams_checked": len(want), "mismatches": bad}
+
+
+def cmd_big(args, mds: str, info: dict) -> None:
+    from ngram_dask.catalog.verify import verify
+
+    args.clusters = args.clusters.split(",")[0]
+    cmd_compare(args, mds, info)
+    workers, memory = args.clusters.split("x")
+    db = str(Path(args.cache) / "runs" / f"compare-{workers}x{memory}" / "catalog.duckdb")
+    t0 = time.perf_counter()
+    verify(db, announce=print)
+    print(f"verify: passed in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    res = brute_force_check(mds, db, args.verify_samples)
+    print(f"brute force: {res['trigrams_checked']:,} trigrams, {res['mismatches']} mismatch(es) "
+          f"({time.perf_counter() - t0:.1f} s)")
+
+
+def cmd_regime(args, mds: str, info: dict) -> None:
+    """One explode output, then its aggregate + load in the two regimes, alternating."""
+    root = Path(args.cache) / "runs" / "regime"
+    work = root / "work"
+    if args.reuse_work:  # a finished build's explode output (its manifest and units)
+        shutil.rmtree(root, ignore_errors=True)
+        work.mkdir(parents=True)
+        shutil.copy(Path(args.reuse_work, "manifest.json"), work / "manifest.json")
+        (work / "explode").symlink_to(Path(args.reuse_work, "explode").resolve())
+    elif not (work / "explode" / "_done").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        run_child(overrides_for(mds, root, args.workers, args.memory_limit, args.chunks,
+                                **{"build.steps": ["explode"]}))
+    manifest = json.loads((work / "manifest.json").read_text())
+    chunks = int(manifest["chunks"])
+    explode = [json.loads(p.read_text()) for p in (work / "explode" / "_done").glob("*.json")]
+    per_chunk = sum(sum(e["distinct"].values()) + sum(e["tails"].values()) for e in explode) / chunks
+    budget = int(per_chunk * 86 / args.ranges)
+    rows = []
+    for rnd in range(args.runs):
+        for name, extra in (("one range per chunk", {}),
+                            (f"~{args.ranges} ranges per chunk", {"build.aggregate_budget_bytes": budget})):
+            shutil.rmtree(work / "aggregate", ignore_errors=True)
+            (root / "catalog.duckdb").unlink(missing_ok=True)
+            over = overrides_for(mds, root, args.workers, args.memory_limit, chunks,
+                                 **{"build.steps": ["aggregate", "load"],
+                                    "build.explode_unit_tokens": manifest["explode_unit_tokens"], **extra})
+            m = measured(root, run_child(over))
+            rows.append((name, m["seconds"]["aggregate"] + m["seconds"]["load"]))
+            print(f"round {rnd}: {name}: aggregate+load {rows[-1][1]:.1f} s, max ranges {m['ranges_max']}, "
+                  f"peak worker RSS {m['peak_worker_rss'] / 2**20:,.0f} MiB", flush=True)
+    one = [t for n, t in rows if n.startswith("one")]
+    many = [t for n, t in rows if not n.startswith("one")]
+    print(f"\n~{args.ranges} ranges / one range: {sum(many) / len(many) / (sum(one) / len(one)):.2f}x "
+          f"(target <= 1.25x; {len(one)} round(s) each; K = {chunks}, {per_chunk:,.0f} partial rows per chunk, "
+          f"budget {budget:,} B)")
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_child":
+        child_main(json.loads(sys.argv[2]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("rates", "compare", "regime", "big"))
+    ap.add_argument("--tokens", type=float, default=2e8)
+    ap.add_argument("--real-tokens", type=float, default=3.2e7, help="tokenized real text; the rest renamed copies")
+    ap.add_argument("--shard-mib", type=int, default=16)
+    ap.add_argument("--cache", default=str(REPO / "bench-data"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--memory-limit", default="4GiB")
+    ap.add_argument("--chunks", type=int, default=64)
+    ap.add_argument("--clusters", default="2x4GiB,2x1GiB", help="compare: workers x memory, comma-separated")
+    ap.add_argument("--ranges", type=int, default=10, help="regime: key ranges per chunk")
+    ap.add_argument("--runs", type=int, default=2, help="regime: alternating rounds")
+    ap.add_argument("--reuse-work", help="regime: the work dir of a finished build to take the explode output from")
+    ap.add_argument("--verify-samples", type=int, default=3000, help="big: trigrams counted by brute force")
+    ap.add_argument("--write", help="rates: write the rates JSON here (ngram_dask/ngrams/rates.json)")
+    args = ap.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    mds, info = make_corpus(cache, int(args.tokens), args.shard_mib << 20, False, print, int(args.real_tokens))
+    print(f"corpus {mds}: {info['tokens']:,} tokens, {info['distinct_trigrams']:,} distinct trigrams", flush=True)
+    {"rates": cmd_rates, "compare": cmd_compare, "regime": cmd_regime, "big": cmd_big}[args.mode](args, str(mds), info)
+
+
+if __name__ == "__main__":
+    main()
