@@ -66,13 +66,14 @@ def main() -> int:
     ap.add_argument("--synthetic", action="store_true", help="Zipf tokens instead of real text")
     ap.add_argument("--real-tokens", type=float, default=1.28e8,
                     help="tokens of real text; a larger corpus repeats it with rare tokens renamed per copy")
+    ap.add_argument("--shard-mib", type=int, default=32, help="MDS size_limit per shard (MiB)")
     ap.add_argument("--runs", type=int, default=2, help="alternating runs of each revision")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunks", type=int, default=64)
     ap.add_argument("--cache", default=str(REPO / "bench-data"))
     args = ap.parse_args()
 
-    mds, _ = make_corpus(Path(args.cache), int(args.tokens), 32 << 20, args.synthetic, print,
+    mds, _ = make_corpus(Path(args.cache), int(args.tokens), args.shard_mib << 20, args.synthetic, print,
                          real_tokens=int(args.real_tokens))
     scratch = Path(tempfile.mkdtemp(prefix="bench-revisions-"))
     trees = {"base": scratch / "base-tree", "this": scratch / "this-tree" if args.this else REPO}
