@@ -37,7 +37,8 @@ def connect(path: str, read_only: bool = False):
     except duckdb.IOException as exc:
         msg = str(exc).splitlines()[0]
         if "lock" in msg.lower():
-            raise DatabaseError(f"database {path} is in use by another process: {msg}") from None
+            # Our own writer holds <db>.lock: name the stage, not DuckDB's lock message.
+            raise DatabaseError(_writing(path) or f"database {path} is in use by another process: {msg}") from None
         raise DatabaseError(f"{path} is not a DuckDB database this DuckDB can open: {msg}") from None
     except duckdb.Error as exc:
         raise DatabaseError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
@@ -207,6 +208,28 @@ def check_existing(path: str, identity: Mapping[str, str] | None = None) -> dict
     return info
 
 
+def _holder_message(fd: int, db_path: str) -> str:
+    pid, _, who = os.pread(fd, 256, 0).decode(errors="replace").strip().partition(" ")
+    return f"ngram-dask {who or 'ngram-dask'} (pid {pid or '?'}) is writing {db_path}; wait for it to finish"
+
+
+def _writing(db_path: str) -> str | None:
+    """The refusal ``writer_lock`` would give while another stage holds ``<db>.lock``, else None."""
+    try:
+        fd = os.open(db_path + ".lock", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_message(fd, db_path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def writer_lock(db_path: str, holder: str = "ngram-dask") -> Iterator[None]:
     """Hold ``<db>.lock`` while writing, so a second writer is refused at once (not blocked).
@@ -221,10 +244,7 @@ def writer_lock(db_path: str, holder: str = "ngram-dask") -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid, _, who = os.pread(fd, 256, 0).decode(errors="replace").strip().partition(" ")
-            raise DatabaseError(
-                f"ngram-dask {who or 'ngram-dask'} (pid {pid or '?'}) is writing {db_path}; wait for it to finish"
-            ) from None
+            raise DatabaseError(_holder_message(fd, db_path)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {holder}".encode(), 0)
         yield

@@ -105,6 +105,39 @@ def test_a_second_writer_is_told_which_stage_holds_the_database(tmp_path):
         assert w.con.execute("SELECT x FROM t").fetchall() == [(1,)]
 
 
+def test_a_reader_blocked_by_a_writing_stage_is_told_the_stage_not_duckdbs_lock(tmp_path):
+    """A second build checks the database before taking the writer lock; while the first
+    build's connection is open DuckDB refuses the file, and the message names the build."""
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "c.duckdb")
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from ngram_dask.db import writer\n"
+         f"with writer({db!r}, 'build') as w:\n"
+         "    w.con.execute('CREATE TABLE t AS SELECT 1 AS x')\n"
+         "    print('ready', flush=True)\n"
+         "    sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(DatabaseError) as info:
+            check_existing(db)
+        assert str(info.value) == f"ngram-dask build (pid {child.pid}) is writing {db}; wait for it to finish"
+    finally:
+        child.communicate("", timeout=60)
+    assert child.returncode == 0
+    con = connect(db)  # DuckDB's own refusal when no stage holds the lock is unchanged
+    try:
+        other = subprocess.run([sys.executable, "-c", f"from ngram_dask.db import connect; connect({db!r})"],
+                               capture_output=True, text=True)
+        assert other.returncode != 0 and "is in use by another process" in other.stderr
+    finally:
+        con.close()
+
+
 def test_one_and_scalar_leave_the_connection_free_for_arrow(tmp_path):
     """DuckDB 2 refuses ``register``/``unregister``/``sql`` on a connection whose last result
     was left half-read: ``.fetchone()`` of a SELECT leaves it so, even of one row (the
