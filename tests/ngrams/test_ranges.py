@@ -171,7 +171,7 @@ def _check_chunk(results, samples, chunks: int, chunk: int):
 @pytest.mark.parametrize("chunks", [1, 5, 64])
 def test_files_do_not_follow_k_and_ranges_are_exact(corpus, ns, chunks):
     """Files per (unit, n) whatever K; each chunk cut into 1, 2 and 7 key ranges gives the
-    oracle's rows, as the DuckDB fallback does."""
+    oracle's rows, as the DuckDB fallback does, reading each block once."""
     tmp, samples, mds, dtype, vocab = corpus
     work, derived = _explode(tmp, mds, dtype, vocab, ns, chunks)
     units = len(list(Path(work, "explode", "_done").glob("*.json")))
@@ -195,6 +195,8 @@ def test_files_do_not_follow_k_and_ranges_are_exact(corpus, ns, chunks):
             _check_chunk(results, samples, chunks, chunk)
             if rows and method == "numpy":
                 assert 1 <= top_res["ranges"] <= want_ranges
+                # Each block is read once, however many ranges (the ranges are cut from a spill).
+                assert top_res["blocks_read"] == sum(len(b) for bl in sources.values() for b in bl)
                 seen_ranges.add((want_ranges, top_res["ranges"]))
     if chunks == 1 and ns != (1, 2, 3):
         # Enough distinct prefixes in one chunk: the planner cuts as many ranges as asked. (With
