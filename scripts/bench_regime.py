@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_regime.py rates   --tokens 2e7          # -> ngram_dask/ngrams/rates.json
     .venv/bin/python scripts/bench_regime.py compare --tokens 2e8          # plan vs build, two clusters
     .venv/bin/python scripts/bench_regime.py regime  --tokens 2e8          # chunks in many key ranges
+    .venv/bin/python scripts/bench_regime.py duckdb  --tokens 1e9 --clusters 2x1GiB,2x4GiB  # against plain DuckDB
     .venv/bin/python scripts/bench_regime.py big     --tokens 1e10 --clusters 2x4GiB   # issue 28, item 4
 
 The corpus is the build benchmark's (``benchkit.corpus``: real text, then copies with rare
@@ -21,6 +22,13 @@ its tree. Nothing here is a test: the machine may be shared, so say so beside th
   cuts each chunk into about ``--ranges`` ranges (``build --plan`` for the deduplicated Pile
   on a 64-core / 512 GB box at K = 64 says 10: a chunk's ~481M partial rows, ~38.5 GiB, over
   a 4 GiB budget); the ratio of the two times (target <= 1.25x).
+* ``duckdb``: the whole build (explode, aggregate, load) against plain DuckDB
+  (``benchkit.plain_duckdb``: one streaming ``GROUP BY`` over packed keys, spilling to
+  disk) at equal memory: for each cluster of ``--clusters``, DuckDB's ``memory_limit`` is
+  the workers' memory plus the single writer's DuckDB limit. Ours runs twice a round: as
+  it plans itself, and in the Pile's regime (an aggregate budget of a chunk's partial rows
+  over ``--ranges``). Alternating, ``--runs`` rounds; the tables' row counts and sums are
+  compared, so a faster wrong build shows.
 * ``big``: the largest build (1e10 tokens is hours of this machine alone, and ~25 GB of
   MDS plus the work dir on disk): ``compare`` for the first cluster of ``--clusters``, then
   ``verify`` and a brute-force check of ``--verify-samples`` trigrams (half drawn from the
@@ -50,6 +58,26 @@ def child_main(spec: dict) -> None:
     report = run_build(load_config(None, spec["overrides"]), announce=lambda m: None)
     print(json.dumps({"seconds": dict(report.seconds), "load_seconds": report.load_seconds,
                       "tokens": report.tokens, "wall": time.perf_counter() - t0}))
+
+
+def plain_main(spec: dict) -> None:
+    """Plain DuckDB in this process: JSON out."""
+    from benchkit.plain_duckdb import run_plain_duckdb
+
+    print(json.dumps(run_plain_duckdb(**spec)))
+
+
+def run_plain(spec: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_plain", json.dumps(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    with RssSampler(proc.pid) as sampler:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        last = (err.strip().splitlines() or ["?"])[-1]
+        return {"failed": last[:200], "rss": sampler.summary()}
+    result = json.loads(out.strip().splitlines()[-1])
+    result["rss"] = sampler.summary()
+    return result
 
 
 def run_child(overrides: dict) -> dict:
@@ -203,6 +231,86 @@ def brute_force_check(mds: str, db: str, samples: int, seed: int = 0) -> dict:
     return {"trigrams_checked": len(want), "mismatches": bad}
 
 
+def _catalog_rows(db: Path) -> tuple[dict, dict]:
+    from ngram_dask.db import read_only
+
+    with read_only(str(db)) as con:
+        rows = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                for t in ("bigrams", "trigrams", "bigram_prefixes", "trigram_prefixes")}
+        sums = {t: int(con.execute(f"SELECT sum(count) FROM {t}").fetchall()[0][0]) for t in ("bigrams", "trigrams")}
+    return rows, sums
+
+
+def cmd_duckdb(args, mds: str, info: dict) -> None:
+    """Ours (as planned, and in the Pile's regime) against plain DuckDB at equal memory."""
+    from dask.utils import parse_bytes
+
+    from ngram_dask.ngrams.load import WRITER_SETTINGS
+
+    writer = parse_bytes(WRITER_SETTINGS["memory_limit"])
+    table, want = [], None
+    for spec in args.clusters.split(","):
+        workers, memory = spec.split("x")
+        total = int(workers) * parse_bytes(memory) + writer
+        root = Path(args.cache) / "runs" / f"duckdb-{workers}x{memory}"
+        times: dict[str, list] = {}
+        peaks: dict[str, int] = {}
+        budget = None
+        for rnd in range(args.runs):
+            for name in ("ours", f"ours, ~{args.ranges} ranges", "plain DuckDB"):
+                # The regime's budget comes from the first build's partial rows per chunk.
+                extra = {"ours": {}, "plain DuckDB": None}.get(name, {"build.aggregate_budget_bytes": budget})
+                shutil.rmtree(root, ignore_errors=True)
+                root.mkdir(parents=True)
+                if extra is None:
+                    res = run_plain({"mds_root": mds, "db_path": str(root / "plain.duckdb"),
+                                     "memory_limit": f"{total >> 20}MiB", "threads": int(workers),
+                                     "temp_dir": str(root / "spill")})
+                    peak = res["rss"].get("main", 0)
+                    if "failed" in res:
+                        print(f"round {rnd}: {spec}: plain DuckDB ({total >> 20} MiB) failed: {res['failed']}",
+                              flush=True)
+                        times.setdefault(name, []).append(None)
+                        continue
+                    secs, check = res["seconds"], (res["rows"], res["sums"])
+                else:
+                    over = overrides_for(mds, root, int(workers), memory, args.chunks, **extra)
+                    m = measured(root, run_child(over))
+                    secs = sum(m["seconds"].values())
+                    peak = max(m["peak_worker_rss"], m["peak_client_rss"])
+                    check = _catalog_rows(root / "catalog.duckdb")
+                    if budget is None:
+                        done = (root / "work" / "explode" / "_done").glob("*.json")
+                        explode = [json.loads(p.read_text()) for p in done]
+                        per_chunk = sum(sum(e["distinct"].values()) + sum(e["tails"].values())
+                                        for e in explode) / args.chunks
+                        budget = int(per_chunk * 86 / args.ranges)
+                    if extra:
+                        print(f"  max ranges per chunk: {m['ranges_max']}", flush=True)
+                times.setdefault(name, []).append(secs)
+                peaks[name] = max(peaks.get(name, 0), peak)
+                if want is None:
+                    want = check
+                elif check != want:
+                    raise SystemExit(f"{name} built other tables: {check} != {want}")
+                print(f"round {rnd}: {spec}: {name}: {secs:.1f} s, peak RSS {peak / 2**20:,.0f} MiB", flush=True)
+        table.append((spec, total, times, peaks))
+    print(f"\n{info['tokens']:,} tokens, K = {args.chunks}; plain DuckDB's memory_limit = workers' memory + "
+          f"the writer's {writer >> 20} MiB; tables checked equal (rows and sums)")
+    print("| cluster | equal memory | build | runs (s) | mean (s) | plain DuckDB / this | peak RSS (process) |")
+    print("|---|---:|---|---|---:|---:|---:|")
+    for spec, total, times, peaks in table:
+        plain = [t for t in times.get("plain DuckDB", []) if t is not None]
+        plain_mean = sum(plain) / len(plain) if plain else None
+        for name, ts in times.items():
+            ok = [t for t in ts if t is not None]
+            mean = sum(ok) / len(ok) if ok else None
+            runs = ", ".join("failed" if t is None else f"{t:.1f}" for t in ts)
+            ratio = f"{plain_mean / mean:.2f}x" if plain_mean and mean else "-"
+            print(f"| {spec} | {total / 2**30:.2f} GiB | {name} | {runs} | "
+                  f"{'-' if mean is None else f'{mean:.1f}'} | {ratio} | {peaks.get(name, 0) / 2**20:,.0f} MiB |")
+
+
 def cmd_big(args, mds: str, info: dict) -> None:
     from ngram_dask.catalog.verify import verify
 
@@ -261,8 +369,11 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_child":
         child_main(json.loads(sys.argv[2]))
         return
+    if len(sys.argv) > 2 and sys.argv[1] == "_plain":
+        plain_main(json.loads(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("rates", "compare", "regime", "big"))
+    ap.add_argument("mode", choices=("rates", "compare", "regime", "duckdb", "big"))
     ap.add_argument("--tokens", type=float, default=2e8)
     ap.add_argument("--real-tokens", type=float, default=3.2e7, help="tokenized real text; the rest renamed copies")
     ap.add_argument("--shard-mib", type=int, default=16)
@@ -281,7 +392,8 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     mds, info = make_corpus(cache, int(args.tokens), args.shard_mib << 20, False, print, int(args.real_tokens))
     print(f"corpus {mds}: {info['tokens']:,} tokens, {info['distinct_trigrams']:,} distinct trigrams", flush=True)
-    {"rates": cmd_rates, "compare": cmd_compare, "regime": cmd_regime, "big": cmd_big}[args.mode](args, str(mds), info)
+    modes = {"rates": cmd_rates, "compare": cmd_compare, "regime": cmd_regime, "duckdb": cmd_duckdb, "big": cmd_big}
+    modes[args.mode](args, str(mds), info)
 
 
 if __name__ == "__main__":
