@@ -357,12 +357,15 @@ def test_killed_worker_and_killed_client_then_rerun(tmp_path, bpe_tokenizer_path
     victim = procs.workers[0]
     for pid in [*_descendants(victim.pid), victim.pid]:
         os.kill(pid, signal.SIGKILL)
+    finished_at_kill = len(finished_markers(out))
     thread.join(300)
     if "error" in result:
         raise result["error"]
-    # A shard whose result died with the worker is re-run by Dask and finds its marker: skipped.
+    # A shard whose result died with the worker is re-run by Dask and finds its marker:
+    # skipped. Only shards finished before the kill can be (a busy client may not have
+    # gathered several of the victim's results yet); every other shard is converted once.
     assert result["report"].converted + result["report"].already_done == 16
-    assert result["report"].converted >= 15
+    assert result["report"].already_done <= finished_at_kill < 16
     assert [p.parent.name for p in finished_markers(out)] == names
     assert read_samples(out) == want
 
