@@ -329,7 +329,7 @@ def cmd_big(args, mds: str, info: dict) -> None:
 
 def cmd_regime(args, mds: str, info: dict) -> None:
     """One explode output, then its aggregate + load in the two regimes, alternating."""
-    root = Path(args.cache) / "runs" / "regime"
+    root = Path(args.cache) / "runs" / f"regime-{info['tokens']}"
     work = root / "work"
     if args.reuse_work:  # a finished build's explode output (its manifest and units)
         shutil.rmtree(root, ignore_errors=True)
