@@ -341,6 +341,14 @@ def worker_memory(cfg: ClusterConfig) -> tuple[int | None, int]:
     return parse_memory_limit(cfg.memory_limit, threads, total_cores=max(cores, threads), logger=log), threads
 
 
+def local_cores(cfg: ClusterConfig) -> int | None:
+    """Threads of the LocalCluster a stage would start (None for any other cluster: a
+    running scheduler's or SLURM's workers are not counted before they are there)."""
+    if cfg.scheduler or cfg.scheduler_file or cfg.kind in ("address", "slurm"):
+        return None
+    return (cfg.n_workers or _default_workers(cfg.threads_per_worker)) * cfg.threads_per_worker
+
+
 def sized_unit_tokens(setting: int | None, cfg: ClusterConfig) -> int:
     """Tokens per unit of a stage that reads piece groups (the build's explode, contexts):
     ``setting`` (``build.explode_unit_tokens``) when given, else sized so that a worker's

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Callable
 
 from ngram_dask import __version__
-from ngram_dask.cluster import package_versions, sized_unit_tokens
+from ngram_dask.cluster import local_cores, package_versions, sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, scalar, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import InputPlan, group_pieces, plan_input
+from ngram_dask.inputs import InputPlan, balanced_unit_tokens, group_pieces, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
@@ -95,16 +95,36 @@ def work_dir_manifest(cfg: Config, plan: InputPlan, unit_tokens: int) -> Manifes
     })
 
 
-def explode_unit_tokens(cfg: Config) -> int:
-    """Tokens per explode unit: ``build.explode_unit_tokens``, else the size a work dir
-    recorded (it keeps its grouping, whatever the cluster now), else sized from the
-    worker's memory (``cluster.sized_unit_tokens``)."""
+def explode_unit_tokens(cfg: Config) -> tuple[int, bool]:
+    """Tokens per explode unit, and whether they are the automatic size:
+    ``build.explode_unit_tokens``, else the size a work dir recorded (it keeps its
+    grouping, whatever the cluster now), else sized from the worker's memory
+    (``cluster.sized_unit_tokens``; ``explode_plan`` may lower it for a small corpus)."""
     if cfg.build.explode_unit_tokens:
-        return cfg.build.explode_unit_tokens
+        return cfg.build.explode_unit_tokens, False
     recorded = Manifest(join(cfg.work_dir, "manifest.json"), {}, f"work dir {cfg.work_dir}").read() or {}
     if recorded.get("explode_layout") == EXPLODE_LAYOUT and recorded.get("explode_unit_tokens"):
-        return int(recorded["explode_unit_tokens"])
-    return sized_unit_tokens(None, cfg.cluster)
+        return int(recorded["explode_unit_tokens"]), False
+    return sized_unit_tokens(None, cfg.cluster), True
+
+
+def explode_plan(cfg: Config) -> tuple[InputPlan, int]:
+    """The input's plan and the tokens per explode unit it was cut with: the automatic size
+    is lowered until every core of a LocalCluster gets ``inputs.UNITS_PER_CORE`` units."""
+    b = cfg.build
+    unit_tokens, auto = explode_unit_tokens(cfg)
+
+    def plan_for(unit: int) -> InputPlan:
+        return plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
+                          samples=b.samples, token_column=b.token_column, unit_tokens=unit)
+
+    plan = plan_for(unit_tokens)
+    if auto:
+        balanced = balanced_unit_tokens(unit_tokens, sum(p.tokens for p in plan.pieces), local_cores(cfg.cluster))
+        if balanced < unit_tokens:
+            unit_tokens = balanced
+            plan = plan_for(unit_tokens)  # flat and Megatron inputs are cut into pieces of a unit
+    return plan, unit_tokens
 
 
 def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
@@ -116,9 +136,7 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
     b = cfg.build
     report = BuildReport()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    unit_tokens = explode_unit_tokens(cfg)
-    plan = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
-                      samples=b.samples, token_column=b.token_column, unit_tokens=unit_tokens)
+    plan, unit_tokens = explode_plan(cfg)
     pieces = plan.pieces
     report.pieces = len(pieces)
     token_dtype = plan.token_dtype

@@ -39,7 +39,7 @@ import numpy as np
 
 from ngram_dask.config import Config
 from ngram_dask.errors import ConfigError
-from ngram_dask.inputs import group_pieces, plan_input, read_piece, unit_tokens_for
+from ngram_dask.inputs import balanced_unit_tokens, group_pieces, plan_input, read_piece, unit_tokens_for
 from ngram_dask.ngrams import counting, partfile
 from ngram_dask.ngrams.aggregate import FINAL_PARQUET, MAX_RANGES, NUMPY_BYTES_PER_ROW, AggregateSettings
 from ngram_dask.schema import key_bits
@@ -116,7 +116,7 @@ def plan_build(cfg: Config) -> dict:
         raise ConfigError("'input' is required (flag --input or config key 'input')")
     use_storage(cfg.storage.s3_endpoint_url, cfg.storage.s3_region)  # the input may be on S3
     try:
-        from ngram_dask.cluster import usable_cores, worker_memory
+        from ngram_dask.cluster import local_cores, usable_cores, worker_memory
 
         limit, threads = worker_memory(cl)
     except ValueError as exc:
@@ -130,10 +130,11 @@ def plan_build(cfg: Config) -> dict:
     ip = plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
                     samples=b.samples, token_column=b.token_column, unit_tokens=unit)
     pieces = ip.pieces
-    corpus_tokens = sum(p.tokens for p in pieces)
+    corpus_tokens = int(b.plan_tokens) if b.plan_tokens else sum(p.tokens for p in pieces)
+    if not b.explode_unit_tokens:  # as the build does (ngrams.pipeline.explode_plan)
+        unit = balanced_unit_tokens(unit, corpus_tokens, local_cores(cl))
     units = len(group_pieces(pieces, unit))
     if b.plan_tokens:  # another corpus like this one: as many units as its tokens fill
-        corpus_tokens = int(b.plan_tokens)
         units = max(1, math.ceil(corpus_tokens / unit))
     unit_tokens_mean = corpus_tokens / max(units, 1)
     ns = sorted(b.ngrams)

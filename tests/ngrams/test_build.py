@@ -396,6 +396,26 @@ def test_auto_unit_size_follows_the_worker_memory_and_the_work_dir_keeps_it(tmp_
     assert_matches_oracle(cfg.db, samples)
 
 
+def test_the_auto_unit_size_gives_every_local_core_units(tmp_path):
+    """A build that starts its own LocalCluster lowers the memory-sized unit so that each
+    core gets inputs.UNITS_PER_CORE units (here down to the floor: a tiny corpus); one that
+    attaches to a scheduler cannot count its cores and keeps the memory size."""
+    import json
+
+    from ngram_dask.inputs import MIN_UNIT_TOKENS, balanced_unit_tokens, unit_tokens_for
+
+    assert balanced_unit_tokens(1 << 27, 200_000_000, 2) == 33_333_334 < 1 << 27
+    assert balanced_unit_tokens(1 << 27, 207e9, 64) == 1 << 27  # the Pile fills 64 cores with large units
+    assert balanced_unit_tokens(1 << 27, 1000, 2) == MIN_UNIT_TOKENS
+    assert balanced_unit_tokens(1 << 27, 200_000_000, None) == 1 << 27
+    samples = [list(range(i, i + 300)) for i in range(12)]
+    cfg, _ = build(tmp_path, samples, None, **{"cluster.memory_limit": "1GiB", "cluster.n_workers": 1,
+                                               "cluster.dashboard_address": ":0"})
+    recorded = json.loads(Path(cfg.work_dir, "manifest.json").read_text())["explode_unit_tokens"]
+    assert recorded == MIN_UNIT_TOKENS < unit_tokens_for(1 << 30, 1)
+    assert_matches_oracle(cfg.db, samples)
+
+
 def test_chunks_cut_into_key_ranges_through_the_cli(tmp_path, local_cluster):
     """A tiny aggregate budget: every chunk in several key ranges, the database exact."""
     import json
