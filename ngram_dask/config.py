@@ -238,9 +238,10 @@ class BuildConfig:
     aggregate_budget_bytes: Optional[int] = setting(None, "memory one aggregate key range may use (default: "
                                                           "duckdb_memory_fraction of the worker's limit); a "
                                                           "chunk over it is cut into key ranges")
-    block_rows: int = setting(1 << 17, "rows per block of the explode's part files at most (a chunk's rows in a unit "
-                                       "are cut into 8 blocks when large): the key ranges of the aggregate are "
-                                       "planned from the blocks' first keys, and a range reads only its blocks")
+    block_rows: int = setting(1 << 20, "rows per block of the explode's part files at most (a block is one "
+                                       "Parquet file read whole; a unit's rows of a chunk are one block when fewer)")
+    mark_rows: int = setting(8192, "rows between the marks of the explode's part files: the keys the aggregate "
+                                   "plans a chunk's key ranges from (tests set it small)")
     plan: bool = setting(False, "print what the build would do (units, K, key ranges, files, scratch and "
                                 "catalog bytes, time per step) from the input's index and a sample, for the "
                                 "cluster settings given, and stop: no cluster, nothing written")
@@ -279,6 +280,7 @@ class BuildConfig:
             raise ConfigError(f"build.explode_unit_tokens must be in [1, 2**32), got {self.explode_unit_tokens}")
         _at_least("build.aggregate_budget_bytes", self.aggregate_budget_bytes, 1, optional=True)
         _at_least("build.block_rows", self.block_rows, 1)
+        _at_least("build.mark_rows", self.mark_rows, 1)
         _at_least("build.plan_sample_tokens", self.plan_sample_tokens, 1000)
         _at_least("build.plan_sample_pieces", self.plan_sample_pieces, 1)
         _at_least("build.plan_tokens", self.plan_tokens, 1, optional=True)

@@ -42,6 +42,7 @@ BUILD_FLAGS = {
     "--explode-unit-tokens": "build.explode_unit_tokens",
     "--aggregate-budget-bytes": "build.aggregate_budget_bytes",
     "--block-rows": "build.block_rows",
+    "--mark-rows": "build.mark_rows",
     "--count-engine": "build.count_engine",
     "--plan-sample-tokens": "build.plan_sample_tokens",
     "--plan-sample-pieces": "build.plan_sample_pieces",

@@ -8,7 +8,7 @@ chosen per chunk and recorded in its marker (``path``):
 
 * ``numpy`` (the fast path, at any size): the chunk's sorted key space is cut into
   *key ranges* whose partial rows fit the memory budget (``counting.key_ranges``, from
-  the blocks' first keys and row counts in the indexes: nothing is read to plan). One
+  the marks in the indexes, a key every 8,192 rows: nothing is read to plan). One
   range: the blocks are read, their rows packed into one integer key each and merged
   with a stable sort (the blocks are sorted runs). Several: one pass reads every block
   once and appends each row, packed, to its range's spill file in local scratch (16 B a
@@ -406,8 +406,8 @@ def _aggregate_numpy(chain: list[int], chunk: int, sources: dict[int, list[partf
     n = chain[0]
     bits = next(b.bits for m in chain for b in sources[m])
     # Bounds on prefixes of the smallest derived n: each range holds whole n-grams of every n.
-    bounds = key_ranges(np.concatenate([b.first_keys for b in sources[n]] or [np.empty(0, KEY_DTYPE)]),
-                        np.concatenate([b.rows for b in sources[n]] or [np.empty(0, np.int64)]),
+    bounds = key_ranges(np.concatenate([b.mark_keys for b in sources[n]] or [np.empty(0, KEY_DTYPE)]),
+                        np.concatenate([b.mark_rows for b in sources[n]] or [np.empty(0, np.int64)]),
                         n_ranges, bits * (n - chain[-1]))
     ranges = len(bounds) + 1
     tmp_root = tempfile.mkdtemp(prefix=f"agg-n{n}-c{chunk}-", dir=s.spill_dir or scratch)

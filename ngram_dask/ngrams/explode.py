@@ -52,6 +52,7 @@ class ExplodeSettings:
     # rest from the (n+1)-grams (counting.derived_in_aggregate)
     derived: tuple[int, ...] = ()
     block_rows: int = partfile.DEFAULT_BLOCK_ROWS  # rows per block of a part file (tests set it small)
+    mark_rows: int = partfile.MARK_ROWS  # rows between a part file's marks (tests set it small)
 
     @property
     def bits(self) -> int:
@@ -133,7 +134,7 @@ def explode_group(group: PieceGroup, s: ExplodeSettings) -> dict:
         stats["ngrams"][str(n)] = counted if s.drop_eos else counting.ngram_totals(lengths, n)
         stats["distinct" if n not in s.derived else "tails"][str(n)] = len(c)
         wrote = partfile.write_part(n_dir(s.work_dir, n), group.name, s.chunks, s.bits,
-                                    chunk_tables(c, n, s), s.block_rows)
+                                    chunk_tables(c, n, s), s.block_rows, s.mark_rows)
         stats["bytes"] += wrote["bytes"]
         stats["files"] += 2
         del c

@@ -70,7 +70,7 @@ def build_identity(cfg: Config) -> dict[str, str]:
 # The explode's part files: one data and index file per (unit, n), chunks as blocks
 # (``ngrams.partfile``). A work dir of the older layout (a file per unit, n and chunk) has
 # no such key in its manifest and is refused in one line.
-EXPLODE_LAYOUT = "unit-files-1"
+EXPLODE_LAYOUT = "unit-files-2"
 
 
 def work_dir_manifest(cfg: Config, plan: InputPlan, unit_tokens: int) -> Manifest:
@@ -151,6 +151,7 @@ def declare_build(cfg: Config, announce: Announce) -> Stage:
         vocab_size=cfg.vocab_size, token_dtype=token_dtype, drop_eos=b.drop_eos,
         eos_id=b.eos_id, verify_hashes=b.verify_hashes, unit_tokens=unit_tokens,
         count_engine=b.count_engine, derived=derived_in_aggregate(b.ngrams, b.drop_eos), block_rows=b.block_rows,
+        mark_rows=b.mark_rows,
     )
     ags = AggregateSettings(work_dir=cfg.work_dir, memory_fraction=b.duckdb_memory_fraction,
                             threads=b.duckdb_threads, method=b.aggregate_method, spill_dir=b.spill_dir,

@@ -424,7 +424,7 @@ def test_chunks_cut_into_key_ranges_through_the_cli(tmp_path, local_cluster):
     samples = [rng.zipf(1.3, 400).clip(max=60000).tolist() for _ in range(40)]
     mds = write_mds(tmp_path / "mds", samples, size_limit=1 << 12)
     r = _cli_build(tmp_path, mds, local_cluster, "--aggregate-budget-bytes", "20000", "--vocab-size", "65536",
-                   "--block-rows", "64")
+                   "--block-rows", "64", "--mark-rows", "16")
     assert r.returncode == 0, r.stderr
     markers = [json.loads(p.read_text()) for p in (tmp_path / "work" / "aggregate" / "n=3" / "_done").glob("*.json")]
     assert markers and all(m["path"] == "numpy" for m in markers)

@@ -98,7 +98,7 @@ def test_worker_lost_inside_a_ranged_aggregate_then_rerun_is_exact(tmp_path, cor
     monkeypatch.setenv("NGRAM_DASK_CRASH_IN_AGGREGATE", "3:5:1")
     procs = start_dask_processes(workers=1, nthreads=1)
     monkeypatch.delenv("NGRAM_DASK_CRASH_IN_AGGREGATE")
-    over = {"build.aggregate_budget_bytes": 200_000, "build.block_rows": 256}
+    over = {"build.aggregate_budget_bytes": 200_000, "build.block_rows": 256, "build.mark_rows": 256}
     from distributed import KilledWorker
 
     with pytest.raises(KilledWorker):

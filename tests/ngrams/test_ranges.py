@@ -91,7 +91,7 @@ def test_part_file_round_trip_reads_each_chunk_alone(tmp_path):
         table = pa.table({"id0": cols[0], "id1": cols[1], "count": np.arange(len(k), dtype=np.uint32) + 1})
         pieces.append((c, table, k))
         expected[c] = table
-    wrote = partfile.write_part(str(tmp_path), "u0", chunks, bits, iter(pieces), block_rows=37)
+    wrote = partfile.write_part(str(tmp_path), "u0", chunks, bits, iter(pieces), block_rows=37, mark_rows=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-u0.data", "part-u0.index"]
     assert wrote["rows"] == len(keys) - int((tags == 2).sum())
     for c in range(chunks):
@@ -100,6 +100,10 @@ def test_part_file_round_trip_reads_each_chunk_alone(tmp_path):
             assert len(blocks) == 0
             continue
         assert blocks.bits == bits and len(blocks) == math.ceil(expected[c].num_rows / 37)
+        # A mark every 10 rows of the chunk: its key there and the rows up to the next one.
+        k = keys[tags == c]
+        assert blocks.mark_keys.tolist() == k[::10].tolist()
+        assert blocks.mark_rows.tolist() == [min(10, len(k) - i) for i in range(0, len(k), 10)]
         got = pa.concat_tables(partfile.read_blocks(blocks, slice(None), ["id0", "id1", "count"]))
         assert got.equals(expected[c])
         # Every other block alone: the ranged reads of non-adjacent blocks.
@@ -131,7 +135,7 @@ def _explode(tmp: Path, mds: Path, dtype: str, vocab: int, ns, chunks: int) -> t
     work = tmp / f"work-{chunks}-{'-'.join(map(str, ns))}"
     derived = counting.derived_in_aggregate(ns, drop_eos=False)
     xs = ExplodeSettings(work_dir=str(work), ngrams=tuple(ns), chunks=chunks, vocab_size=vocab,
-                         token_dtype=dtype, derived=derived, block_rows=8, unit_tokens=2000)
+                         token_dtype=dtype, derived=derived, block_rows=8, mark_rows=4, unit_tokens=2000)
     pieces = plan_input(str(mds), token_dtype=dtype).pieces
     groups = group_pieces(pieces, xs.unit_tokens)
     assert len(groups) >= 2
