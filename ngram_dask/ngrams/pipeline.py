@@ -91,7 +91,7 @@ def work_dir_manifest(cfg: Config, plan: InputPlan, unit_tokens: int) -> Manifes
         "shards": "the input pieces",
         "explode_unit_tokens": lambda old, new: f"piece groups (build.explode_unit_tokens {old}, not {new})",
         "derived": "partial files (written by another version of ngram-dask)",
-        "explode_layout": "explode layout (part files per chunk, written by an older ngram-dask)",
+        "explode_layout": "explode layout (written by an older ngram-dask)",
     })
 
 

@@ -356,16 +356,20 @@ def test_a_work_dir_of_another_explode_grouping_is_refused(tmp_path, local_clust
     assert not (tmp_path / "other.duckdb").exists()
 
 
-def test_a_work_dir_of_the_old_per_chunk_layout_is_refused_in_one_line(tmp_path, local_cluster):
+@pytest.mark.parametrize("layout", [None, "unit-files-1"], ids=["per-chunk-files", "layout-1"])
+def test_a_work_dir_of_an_old_layout_is_refused_in_one_line(tmp_path, local_cluster, layout):
     """A work dir whose explode wrote a file per (unit, n, chunk) (no explode_layout in its
-    manifest): refused before any work, untouched."""
+    manifest), or part files without marks (layout 1): refused before any work, untouched."""
     import json
 
     samples = [list(range(i, i + 300)) for i in range(12)]
     cfg, _ = build(tmp_path, samples, local_cluster)
     manifest = Path(cfg.work_dir, "manifest.json")
     old = json.loads(manifest.read_text())
-    del old["explode_layout"]
+    if layout is None:
+        del old["explode_layout"]
+    else:
+        old["explode_layout"] = layout
     manifest.write_text(json.dumps(old))
     old_part = Path(cfg.work_dir, "explode", "n=3", "id0_chunk=0", "part-x.parquet")
     old_part.parent.mkdir(parents=True)
@@ -374,7 +378,7 @@ def test_a_work_dir_of_the_old_per_chunk_layout_is_refused_in_one_line(tmp_path,
     r = run_cli("build", "--input", cfg.input, "--work-dir", cfg.work_dir, "--db", str(tmp_path / "other.duckdb"),
                 "--vocab-size", "65536", "--chunks", "7", "--steps", "explode,aggregate,load",
                 "--scheduler", local_cluster)
-    _assert_one_line_error(r, "holds results for different explode layout (part files per chunk")
+    _assert_one_line_error(r, "holds results for different explode layout (written by an older ngram-dask)")
     assert sorted(str(p) for p in Path(cfg.work_dir).rglob("*")) == before
     assert not (tmp_path / "other.duckdb").exists()
 
