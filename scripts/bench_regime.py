@@ -67,28 +67,30 @@ def plain_main(spec: dict) -> None:
     print(json.dumps(run_plain_duckdb(**spec)))
 
 
-def run_plain(spec: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_plain", json.dumps(spec)]
+def _run_sampled(mode: str, spec: dict) -> tuple[int, dict | str]:
+    """This script's ``mode`` in a child process, its tree's peak RSS sampled: ``(returncode,
+    its JSON result with "rss" added, or its stderr)``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(spec)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     with RssSampler(proc.pid) as sampler:
         out, err = proc.communicate()
     if proc.returncode != 0:
-        last = (err.strip().splitlines() or ["?"])[-1]
-        return {"failed": last[:200], "rss": sampler.summary()}
-    result = json.loads(out.strip().splitlines()[-1])
-    result["rss"] = sampler.summary()
+        return proc.returncode, err
+    return 0, {**json.loads(out.strip().splitlines()[-1]), "rss": sampler.summary()}
+
+
+def run_plain(spec: dict) -> dict:
+    """Plain DuckDB in a child; a failure (out of memory) is a result: ``{"failed": its last line}``."""
+    code, result = _run_sampled("_plain", spec)
+    if code:
+        return {"failed": ((result.strip().splitlines() or ["?"])[-1])[:200], "rss": {}}
     return result
 
 
 def run_child(overrides: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", json.dumps({"overrides": overrides})]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    with RssSampler(proc.pid) as sampler:
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"build failed ({proc.returncode}):\n{err[-4000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["rss"] = sampler.summary()
+    code, result = _run_sampled("_child", {"overrides": overrides})
+    if code:
+        raise SystemExit(f"build failed ({code}):\n{result[-4000:]}")
     return result
 
 

@@ -288,22 +288,31 @@ def merge_prefix_runs(held: tuple | None, rows: tuple) -> tuple[tuple | None, tu
             tuple(a[:-1] for a in (heads, last, sums, maxes)))
 
 
+def _packed_blocks(m: int, blocks: list[partfile.ChunkBlocks], bits: int):
+    """Each block of m's partial rows as ``(keys, counts as uint64, id type)``, keys packed."""
+    for b in blocks:
+        for table in partfile.read_blocks(b, slice(None), id_columns(m) + ["count"]):
+            ids = [table.column(c).to_numpy() for c in id_columns(m)]
+            yield pack_columns(ids, bits), table.column("count").to_numpy().astype(np.uint64), ids[0].dtype
+
+
+def _summed(keys: list[np.ndarray], counts: list[np.ndarray]) -> Counts:
+    """Runs of sorted rows merged with a stable sort, equal keys summed."""
+    if not keys:
+        return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
+    k, c = np.concatenate(keys), np.concatenate(counts)
+    order = np.argsort(k, kind="stable")
+    return sum_runs(k[order], c[order])
+
+
 def _read_all(m: int, blocks: list[partfile.ChunkBlocks], bits: int):
     """Summed counts of all m's partial rows of the chunk (one key range), keys ascending;
     the id type of the blocks; how many blocks were read."""
-    keys, counts, dtype, read = [], [], None, 0
-    for b in blocks:
-        for table in partfile.read_blocks(b, slice(None), id_columns(m) + ["count"]):
-            read += 1
-            ids = [table.column(c).to_numpy() for c in id_columns(m)]
-            dtype = ids[0].dtype
-            keys.append(pack_columns(ids, bits))
-            counts.append(table.column("count").to_numpy().astype(np.uint64))
-    if not keys:
-        return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64)), dtype, read
-    k, c = np.concatenate(keys), np.concatenate(counts)
-    order = np.argsort(k, kind="stable")
-    return sum_runs(k[order], c[order]), dtype, read
+    keys, counts, dtype = [], [], None
+    for k, c, dtype in _packed_blocks(m, blocks, bits):  # noqa: B007 (the last block's id type is kept)
+        keys.append(k)
+        counts.append(c)
+    return _summed(keys, counts), dtype, len(keys)
 
 
 def _spill_ranges(m: int, blocks: list[partfile.ChunkBlocks], bounds: list[int], bits: int,
@@ -320,23 +329,18 @@ def _spill_ranges(m: int, blocks: list[partfile.ChunkBlocks], bounds: list[int],
     outs = [open(path, "wb") for path in paths]
     dtype, read = None, 0
     try:
-        for b in blocks:
-            for table in partfile.read_blocks(b, slice(None), id_columns(m) + ["count"]):
-                read += 1
-                ids = [table.column(c).to_numpy() for c in id_columns(m)]
-                dtype = ids[0].dtype if dtype is None else dtype
-                k = pack_columns(ids, bits)
-                c = table.column("count").to_numpy().astype(np.uint64)
-                where = np.searchsorted(edges, k, side="right")  # the range of each row
-                if len(where) > 1 and np.any(where[1:] < where[:-1]):
-                    order = np.argsort(where, kind="stable")  # a block is sorted; stay exact if not
-                    k, c, where = k[order], c[order], where[order]
-                cuts = np.searchsorted(where, np.arange(len(paths) + 1))
-                for r in np.flatnonzero(cuts[1:] > cuts[:-1]):
-                    a, z = cuts[r], cuts[r + 1]
-                    np.array([z - a], np.uint64).tofile(outs[r])
-                    k[a:z].tofile(outs[r])
-                    c[a:z].tofile(outs[r])
+        for k, c, id_type in _packed_blocks(m, blocks, bits):
+            read, dtype = read + 1, id_type
+            where = np.searchsorted(edges, k, side="right")  # the range of each row
+            if len(where) > 1 and np.any(where[1:] < where[:-1]):
+                order = np.argsort(where, kind="stable")  # a block is sorted; stay exact if not
+                k, c, where = k[order], c[order], where[order]
+            cuts = np.searchsorted(where, np.arange(len(paths) + 1))
+            for r in np.flatnonzero(cuts[1:] > cuts[:-1]):
+                a, z = cuts[r], cuts[r + 1]
+                np.array([z - a], np.uint64).tofile(outs[r])
+                k[a:z].tofile(outs[r])
+                c[a:z].tofile(outs[r])
     finally:
         for out in outs:
             out.close()
@@ -353,11 +357,7 @@ def _read_spill(path: str) -> Counts:
         keys.append(words[at + 1:at + 1 + rows])
         counts.append(words[at + 1 + rows:at + 1 + 2 * rows])
         at += 1 + 2 * rows
-    if not keys:
-        return Counts(np.empty(0, KEY_DTYPE), np.empty(0, np.uint64))
-    k, c = np.concatenate(keys), np.concatenate(counts)
-    order = np.argsort(k, kind="stable")
-    return sum_runs(k[order], c[order])
+    return _summed(keys, counts)
 
 
 class _StagedParquet:
