@@ -228,8 +228,10 @@ class BuildConfig:
     drop_eos: bool = setting(False, "extension: skip n-grams that contain eos_id (document-aware counts)")
     eos_id: int = setting(0, "the token id drop_eos skips")
     verify_hashes: bool = setting(True, "check shard hashes listed in index.json")
-    count_engine: str = setting("duckdb", "explode's counting: duckdb (hash aggregate, then a sort of the distinct "
-                                          "n-grams) or numpy (sort every packed key); equal results")
+    count_engine: str = setting("auto", "explode's counting: duckdb (hash aggregate, then a sort of the distinct "
+                                        "n-grams), numpy (sort every packed key), or auto: numpy where this "
+                                        "machine's numpy sorts 64-bit keys fast (vectorised), else duckdb; "
+                                        "equal results")
     explode_unit_tokens: Optional[int] = setting(None, "tokens per explode unit: each unit reads as many "
                                                        "consecutive input pieces as hold this many (~28 B each "
                                                        "of worker memory while counting); default: sized from "
@@ -271,7 +273,7 @@ class BuildConfig:
         _one_of("build.samples", self.samples, ("seq-len", "documents"))
         _at_least("build.seq_len", self.seq_len, 1)
         _one_of("build.aggregate_method", self.aggregate_method, ("auto", "numpy", "duckdb"))
-        _one_of("build.count_engine", self.count_engine, ("duckdb", "numpy"))
+        _one_of("build.count_engine", self.count_engine, ("auto", "duckdb", "numpy"))
         if not 0 < self.duckdb_memory_fraction <= 1:
             raise ConfigError("build.duckdb_memory_fraction must be in (0, 1]")
         _at_least("build.duckdb_threads", self.duckdb_threads, 1, optional=True)

@@ -203,7 +203,6 @@ def brute_force_check(mds: str, db: str, samples: int, seed: int = 0) -> dict:
 
     from ngram_dask.db import read_only
     from ngram_dask.inputs import plan_input, read_piece
-    from ngram_dask.ngrams import counting
 
     rng = np.random.default_rng(seed)
     pieces = plan_input(mds).pieces

@@ -76,7 +76,7 @@ def test_cli_config_errors_are_one_line(tmp_path, args, match):
 
 @pytest.mark.parametrize("overrides,match", [
     ({"build.chunks": "0"}, "build.chunks must be >= 1"),
-    ({"build.count_engine": "gpu"}, "build.count_engine must be duckdb or numpy"),
+    ({"build.count_engine": "gpu"}, "build.count_engine must be auto, duckdb or numpy"),
     ({"convert.txt_mode": "page"}, "convert.txt_mode must be file or line"),
     ({"convert.size_limit": "5GiB"}, "convert.size_limit must be between 1 byte and 4 GiB"),
     ({"score.tables": "bigrams"}, r"only the catalog's top_\* tables are scored"),

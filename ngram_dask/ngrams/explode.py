@@ -24,6 +24,7 @@ statistics; a group with a marker is skipped.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ class ExplodeSettings:
     eos_id: int = 0
     verify_hashes: bool = True
     unit_tokens: int = 34_000_000  # pieces per unit: as many as hold this many tokens
-    count_engine: str = "duckdb"  # counting.count_by_chunk's engine for the largest n
+    count_engine: str = "auto"  # counting.count_by_chunk's engine for the largest n, or auto
     # n whose partial files hold only each sample's last n-gram: the aggregate derives the
     # rest from the (n+1)-grams (counting.derived_in_aggregate)
     derived: tuple[int, ...] = ()
@@ -94,6 +95,33 @@ def chunk_tables(c: counting.ChunkedCounts, n: int, s: ExplodeSettings):
         yield int(chunk), counts_table(part, n, s.bits, s.vocab_size), part.keys
 
 
+# numpy's sort of 64-bit keys costs ~30 ns a key where its vectorised sort runs (Intel
+# AVX-512 here) and ~65 ns where it does not (an AMD EPYC, docs/performance.md): DuckDB's
+# hash aggregate beats the sort above ~40 ns a key (on 2^22 keys), numpy's sort below.
+AUTO_SORT_NS_PER_KEY = 40.0
+
+
+def engine_for_sort_speed(ns_per_key: float) -> str:
+    """The counting engine ``auto`` picks on a machine whose numpy sorts a key in ``ns_per_key``."""
+    return "numpy" if ns_per_key < AUTO_SORT_NS_PER_KEY else "duckdb"
+
+
+@functools.cache
+def sort_ns_per_key(keys: int = 1 << 22) -> float:
+    """This process's numpy sort of random 64-bit keys, ns a key (best of three; ~0.3 s, once)."""
+    a = np.random.default_rng(0).integers(0, 1 << 54, size=keys, dtype=np.uint64)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.sort(a)
+        best = min(best, time.perf_counter() - t0)
+    return best / keys * 1e9
+
+
+def resolved_engine(engine: str) -> str:
+    return engine_for_sort_speed(sort_ns_per_key()) if engine == "auto" else engine
+
+
 def _workspace(tokens: int) -> np.ndarray:
     return thread_buffer("explode-keys", tokens, counting.KEY_DTYPE)
 
@@ -121,9 +149,10 @@ def explode_group(group: PieceGroup, s: ExplodeSettings) -> dict:
         "bytes": 0,
     }
     exclude = s.eos_id if s.drop_eos else None
+    engine = stats["count_engine"] = resolved_engine(s.count_engine)
     by_n = counting.count_by_chunk(
-        data.tokens, data.offsets, s.ngrams, s.bits, s.chunks, exclude_id=exclude, engine=s.count_engine,
-        workspace=_workspace(len(data.tokens)) if s.count_engine == "numpy" else None, tails_only=s.derived)
+        data.tokens, data.offsets, s.ngrams, s.bits, s.chunks, exclude_id=exclude, engine=engine,
+        workspace=_workspace(len(data.tokens)) if engine == "numpy" else None, tails_only=s.derived)
     del data
     t_count = time.perf_counter()
     for n in s.ngrams:

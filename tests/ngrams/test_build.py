@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from ngram_dask.catalog.verify import verify
 from ngram_dask.config import load_config
 from ngram_dask.errors import DatabaseError
+from ngram_dask.ngrams import counting, explode
 from ngram_dask.ngrams.pipeline import run_build
 from ngram_dask.schema import id_columns, ngram_table, prefix_table
 
@@ -65,7 +67,7 @@ tie_lists = st.lists(st.lists(st.integers(0, 2), max_size=50), min_size=1, max_s
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(samples=st.one_of(token_lists, tie_lists), chunks=st.sampled_from([1, 7, 64]),
-       unit_tokens=st.sampled_from([1, 300, 10**9]), engine=st.sampled_from(["duckdb", "numpy"]))
+       unit_tokens=st.sampled_from([1, 300, 10**9]), engine=st.sampled_from(["auto", "duckdb", "numpy"]))
 def test_random_streams_match_oracle(tmp_path_factory, local_cluster, samples, chunks, unit_tokens, engine):
     if sum(len(s) for s in samples) == 0:
         samples = samples + [[1]]
@@ -77,6 +79,18 @@ def test_random_streams_match_oracle(tmp_path_factory, local_cluster, samples, c
     assert_matches_oracle(cfg.db, samples)
     assert report.tokens == sum(len(s) for s in samples)
     verify(cfg.db, announce=lambda m: None)
+    used = {json.loads(p.read_text())["count_engine"] for p in (tmp / "work" / "explode" / "_done").glob("*.json")}
+    assert used <= set(counting.COUNT_ENGINES) and (engine == "auto" or used == {engine})
+
+
+def test_auto_engine_follows_this_machines_sort_speed():
+    """auto counts with numpy where numpy's sort is vectorised (~30 ns a key) and with DuckDB
+    where it is not (~65 ns a key, docs/performance.md); an engine named is kept."""
+    assert explode.engine_for_sort_speed(30.0) == "numpy"
+    assert explode.engine_for_sort_speed(65.0) == "duckdb"
+    assert 0 < explode.sort_ns_per_key() < 10_000
+    assert explode.resolved_engine("auto") == explode.engine_for_sort_speed(explode.sort_ns_per_key())
+    assert explode.resolved_engine("duckdb") == "duckdb" and explode.resolved_engine("numpy") == "numpy"
 
 
 @pytest.mark.parametrize("chunks,unit_tokens", [(1, 10**9), (7, 5000), (64, 1)])
