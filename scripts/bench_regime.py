@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -121,10 +122,18 @@ def measured(root: Path, result: dict) -> dict:
     }
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "CPU unknown"
+
+
 def cmd_rates(args, mds: str, info: dict) -> None:
     import numpy as np
 
     root = Path(args.cache) / "runs" / "rates"
+    load = os.getloadavg()[0]  # rates measured on a busy machine predict slow builds
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     cores = args.workers
@@ -145,7 +154,8 @@ def cmd_rates(args, mds: str, info: dict) -> None:
     done = (root / "work" / "explode" / "_done").glob("*.json")
     explode_work = sum(json.loads(p.read_text())["seconds"] for p in done)
     rates = {
-        "measured_on": f"{time.strftime('%Y-%m-%d')}, {cores} workers x 1 thread, a shared 2-core / 24 GiB machine, "
+        "measured_on": f"{time.strftime('%Y-%m-%d')}, {cores} workers x 1 thread, a 2-core / 24 GiB machine "
+                       f"({_cpu_model()}; load average {load:.1f} before the build), "
                        f"{info['tokens']:,} tokens of the build benchmark's corpus (scripts/bench_regime.py rates)",
         "explode_tokens_per_core_second": round(info["tokens"] / explode_work),
         "explode_bytes_per_token": round(max(m["peak_worker_rss"] - (320 << 20), 1) / unit_tokens, 1),
