@@ -249,6 +249,8 @@ class BuildConfig:
                                 "cluster settings given, and stop: no cluster, nothing written")
     plan_sample_tokens: int = setting(4_000_000, "--plan: tokens sampled to fit the growth of distinct n-grams")
     plan_sample_pieces: int = setting(4, "--plan: pieces the sample is spread over")
+    plan_unit_sample_tokens: int = setting(32_000_000, "--plan: consecutive tokens (at most an explode unit's) "
+                                                       "counted to fit the growth of a unit's distinct n-grams")
     plan_tokens: Optional[float] = setting(None, "--plan: predict for a corpus of this many tokens like the input "
                                                  "(e.g. 207e9 from a sample of the same kind of text)")
     duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
@@ -285,6 +287,7 @@ class BuildConfig:
         _at_least("build.mark_rows", self.mark_rows, 1)
         _at_least("build.plan_sample_tokens", self.plan_sample_tokens, 1000)
         _at_least("build.plan_sample_pieces", self.plan_sample_pieces, 1)
+        _at_least("build.plan_unit_sample_tokens", self.plan_unit_sample_tokens, 1000)
         _at_least("build.plan_tokens", self.plan_tokens, 1, optional=True)
 
 

@@ -194,10 +194,14 @@ def cmd_compare(args, mds: str, info: dict) -> None:
             "ranges_max": max(a["ranges"] for a in plan["aggregate"].values()),
             "explode s": plan["seconds"]["explode"], "aggregate s": plan["seconds"]["aggregate"],
             "load s": plan["seconds"]["load"],
+            "aggregate+load s": plan["seconds"]["aggregate"] + plan["seconds"]["load"],
+            "total s": sum(plan["seconds"].values()),
             "peak_worker_rss": plan["explode"]["peak_bytes_per_unit"] + (320 << 20),
         }
         actual = {**{k: m[k] for k in predicted if k in m}, "explode s": m["seconds"]["explode"],
-                  "aggregate s": m["seconds"]["aggregate"], "load s": m["seconds"]["load"]}
+                  "aggregate s": m["seconds"]["aggregate"], "load s": m["seconds"]["load"],
+                  "aggregate+load s": m["seconds"]["aggregate"] + m["seconds"]["load"],
+                  "total s": sum(m["seconds"].values())}
         print(f"\n{workers} workers x {memory}, K = {args.chunks}, {info['tokens']:,} tokens "
               f"(plan took {plan_seconds:.1f} s)")
         print(f"  {'figure':<16} {'predicted':>16} {'actual':>16} {'pred/actual':>12}")

@@ -46,6 +46,7 @@ BUILD_FLAGS = {
     "--count-engine": "build.count_engine",
     "--plan-sample-tokens": "build.plan_sample_tokens",
     "--plan-sample-pieces": "build.plan_sample_pieces",
+    "--plan-unit-sample-tokens": "build.plan_unit_sample_tokens",
     "--plan-tokens": "build.plan_tokens",
 }
 

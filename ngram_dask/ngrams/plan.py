@@ -8,12 +8,24 @@ nothing is started, nothing is written).
 
 The growth model, stated: the distinct n-grams of T tokens follow Heaps' law,
 ``D_n(T) = a_n * T ** b_n``, fitted by least squares in log-log on the distinct n-grams
-of the first 1/8, 1/4, 1/2 and all of the sample (counted by the explode's own core),
-and capped by the n-grams T tokens hold and by V ** n. From it:
+of the first 1/8, 1/4, 1/2 and all of a sample (counted by the explode's own core),
+and capped by the n-grams T tokens hold and by V ** n. Two samples, two fits:
 
-* partial rows of an explode unit of U tokens: ``D_n(U)`` (for a derived n, its samples'
-  last n-grams: U over the mean sample length); the explode writes units times that;
-* final rows: ``D_n(corpus tokens)``; prefix rows: ``D_{n-1}(corpus tokens)``;
+* the *unit sample*: up to ``build.plan_unit_sample_tokens`` consecutive tokens from the
+  middle of the input, as an explode unit reads them (consecutive pieces). Partial rows of
+  a unit of U tokens: its fit at U (interpolated when U is no larger than the sample); for
+  a derived n, the samples' last n-grams: U over the mean sample length. The explode
+  writes units times that.
+* the *spread sample*: ``build.plan_sample_tokens`` tokens over ``build.plan_sample_pieces``
+  pieces spread over the input, as the whole corpus mixes them. Final rows:
+  ``D_n(corpus tokens)``; prefix rows: ``D_{n-1}(corpus tokens)``.
+
+Why two: text that sits together repeats itself more than text from all over the corpus
+(a unit's distinct n-grams grow more slowly than the corpus's), and a unit is read
+consecutively while the catalog holds all of it. One fit of the spread sample
+over-predicted the units' partial rows of a 1e10-token build 1.5x (docs/performance.md).
+Then:
+
 * a chunk's aggregate reads its share (1/K) of the partial rows of n and of the n derived
   from it, at ``NUMPY_BYTES_PER_ROW + 2n`` bytes each: the key ranges it needs are that
   over the budget (``aggregate.choose_path``);
@@ -92,6 +104,40 @@ def _sample(pieces, want_pieces: int, want_tokens: int, vocab_size: int, verify:
     return np.concatenate(tokens) if tokens else np.empty(0, np.uint16), np.asarray(offsets, np.int64)
 
 
+def _consecutive(pieces, want_tokens: int, vocab_size: int, verify: bool):
+    """Whole samples of consecutive pieces from the middle of the input, up to ``want_tokens``:
+    ``(tokens, offsets)``, as an explode unit reads them."""
+    start = len(pieces) // 2
+    while start > 0 and sum(p.tokens for p in pieces[start:]) < want_tokens:
+        start -= 1  # a small input: as much as there is
+    tokens, offsets, have = [], [0], 0
+    for piece in pieces[start:]:
+        if have >= want_tokens:
+            break
+        data = read_piece(piece, vocab_size, verify)
+        cut = int(np.searchsorted(data.offsets, want_tokens - have, side="right")) - 1
+        cut = max(cut, 1) if len(data.offsets) > 1 else 0
+        tokens.append(data.tokens[: data.offsets[cut]])
+        offsets.extend((data.offsets[1: cut + 1] + offsets[-1]).tolist())
+        have = offsets[-1]
+    return np.concatenate(tokens) if tokens else np.empty(0, np.uint16), np.asarray(offsets, np.int64)
+
+
+def _growth_points(tokens: np.ndarray, offsets: np.ndarray, m: int, bits: int, exclude):
+    """``[(tokens, distinct m-grams)]`` of the first 1/8, 1/4, 1/2 and all of a sample, and
+    the counts of all of it."""
+    total = int(offsets[-1])
+    points, c = [], None
+    for frac in (8, 4, 2, 1):
+        cut = int(np.searchsorted(offsets, total / frac, side="right")) - 1
+        if cut < 1:
+            continue
+        c = counting.count_keys(counting.ngram_keys(tokens[: offsets[cut]], offsets[: cut + 1], m, bits,
+                                                    exclude_id=exclude))
+        points.append((int(offsets[cut]), len(c)))
+    return points, c
+
+
 def _bytes_per_row(c: counting.Counts, n: int, bits: int, vocab_size: int, final: bool) -> float:
     """Bytes per row of these counts written as the explode (a block) or the aggregate writes them."""
     import pyarrow as pa
@@ -149,18 +195,17 @@ def plan_build(cfg: Config) -> dict:
     bytes_partial: dict[int, float] = {}
     bytes_final: dict[int, float] = {}
     for m in range(1, max(ns) + 1):
-        points = []
-        for frac in (8, 4, 2, 1):
-            cut = int(np.searchsorted(offsets, sample_tokens / frac, side="right")) - 1
-            if cut < 1:
-                continue
-            c = counting.count_keys(counting.ngram_keys(tokens[: offsets[cut]], offsets[: cut + 1], m, bits,
-                                                        exclude_id=exclude))
-            points.append((int(offsets[cut]), len(c)))
+        points, c = _growth_points(tokens, offsets, m, bits, exclude)
         growth[m] = Heaps.fit(points, limit=float(cfg.vocab_size) ** m)
         if m in ns:
             bytes_partial[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=False)
             bytes_final[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=True)
+    unit_tokens_sampled = min(int(b.plan_unit_sample_tokens), int(unit_tokens_mean))
+    u_tokens, u_offsets = _consecutive(pieces, unit_tokens_sampled, cfg.vocab_size, b.verify_hashes)
+    unit_growth = {n: Heaps.fit(_growth_points(u_tokens, u_offsets, n, bits, exclude)[0],
+                                limit=float(cfg.vocab_size) ** n)
+                   for n in ns if n not in derived}
+    del u_tokens, u_offsets
 
     r = rates()
     budget = b.aggregate_budget_bytes or int(limit * b.duckdb_memory_fraction)
@@ -169,13 +214,15 @@ def plan_build(cfg: Config) -> dict:
         if n in derived:
             partial_per_unit = min(unit_tokens_mean / mean_sample, unit_tokens_mean)
         else:
-            partial_per_unit = growth[n](unit_tokens_mean)
+            partial_per_unit = unit_growth[n](unit_tokens_mean)
         per_n[n] = {
             "partial_rows_per_unit": partial_per_unit,
             "partial_rows": partial_per_unit * units,
             "final_rows": growth[n](corpus_tokens),
             "prefix_rows": growth[n - 1](corpus_tokens) if n >= 2 else 0.0,
             "heaps": {"a": growth[n].a, "b": growth[n].b, "fitted_on": growth[n].points},
+            "unit_heaps": ({"a": unit_growth[n].a, "b": unit_growth[n].b, "fitted_on": unit_growth[n].points}
+                           if n in unit_growth else None),
             "bytes_per_partial_row": bytes_partial[n],
             "bytes_per_final_row": bytes_final[n],
         }
@@ -212,7 +259,8 @@ def plan_build(cfg: Config) -> dict:
     return {
         "input": {"format": ip.format, "pieces": len(pieces), "tokens": corpus_tokens,
                   "scaled": bool(b.plan_tokens),
-                  "sampled_tokens": sample_tokens, "mean_sample_tokens": mean_sample},
+                  "sampled_tokens": sample_tokens, "mean_sample_tokens": mean_sample,
+                  "unit_sampled_tokens": max((h.points[-1][0] for h in unit_growth.values() if h.points), default=0)},
         "cluster": {"workers": workers, "threads_per_worker": threads, "memory_per_worker": limit,
                     "cores": cores},
         "explode": {"unit_tokens": unit, "units": units, "peak_bytes_per_unit": unit * r["explode_bytes_per_token"],
@@ -247,7 +295,8 @@ def plan_lines(p: dict) -> list[str]:
     lines = [
         f"plan (predicted, nothing built): {i['format']} input, {i['pieces']:,} piece(s), {i['tokens']:,} tokens "
         + ("(--plan-tokens: a corpus like the input's) " if i.get("scaled") else "")
-        + f"(sample: {i['sampled_tokens']:,} tokens, samples of {i['mean_sample_tokens']:.0f} tokens on average)",
+        + f"(samples: {i['sampled_tokens']:,} tokens spread, {i['unit_sampled_tokens']:,} consecutive; "
+        + f"samples of {i['mean_sample_tokens']:.0f} tokens on average)",
         f"  cluster: {c['workers']} worker(s) x {c['threads_per_worker']} thread(s), "
         f"{_bytes(c['memory_per_worker'])} each ({c['cores']} cores)",
         f"  explode: {x['units']:,} unit(s) of {x['unit_tokens']:,} tokens "
@@ -256,8 +305,11 @@ def plan_lines(p: dict) -> list[str]:
     ]
     for n, v in p["ngrams"].items():
         h = v["heaps"]
-        lines.append(f"  n={n}: distinct(T) = {h['a']:.3g} * T^{h['b']:.3f}; partial rows {_si(v['partial_rows'])} "
-                     f"({_si(v['partial_rows_per_unit'])} per unit), final rows {_si(v['final_rows'])}, "
+        u = v.get("unit_heaps")
+        unit_fit = f" (a unit: {u['a']:.3g} * T^{u['b']:.3f})" if u else ""
+        lines.append(f"  n={n}: distinct(T) = {h['a']:.3g} * T^{h['b']:.3f}{unit_fit}; "
+                     f"partial rows {_si(v['partial_rows'])} ({_si(v['partial_rows_per_unit'])} per unit), "
+                     f"final rows {_si(v['final_rows'])}, "
                      f"prefix rows {_si(v['prefix_rows'])}")
     for a in p["aggregate"].values():
         lines.append(f"  aggregate n={'+'.join(map(str, a['chain']))}: {a['units']} unit(s) of "
@@ -267,7 +319,8 @@ def plan_lines(p: dict) -> list[str]:
     s = p["seconds"]
     lines += [
         f"  files {p['files']:,}; scratch {_bytes(p['scratch_bytes'])}; catalog {_bytes(p['catalog_bytes'])}",
-        f"  time: explode {s['explode']:.1f} s, aggregate {s['aggregate']:.1f} s, load {s['load']:.1f} s, "
-        f"total {sum(s.values()):.1f} s (rates of {p['rates']['measured_on']})",
+        f"  time: explode {s['explode']:.1f} s, aggregate+load {s['aggregate'] + s['load']:.1f} s (the single "
+        f"writer loads while the workers aggregate, on the same cores: aggregate {s['aggregate']:.1f} s of them, "
+        f"load {s['load']:.1f} s), total {sum(s.values()):.1f} s (rates of {p['rates']['measured_on']})",
     ]
     return lines

@@ -96,6 +96,7 @@ def test_heaps_fit_recovers_a_power_law_and_caps_at_the_tokens():
     (["--memory-limit", "lots"], "memory_limit"),
     (["--plan-sample-tokens", "10"], "build.plan_sample_tokens must be >= 1000"),
     (["--plan-sample-pieces", "0"], "build.plan_sample_pieces must be >= 1"),
+    (["--plan-unit-sample-tokens", "5"], "build.plan_unit_sample_tokens must be >= 1000"),
     (["--n-workers", "0"], "cluster.n_workers must be >= 1"),
     (["--plan-tokens", "0"], "build.plan_tokens must be >= 1"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--plan needs the workers' memory"),
@@ -112,3 +113,30 @@ def test_bad_plan_arguments_are_one_line_exit_2(inputs, tmp_path, args, match):
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and match in err[0] and "Traceback" not in r.stderr, r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_units_partial_rows_come_from_consecutive_text(tmp_path):
+    """Text that sits together repeats itself: here 8 regions, each one sample repeated, so an
+    explode unit of one region holds one sample's trigrams, while pieces spread over the
+    input grow like the whole corpus. The unit's prediction follows the consecutive sample."""
+    rng = np.random.default_rng(8)
+    per_region = 96
+    samples = []
+    for r in range(8):
+        one = rng.integers(r * 5000, r * 5000 + 4000, SEQ).tolist()
+        samples += [one] * per_region
+    one_region = len(oracle(samples[:per_region], 3))  # the trigrams of one sample
+    path = write_mds(tmp_path / "mds", samples, size_limit=1 << 13)
+    cfg = load_config(None, {"input": str(path), "vocab_size": 65536, "cluster.n_workers": 1,
+                             "cluster.memory_limit": "1GiB", "build.chunks": 4,
+                             "build.explode_unit_tokens": per_region * SEQ, "build.plan_sample_pieces": 8})
+    plan = plan_build(cfg)
+    v = plan["ngrams"][3]
+    # The consecutive sample holds one region, or the end of one and the start of the next.
+    assert one_region <= v["partial_rows_per_unit"] <= 2.5 * one_region, (v["partial_rows_per_unit"], one_region)
+    # The spread sample sees several regions (the corpus holds 8 regions' trigrams): its fit
+    # at a unit's tokens, the one model there was, would predict several regions' worth.
+    h = v["heaps"]
+    assert h["a"] * (per_region * SEQ) ** h["b"] > 3 * one_region, (h, one_region)
+    assert v["final_rows"] >= 4 * one_region, v
+    assert 0 < plan["input"]["unit_sampled_tokens"] <= per_region * SEQ
