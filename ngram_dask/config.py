@@ -247,8 +247,9 @@ class BuildConfig:
     plan: bool = setting(False, "print what the build would do (units, K, key ranges, files, scratch and "
                                 "catalog bytes, time per step) from the input's index and a sample, for the "
                                 "cluster settings given, and stop: no cluster, nothing written")
-    plan_sample_tokens: int = setting(4_000_000, "--plan: tokens sampled to fit the growth of distinct n-grams")
-    plan_sample_pieces: int = setting(4, "--plan: pieces the sample is spread over")
+    plan_sample_tokens: int = setting(16_000_000, "--plan: tokens of samples drawn at random over the input to "
+                                                  "fit the corpus's growth of distinct n-grams")
+    plan_sample_pieces: int = setting(16, "--plan: pieces the samples are drawn from, spread over the input")
     plan_unit_sample_tokens: int = setting(32_000_000, "--plan: consecutive tokens (at most an explode unit's) "
                                                        "counted to fit the growth of a unit's distinct n-grams")
     plan_tokens: Optional[float] = setting(None, "--plan: predict for a corpus of this many tokens like the input "

@@ -192,14 +192,14 @@ def cmd_compare(args, mds: str, info: dict) -> None:
             "final_rows": sum(v["final_rows"] + v["prefix_rows"] for v in plan["ngrams"].values()),
             "files": plan["files"], "scratch_bytes": plan["scratch_bytes"], "catalog_bytes": plan["catalog_bytes"],
             "ranges_max": max(a["ranges"] for a in plan["aggregate"].values()),
-            "explode s": plan["seconds"]["explode"], "aggregate s": plan["seconds"]["aggregate"],
-            "load s": plan["seconds"]["load"],
+            # The aggregate alone is not measured: the writer loads while the workers aggregate.
+            "explode s": plan["seconds"]["explode"], "load s": plan["seconds"]["load"],
             "aggregate+load s": plan["seconds"]["aggregate"] + plan["seconds"]["load"],
             "total s": sum(plan["seconds"].values()),
             "peak_worker_rss": plan["explode"]["peak_bytes_per_unit"] + (320 << 20),
         }
         actual = {**{k: m[k] for k in predicted if k in m}, "explode s": m["seconds"]["explode"],
-                  "aggregate s": m["seconds"]["aggregate"], "load s": m["seconds"]["load"],
+                  "load s": m["seconds"]["load"],
                   "aggregate+load s": m["seconds"]["aggregate"] + m["seconds"]["load"],
                   "total s": sum(m["seconds"].values())}
         print(f"\n{workers} workers x {memory}, K = {args.chunks}, {info['tokens']:,} tokens "

@@ -7,18 +7,20 @@ cluster's settings (workers, threads, memory per worker: ``cluster.worker_memory
 nothing is started, nothing is written).
 
 The growth model, stated: the distinct n-grams of T tokens follow Heaps' law,
-``D_n(T) = a_n * T ** b_n``, fitted by least squares in log-log on the distinct n-grams
-of the first 1/8, 1/4, 1/2 and all of a sample (counted by the explode's own core),
-and capped by the n-grams T tokens hold and by V ** n. Two samples, two fits:
+``D_n(T) = a_n * T ** b_n``, fitted in log-log on the distinct n-grams of the first 1/8,
+1/4, 1/2 and all of a sample (counted by the explode's own core), and capped by the
+n-grams T tokens hold and by V ** n. Two samples, two fits:
 
 * the *unit sample*: up to ``build.plan_unit_sample_tokens`` consecutive tokens from the
-  middle of the input, as an explode unit reads them (consecutive pieces). Partial rows of
-  a unit of U tokens: its fit at U (interpolated when U is no larger than the sample); for
-  a derived n, the samples' last n-grams: U over the mean sample length. The explode
-  writes units times that.
-* the *spread sample*: ``build.plan_sample_tokens`` tokens over ``build.plan_sample_pieces``
-  pieces spread over the input, as the whole corpus mixes them. Final rows:
-  ``D_n(corpus tokens)``; prefix rows: ``D_{n-1}(corpus tokens)``.
+  middle of the input, as an explode unit reads them (consecutive pieces); least squares
+  over the four sizes. Partial rows of a unit of U tokens: its fit at U (interpolated when
+  U is no larger than the sample); for a derived n, the samples' last n-grams: U over the
+  mean sample length. The explode writes units times that.
+* the *spread sample*: ``build.plan_sample_tokens`` tokens of samples drawn at random from
+  ``build.plan_sample_pieces`` pieces spread over the input, in random order, so every
+  prefix mixes the corpus as the corpus does; the slope is the one between half and all
+  of the sample (``Heaps.tangent``). Final rows: ``D_n(corpus tokens)``; prefix rows:
+  ``D_{n-1}(corpus tokens)``.
 
 Why two: text that sits together repeats itself more than text from all over the corpus
 (a unit's distinct n-grams grow more slowly than the corpus's), and a unit is read
@@ -77,6 +79,18 @@ class Heaps:
         return min(float(tokens), self.a * float(tokens) ** self.b, self.limit) if tokens > 0 else 0.0
 
     @classmethod
+    def tangent(cls, points: list[tuple[int, int]], limit: float = math.inf) -> "Heaps":
+        """Through the last point, with the slope (log-log) between the last two: the growth at
+        the sample's own size. Distinct n-grams grow ever more slowly (the curve is concave in
+        log-log), so a least-squares slope over smaller sizes runs high when extrapolated far."""
+        pts = [(t, d) for t, d in points if t > 0 and d > 0]
+        if len(pts) < 2 or pts[-1][0] == pts[-2][0]:
+            return cls.fit(points, limit)
+        (t0, d0), (t1, d1) = pts[-2], pts[-1]
+        b = float(min(max(math.log(d1 / d0) / math.log(t1 / t0), 0.0), 1.0))
+        return cls(d1 / t1 ** b, b, points, limit)
+
+    @classmethod
     def fit(cls, points: list[tuple[int, int]], limit: float = math.inf) -> "Heaps":
         pts = [(t, d) for t, d in points if t > 0 and d > 0]
         if not pts:
@@ -90,18 +104,28 @@ class Heaps:
 
 
 def _sample(pieces, want_pieces: int, want_tokens: int, vocab_size: int, verify: bool):
-    """Whole samples of a few pieces spread over the input: ``(tokens, offsets)``."""
+    """Samples drawn at random from a few pieces spread over the input, in random order:
+    ``(tokens, offsets)``. Random rows, not each piece's first ones, so that any prefix of
+    the sample mixes the corpus as the whole corpus does (a piece's consecutive rows repeat
+    each other, and would make the growth look like a unit's, not the corpus's)."""
+    rng = np.random.default_rng(0)  # the same plan for the same input
     picks = sorted({int(i) for i in np.linspace(0, len(pieces) - 1, min(want_pieces, len(pieces)))})
     per_piece = max(1, want_tokens // len(picks))
-    tokens, offsets = [], [0]
+    rows = []
     for i in picks:
         data = read_piece(pieces[i], vocab_size, verify)
-        cut = int(np.searchsorted(data.offsets, per_piece, side="right")) - 1
-        cut = max(cut, 1) if len(data.offsets) > 1 else 0
-        take = data.tokens[: data.offsets[cut]]
-        tokens.append(take)
-        offsets.extend((data.offsets[1: cut + 1] + offsets[-1]).tolist())
-    return np.concatenate(tokens) if tokens else np.empty(0, np.uint16), np.asarray(offsets, np.int64)
+        samples = len(data.offsets) - 1
+        if samples < 1:
+            continue
+        mean = max(int(data.offsets[-1]) / samples, 1.0)
+        take = min(samples, max(1, math.ceil(per_piece / mean)))
+        for s in np.sort(rng.choice(samples, size=take, replace=False)):
+            rows.append(data.tokens[data.offsets[s]: data.offsets[s + 1]])
+    if not rows:
+        return np.empty(0, np.uint16), np.zeros(1, np.int64)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    offsets = np.concatenate(([0], np.cumsum([len(r) for r in rows]))).astype(np.int64)
+    return np.concatenate(rows), offsets
 
 
 def _consecutive(pieces, want_tokens: int, vocab_size: int, verify: bool):
@@ -196,7 +220,7 @@ def plan_build(cfg: Config) -> dict:
     bytes_final: dict[int, float] = {}
     for m in range(1, max(ns) + 1):
         points, c = _growth_points(tokens, offsets, m, bits, exclude)
-        growth[m] = Heaps.fit(points, limit=float(cfg.vocab_size) ** m)
+        growth[m] = Heaps.tangent(points, limit=float(cfg.vocab_size) ** m)
         if m in ns:
             bytes_partial[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=False)
             bytes_final[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=True)

@@ -90,6 +90,13 @@ def test_heaps_fit_recovers_a_power_law_and_caps_at_the_tokens():
     h = Heaps.fit(pts)
     assert h.b == pytest.approx(0.7, abs=0.01) and h(16000) == pytest.approx(3 * 16000 ** 0.7, rel=0.02)
     assert Heaps.fit([(10, 10), (20, 20)])(1e6) <= 1e6
+    t = Heaps.tangent(pts)
+    assert t.b == pytest.approx(0.7, abs=0.01) and t(16000) == pytest.approx(3 * 16000 ** 0.7, rel=0.02)
+    # Growth that slows (concave in log-log): the tangent at the last size, below least squares.
+    slowing = [(1000, 800), (2000, 1500), (4000, 2600), (8000, 4200)]
+    t, f = Heaps.tangent(slowing), Heaps.fit(slowing)
+    assert t(8000) == pytest.approx(4200) and t.b == pytest.approx(np.log2(4200 / 2600))
+    assert t(1e6) < f(1e6)
 
 
 @pytest.mark.parametrize("args,match", [
