@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ngram_dask.errors import DatabaseError, WorkDirError
 from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources, scheduler_workers
-from ngram_dask.runtime.units import completed
+from ngram_dask.runtime.units import completed, release_thread_buffers
 from ngram_dask.storage import read_marker, write_marker
 
 __all__ = ["Manifest", "Stage", "StageContext", "StageReport", "Step", "run_stage"]
@@ -328,6 +328,7 @@ def _run_step(step: Step, ctx: StageContext) -> list[Stats]:
                 if step.on_result:
                     step.on_result(one, ctx)
         report.seconds[step.name] = progress.seconds
+        ctx._cluster().run(release_thread_buffers)  # the next step's memory is its own
     if step.finish:
         step.finish(out, ctx)
     return out

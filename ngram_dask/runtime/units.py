@@ -81,16 +81,33 @@ def completed(task: Callable[..., Stats], *args, **kwargs) -> Stats | None:
     return {**done, ALSO: also, "skipped": True}
 
 
-# Buffers kept per worker thread between tasks: a fresh 270 MB array per task cost ~0.5 s of
-# page faults (as long as filling it), more under Dask's MALLOC_TRIM_THRESHOLD_, which hands
-# freed memory straight back to the kernel.
-_buffers = threading.local()
+# Buffers kept per worker thread between the tasks of one step: a fresh 270 MB array per
+# task cost ~0.5 s of page faults (as long as filling it), more under Dask's
+# MALLOC_TRIM_THRESHOLD_, which hands freed memory straight back to the kernel. The step's
+# end releases them (``release_thread_buffers``): the explode's keys buffer (8 B a token
+# of a unit, 640 MB at 80M tokens) held on into the aggregate put a 4 GiB worker at 3.0 GiB.
+_buffers: dict[tuple[int, str], np.ndarray] = {}
+_buffers_lock = threading.Lock()
 
 
 def thread_buffer(name: str, size: int, dtype) -> np.ndarray:
-    """A buffer of at least ``size`` items, this thread's, reused by the tasks that run on it."""
-    buf = getattr(_buffers, name.replace("-", "_"), None)
+    """A buffer of at least ``size`` items, this thread's, reused by the tasks of a step that
+    run on it (released at the step's end)."""
+    key = (threading.get_ident(), name)
+    buf = _buffers.get(key)
     if buf is None or len(buf) < size or buf.dtype != np.dtype(dtype):
+        with _buffers_lock:
+            _buffers.pop(key, None)  # the old one goes before the new one is made
+        del buf
         buf = np.empty(size, dtype)
-        setattr(_buffers, name.replace("-", "_"), buf)
+        with _buffers_lock:
+            _buffers[key] = buf
     return buf
+
+
+def release_thread_buffers() -> int:
+    """Drop every thread's buffers in this process; returns how many bytes they held."""
+    with _buffers_lock:
+        held = sum(b.nbytes for b in _buffers.values())
+        _buffers.clear()
+    return held
