@@ -137,11 +137,12 @@ def cmd_rates(args, mds: str, info: dict) -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     cores = args.workers
-    # Units of a quarter of the corpus: every worker explodes (the rate is per core).
-    unit_tokens = info["tokens"] // (2 * cores)
-    result = run_child(overrides_for(mds, root, args.workers, "4GiB", args.chunks,
-                                     **{"build.explode_unit_tokens": unit_tokens}))
+    # Units as a build of 4 GiB workers sizes them (~80M tokens): a sort's cost per key grows
+    # with its size, so a rate from other unit sizes mispredicts (quarter-corpus units of
+    # 125M tokens ran at 12.8M tokens a core-second, the builds' 80M ones at ~17.5M).
+    result = run_child(overrides_for(mds, root, args.workers, "4GiB", args.chunks))
     m = measured(root, result)
+    unit_tokens = max(json.loads(p.read_text())["tokens"] for p in (root / "work" / "explode" / "_done").glob("*.json"))
     s = m["seconds"]
     # A chunk unit's seconds = fixed cost + partial rows / rate: least squares over the units.
     units = [json.loads(p.read_text()) for p in (root / "work" / "aggregate").glob("n=*/_done/*.json")]
@@ -196,7 +197,7 @@ def cmd_compare(args, mds: str, info: dict) -> None:
             "explode s": plan["seconds"]["explode"], "load s": plan["seconds"]["load"],
             "aggregate+load s": plan["seconds"]["aggregate"] + plan["seconds"]["load"],
             "total s": sum(plan["seconds"].values()),
-            "peak_worker_rss": plan["explode"]["peak_bytes_per_unit"] + (320 << 20),
+            "peak_worker_rss": plan["peak_worker_bytes"],
         }
         actual = {**{k: m[k] for k in predicted if k in m}, "explode s": m["seconds"]["explode"],
                   "load s": m["seconds"]["load"],

@@ -53,7 +53,14 @@ import numpy as np
 
 from ngram_dask.config import Config
 from ngram_dask.errors import ConfigError
-from ngram_dask.inputs import balanced_unit_tokens, group_pieces, plan_input, read_piece, unit_tokens_for
+from ngram_dask.inputs import (
+    WORKER_BASELINE_BYTES,
+    balanced_unit_tokens,
+    group_pieces,
+    plan_input,
+    read_piece,
+    unit_tokens_for,
+)
 from ngram_dask.ngrams import counting, partfile
 from ngram_dask.ngrams.aggregate import FINAL_PARQUET, MAX_RANGES, NUMPY_BYTES_PER_ROW, AggregateSettings
 from ngram_dask.schema import key_bits
@@ -226,9 +233,17 @@ def plan_build(cfg: Config) -> dict:
             bytes_final[m] = _bytes_per_row(c, m, bits, cfg.vocab_size, final=True)
     unit_tokens_sampled = min(int(b.plan_unit_sample_tokens), int(unit_tokens_mean))
     u_tokens, u_offsets = _consecutive(pieces, unit_tokens_sampled, cfg.vocab_size, b.verify_hashes)
-    unit_growth = {n: Heaps.fit(_growth_points(u_tokens, u_offsets, n, bits, exclude)[0],
-                                limit=float(cfg.vocab_size) ** n)
-                   for n in ns if n not in derived}
+    unit_growth: dict[int, Heaps] = {}
+    skew: dict[int, float] = {}  # the largest chunk's partial rows over the mean chunk's
+    for n in ns:
+        if n in derived:
+            continue
+        points, c = _growth_points(u_tokens, u_offsets, n, bits, exclude)
+        unit_growth[n] = Heaps.fit(points, limit=float(cfg.vocab_size) ** n)
+        if c is not None and len(c):
+            per_chunk = np.bincount((counting.first_ids(c.keys, n, bits) % b.chunks).astype(np.int64),
+                                    minlength=b.chunks)
+            skew[n] = float(per_chunk.max() * b.chunks / per_chunk.sum())
     del u_tokens, u_offsets
 
     r = rates()
@@ -257,10 +272,13 @@ def plan_build(cfg: Config) -> dict:
         chain = ags.chain(top)
         rows = sum(per_n[m]["partial_rows"] for m in chain) / chunks
         memory = rows * (NUMPY_BYTES_PER_ROW + 2 * top)
-        n_ranges = max(1, math.ceil(memory / max(budget, 1)))
+        # Chunks are id0 % K: a frequent first id makes one chunk larger than the mean, and
+        # the largest chunk decides the ranges and the aggregate's peak.
+        largest = memory * skew.get(top, 1.0)
+        n_ranges = max(1, math.ceil(largest / max(budget, 1)))
         aggregate_units[top] = {
             "chain": chain, "units": chunks, "partial_rows": rows, "memory_bytes": memory,
-            "budget_bytes": budget, "ranges": n_ranges,
+            "largest_chunk_bytes": largest, "budget_bytes": budget, "ranges": n_ranges,
             "path": "numpy" if b.aggregate_method != "duckdb" and n_ranges <= MAX_RANGES else "duckdb",
             "chunks_for_one_range": max(1, math.ceil(rows * chunks * (NUMPY_BYTES_PER_ROW + 2 * top) / budget)),
         }
@@ -289,6 +307,10 @@ def plan_build(cfg: Config) -> dict:
                     "cores": cores},
         "explode": {"unit_tokens": unit, "units": units, "peak_bytes_per_unit": unit * r["explode_bytes_per_token"],
                     "files": units * (2 * len(ns) + 1)},
+        # A worker's peak: its baseline and the larger of a unit's explode and a key range's sum.
+        "peak_worker_bytes": WORKER_BASELINE_BYTES + threads * max(
+            [unit * r["explode_bytes_per_token"]]
+            + [min(a["largest_chunk_bytes"], a["budget_bytes"]) for a in aggregate_units.values()]),
         "chunks": chunks,
         "ngrams": per_n,
         "aggregate": aggregate_units,
@@ -337,12 +359,14 @@ def plan_lines(p: dict) -> list[str]:
                      f"prefix rows {_si(v['prefix_rows'])}")
     for a in p["aggregate"].values():
         lines.append(f"  aggregate n={'+'.join(map(str, a['chain']))}: {a['units']} unit(s) of "
-                     f"{_si(a['partial_rows'])} partial rows, ~{_bytes(a['memory_bytes'])} each against a budget of "
-                     f"{_bytes(a['budget_bytes'])}: {a['ranges']} key range(s), {a['path']} path "
+                     f"{_si(a['partial_rows'])} partial rows, ~{_bytes(a['memory_bytes'])} each (the largest "
+                     f"~{_bytes(a['largest_chunk_bytes'])}) against a budget of {_bytes(a['budget_bytes'])}: "
+                     f"{a['ranges']} key range(s) in the largest, {a['path']} path "
                      f"(one range each from K = {a['chunks_for_one_range']})")
     s = p["seconds"]
     lines += [
-        f"  files {p['files']:,}; scratch {_bytes(p['scratch_bytes'])}; catalog {_bytes(p['catalog_bytes'])}",
+        f"  files {p['files']:,}; scratch {_bytes(p['scratch_bytes'])}; catalog {_bytes(p['catalog_bytes'])}; "
+        f"peak per worker ~{_bytes(p['peak_worker_bytes'])}",
         f"  time: explode {s['explode']:.1f} s, aggregate+load {s['aggregate'] + s['load']:.1f} s (the single "
         f"writer loads while the workers aggregate, on the same cores: aggregate {s['aggregate']:.1f} s of them, "
         f"load {s['load']:.1f} s), total {sum(s.values()):.1f} s (rates of {p['rates']['measured_on']})",

@@ -68,7 +68,8 @@ def test_plan_cuts_into_ranges_under_a_small_budget(inputs):
     cfg = load_config(None, {"input": str(paths["mds"]), "vocab_size": 65536, "cluster.n_workers": 1,
                              "cluster.memory_limit": "1GiB", "build.chunks": 2, "build.aggregate_budget_bytes": 50_000})
     a = plan_build(cfg)["aggregate"][3]
-    assert a["ranges"] == -(-int(a["memory_bytes"]) // 50_000) > 1 and a["chunks_for_one_range"] > 2
+    assert a["ranges"] == -(-int(a["largest_chunk_bytes"]) // 50_000) > 1 and a["chunks_for_one_range"] > 2
+    assert a["memory_bytes"] <= a["largest_chunk_bytes"] <= 2 * a["memory_bytes"]  # K = 2: at most all of it
 
 
 def test_plan_tokens_predicts_a_larger_corpus_like_the_input(inputs):
@@ -147,3 +148,19 @@ def test_a_units_partial_rows_come_from_consecutive_text(tmp_path):
     assert h["a"] * (per_region * SEQ) ** h["b"] > 3 * one_region, (h, one_region)
     assert v["final_rows"] >= 4 * one_region, v
     assert 0 < plan["input"]["unit_sampled_tokens"] <= per_region * SEQ
+
+
+def test_the_largest_chunk_decides_the_ranges(tmp_path):
+    """Chunks are id0 % K: with every id even and K = 2, chunk 0 holds every n-gram, twice
+    the mean chunk, and its ranges are planned for that."""
+    rng = np.random.default_rng(3)
+    samples = [(2 * rng.integers(0, 3000, SEQ)).tolist() for _ in range(60)]
+    path = write_mds(tmp_path / "mds", samples, size_limit=1 << 13)
+    cfg = load_config(None, {"input": str(path), "vocab_size": 65536, "cluster.n_workers": 1,
+                             "cluster.memory_limit": "1GiB", "build.chunks": 2,
+                             "build.aggregate_budget_bytes": 100_000})
+    plan = plan_build(cfg)
+    a = plan["aggregate"][3]
+    assert a["largest_chunk_bytes"] == pytest.approx(2 * a["memory_bytes"])
+    assert a["ranges"] == -(-int(a["largest_chunk_bytes"]) // 100_000) > -(-int(a["memory_bytes"]) // 100_000)
+    assert plan["peak_worker_bytes"] > 320 << 20
