@@ -254,7 +254,8 @@ class BuildConfig:
                                                        "counted to fit the growth of a unit's distinct n-grams")
     plan_tokens: Optional[float] = setting(None, "--plan: predict for a corpus of this many tokens like the input "
                                                  "(e.g. 207e9 from a sample of the same kind of text)")
-    duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use")
+    duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use (at most "
+                                                 "0.6 of it less the worker's 320 MiB baseline, so it never pauses)")
     duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
     aggregate_method: str = setting("auto", "auto: the numpy merge for chunks that fit duckdb_memory_fraction of "
                                             "the worker's memory, DuckDB (spilling to spill_dir) for larger ones; "

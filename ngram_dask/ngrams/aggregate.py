@@ -54,6 +54,7 @@ import numpy as np
 from ngram_dask import faults
 from ngram_dask.db import scalar
 from ngram_dask.errors import WorkDirError
+from ngram_dask.inputs import UNIT_MEMORY_SHARE, WORKER_BASELINE_BYTES
 from ngram_dask.ngrams import partfile
 from ngram_dask.ngrams.counting import (
     KEY_DTYPE,
@@ -201,6 +202,11 @@ def aggregate_chunk(n: int, chunk: int, s: AggregateSettings) -> dict:
         for m in chain:
             stats[m].update(done[m], path=path, reason=reason, estimated_bytes=estimate, budget_bytes=budget,
                             partial_rows=sum(int(b.rows.sum()) for b in sources[m]))
+    # Arrow's pool keeps what it freed for reuse: handed back, so the worker's memory
+    # between tasks is its baseline (Dask pauses a worker on the memory it holds).
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
     # The derived n's markers are written by the runtime, before this chunk's own.
     also = {marker_url(s.work_dir, m, chunk): {**stats[m], "derived_from": m + 1} for m in chain[1:]}
     return {**stats[n], "also": also}
@@ -221,6 +227,15 @@ def _reason(method: str, path: str, estimate: int, budget: int, n_ranges: int) -
     return f"over {MAX_RANGES} ranges of the numpy budget ({estimate:,} B over {budget:,} B): DuckDB streams and spills"
 
 
+def worker_budget(worker_limit: int, fraction: float) -> int:
+    """The memory one key range may use on a worker of ``worker_limit``: ``fraction`` of it,
+    and no more than leaves the worker's baseline under the share its explode units keep to
+    (``inputs.UNIT_MEMORY_SHARE``, below Dask's pause at 80%). A 1 GiB worker summing half its
+    limit sat at 854 MiB after the task, paused, and the build waited on it forever."""
+    room = worker_limit * UNIT_MEMORY_SHARE - WORKER_BASELINE_BYTES
+    return max(32 << 20, int(min(worker_limit * fraction, room)))
+
+
 def choose_path(n: int, rows: int, s: AggregateSettings, worker_limit: int | None) -> tuple[str, int, int, int]:
     """``(path, estimated_bytes, budget_bytes, ranges)`` for a chunk of ``rows`` partial rows:
     the explicit choice of engine, and how many key ranges the numpy path cuts it into."""
@@ -229,7 +244,7 @@ def choose_path(n: int, rows: int, s: AggregateSettings, worker_limit: int | Non
     if s.numpy_budget_bytes is not None:
         budget = s.numpy_budget_bytes
     elif worker_limit:
-        budget = int(worker_limit * s.memory_fraction)
+        budget = worker_budget(worker_limit, s.memory_fraction)
     else:
         budget = DEFAULT_NUMPY_BUDGET
     estimate = rows * (NUMPY_BYTES_PER_ROW + 2 * n)
@@ -532,7 +547,7 @@ def _duckdb_chunk(chain: list[int], chunk: int, sources: dict[int, list[partfile
             "threads": s.threads or threads or 1,
             "temp_directory": os.path.join(tmp_root, "spill"),
             "preserve_insertion_order": False,
-            **({"memory_limit": f"{max(32 << 20, int(limit * s.memory_fraction))}B"} if limit else {}),
+            **({"memory_limit": f"{worker_budget(limit, s.memory_fraction)}B"} if limit else {}),
         })
         spilled = 0
         previous = None  # the temp table of the n before (n + 1), if it had rows

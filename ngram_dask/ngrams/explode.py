@@ -168,6 +168,7 @@ def explode_group(group: PieceGroup, s: ExplodeSettings) -> dict:
         stats["files"] += 2
         del c
     stats["count_seconds"] = round(t_count - t0, 4)  # read + count; the rest is writing files
+    pa.default_memory_pool().release_unused()  # see aggregate_chunk
     return stats
 
 

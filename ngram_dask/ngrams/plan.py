@@ -62,7 +62,13 @@ from ngram_dask.inputs import (
     unit_tokens_for,
 )
 from ngram_dask.ngrams import counting, partfile
-from ngram_dask.ngrams.aggregate import FINAL_PARQUET, MAX_RANGES, NUMPY_BYTES_PER_ROW, AggregateSettings
+from ngram_dask.ngrams.aggregate import (
+    FINAL_PARQUET,
+    MAX_RANGES,
+    NUMPY_BYTES_PER_ROW,
+    AggregateSettings,
+    worker_budget,
+)
 from ngram_dask.schema import key_bits
 from ngram_dask.storage import use_storage
 
@@ -247,7 +253,7 @@ def plan_build(cfg: Config) -> dict:
     del u_tokens, u_offsets
 
     r = rates()
-    budget = b.aggregate_budget_bytes or int(limit * b.duckdb_memory_fraction)
+    budget = b.aggregate_budget_bytes or worker_budget(limit, b.duckdb_memory_fraction)
     per_n = {}
     for n in ns:
         if n in derived:

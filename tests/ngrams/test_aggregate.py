@@ -202,3 +202,17 @@ def test_derived_n_come_out_of_the_top_n_task_exact(exploded_derived, method):
         again_results = aggregate.chunk_results(again)
         assert [r["rows"] for r in again_results[1:]] == [r["rows"] for r in results[1:]]
         assert all(r["skipped"] for r in again_results)
+
+
+def test_a_key_range_leaves_a_small_worker_under_dasks_pause():
+    """Half of a 1 GiB worker plus its ~320 MiB baseline is over Dask's pause at 80%: a worker
+    held 854 MiB after such a range, paused, and the build waited on it. The budget keeps a
+    range within the share the explode's units keep to; large workers keep the fraction."""
+    from ngram_dask.inputs import UNIT_MEMORY_SHARE, WORKER_BASELINE_BYTES
+    from ngram_dask.ngrams.aggregate import worker_budget
+
+    gib = 1 << 30
+    assert worker_budget(gib, 0.5) == int(gib * UNIT_MEMORY_SHARE - WORKER_BASELINE_BYTES)
+    assert worker_budget(gib, 0.5) + WORKER_BASELINE_BYTES < 0.8 * gib
+    assert worker_budget(4 * gib, 0.5) == 2 * gib
+    assert worker_budget(256 << 20, 0.5) == 32 << 20  # never below a floor
