@@ -378,5 +378,6 @@ def test_plan_reads_an_s3_input_and_writes_nothing(tmp_path, s3_server):
                 "--n-workers", "2", "--memory-limit", "1GiB", "--plan-sample-pieces", "100", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("plan (predicted, nothing built): mds input") and "time:" in r.stdout
-    assert f"(sample: {sum(len(s) for s in samples):,} tokens" in r.stdout  # every sample read from S3
+    tokens = sum(len(s) for s in samples)  # every sample read from S3, by both samples
+    assert f"(samples: {tokens:,} tokens spread, {tokens:,} consecutive;" in r.stdout, r.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["mds"]
