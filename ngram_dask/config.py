@@ -254,6 +254,9 @@ class BuildConfig:
                                                        "counted to fit the growth of a unit's distinct n-grams")
     plan_tokens: Optional[float] = setting(None, "--plan: predict for a corpus of this many tokens like the input "
                                                  "(e.g. 207e9 from a sample of the same kind of text)")
+    plan_client_cores: Optional[int] = setting(None, "--plan: cores of the machine the single writer loads on "
+                                                     "(default: the LocalCluster's; beside a scheduler, this "
+                                                     "machine's); one box's when planning for many")
     duckdb_memory_fraction: float = setting(0.5, "share of a worker's memory limit the aggregate may use (at most "
                                                  "0.6 of it less the worker's 320 MiB baseline, so it never pauses)")
     duckdb_threads: Optional[int] = setting(None, "DuckDB threads in the aggregate (default: the worker's)")
@@ -291,6 +294,7 @@ class BuildConfig:
         _at_least("build.plan_sample_pieces", self.plan_sample_pieces, 1)
         _at_least("build.plan_unit_sample_tokens", self.plan_unit_sample_tokens, 1000)
         _at_least("build.plan_tokens", self.plan_tokens, 1, optional=True)
+        _at_least("build.plan_client_cores", self.plan_client_cores, 1, optional=True)
 
 
 @dataclass

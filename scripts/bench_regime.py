@@ -12,9 +12,11 @@ tokens renamed so distinct n-grams keep growing), cached under ``--cache``. Each
 runs in a fresh child process; a sampler thread records the peak RSS of every process of
 its tree. Nothing here is a test: the machine may be shared, so say so beside the figures.
 
-* ``rates``: one build (2 workers of 4 GiB, K = 64): explode tokens, aggregate partial rows
-  and loaded rows per core-second, bytes per catalog row, peak explode bytes per token:
-  the JSON ``--write`` stores as the package's ``rates.json``.
+* ``rates``: three builds (2 workers of 4 GiB and of 1 GiB at K = 64, of 4 GiB at K = 8):
+  an explode unit's core-seconds against its tokens (a power law), a chunk unit's against
+  its partial rows, its key ranges' size and the explode units it reads, loaded rows per
+  core-second, bytes per catalog row, peak explode bytes per token: the JSON ``--write``
+  stores as the package's ``rates.json``.
 * ``compare``: ``plan_build`` then the build, for each cluster of ``--clusters``
   (``workers x memory``); every figure the plan predicts beside what happened, and the ratio.
 * ``regime``: the aggregate + load of one explode output (``--reuse-work``, or exploded
@@ -129,44 +131,82 @@ def _cpu_model() -> str:
     return "CPU unknown"
 
 
+def _markers(root: Path, step: str) -> list[dict]:
+    pattern = "explode/_done/*.json" if step == "explode" else "aggregate/n=*/_done/*.json"
+    return [json.loads(p.read_text()) for p in (root / "work").glob(pattern)]
+
+
 def cmd_rates(args, mds: str, info: dict) -> None:
+    """Three builds: 4 GiB workers (units of ~75M tokens), 1 GiB workers (~10M) and 4 GiB
+    workers at K = 8 (chunk units of 8x the rows): a sort's cost per key grows with its
+    size, and an aggregate reads one file per explode unit, so one size cannot tell the
+    costs apart (the explode of a 1e9 build of
+    10M-token units ran at 22.5M tokens a core-second, of 71M-token units at 16.8M)."""
     import numpy as np
 
-    root = Path(args.cache) / "runs" / "rates"
+    from ngram_dask.ngrams.plan import makespan
+
     load = os.getloadavg()[0]  # rates measured on a busy machine predict slow builds
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    builds = {}
+    # K = 8 makes chunk units of ~8x the rows: a sort's cost per row at a larger size.
+    for memory, chunks in (("4GiB", args.chunks), ("1GiB", args.chunks), ("4GiB", 8)):
+        root = Path(args.cache) / "runs" / f"rates-{memory}-K{chunks}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        result = run_child(overrides_for(mds, root, args.workers, memory, chunks))
+        builds[f"{memory}, K = {chunks}"] = (root, measured(root, result))
+    # Explode: core-seconds of a unit = S * (U / U0) ** p, least squares in log-log over the
+    # units' own seconds (the step's wall time also holds the cluster's start).
+    explode = [e for root, _ in builds.values() for e in _markers(root, "explode")]
+    tokens = np.array([e["tokens"] for e in explode], float)
+    secs = np.array([e["seconds"] for e in explode], float)
+    u0 = float(2 ** 26)
+    p, log_s = np.polyfit(np.log(tokens / u0), np.log(secs), 1)
+    # The step's start (its graph, the workers' first imports, the count engine's timing):
+    # its wall time less the units' own seconds run in order on the cores.
+    start = [m["seconds"]["explode"] - makespan([e["seconds"] for e in sorted(_markers(root, "explode"),
+                                                                              key=lambda e: e["group"])],
+                                                args.workers)
+             for root, m in builds.values()]
+    # Aggregate: a chunk unit's seconds = fixed + per explode unit read + partial rows x a cost
+    # per row growing as (rows per key range / R0) ** d: least squares for each d of a grid,
+    # in errors relative to each unit's seconds (one slow unit must not decide the exponent).
+    units = [a for root, _ in builds.values() for a in _markers(root, "aggregate")
+             if "derived_from" not in a and a.get("partial_rows")]
+    rows = np.array([a["partial_rows"] for a in units], float)
+    range_rows = rows / np.array([a.get("ranges", 1) for a in units], float)
+    r0 = float(2 ** 21)
+    y = np.array([a["seconds"] for a in units])
+    fits = []
+    for d in np.arange(0.0, 1.001, 0.02):
+        x = np.c_[np.ones_like(rows), [a["inputs"] for a in units], rows * (range_rows / r0) ** d] / y[:, None]
+        coef, *_ = np.linalg.lstsq(x, np.ones_like(y), rcond=None)
+        fits.append((float(np.sum((1 - x @ coef) ** 2)), float(d), coef))
+    _, d, (fixed, per_read, per_row) = min(fits, key=lambda f: f[0])
+    root4, m4 = builds[f"4GiB, K = {args.chunks}"]
+    unit_tokens = max(e["tokens"] for e in _markers(root4, "explode"))
     cores = args.workers
-    # Units as a build of 4 GiB workers sizes them (~80M tokens): a sort's cost per key grows
-    # with its size, so a rate from other unit sizes mispredicts (quarter-corpus units of
-    # 125M tokens ran at 12.8M tokens a core-second, the builds' 80M ones at ~17.5M).
-    result = run_child(overrides_for(mds, root, args.workers, "4GiB", args.chunks))
-    m = measured(root, result)
-    unit_tokens = max(json.loads(p.read_text())["tokens"] for p in (root / "work" / "explode" / "_done").glob("*.json"))
-    s = m["seconds"]
-    # A chunk unit's seconds = fixed cost + partial rows / rate: least squares over the units.
-    units = [json.loads(p.read_text()) for p in (root / "work" / "aggregate").glob("n=*/_done/*.json")]
-    units = [u for u in units if "derived_from" not in u and u.get("partial_rows")]
-    rows = np.array([u["partial_rows"] for u in units], float)
-    secs = np.array([u["seconds"] for u in units], float)
-    per_row, fixed = np.polyfit(rows, secs, 1) if len(units) > 1 else (secs.sum() / rows.sum(), 0.0)
-    # The explode's rate from its units' own seconds: the step's wall time also holds the
-    # cluster's start, which a small corpus makes most of it.
-    done = (root / "work" / "explode" / "_done").glob("*.json")
-    explode_work = sum(json.loads(p.read_text())["seconds"] for p in done)
+    load_rates = [m["final_rows"] / (max(m["seconds"]["load"], 1e-3) * cores) for _, m in builds.values()]
+    print(f"aggregate fit: relative residuals' sum of squares by exponent "
+          f"{', '.join(f'{e:.2f}: {rss:.2f}' for rss, e, _ in fits[::5])}")
     rates = {
-        "measured_on": f"{time.strftime('%Y-%m-%d')}, {cores} workers x 1 thread, a 2-core / 24 GiB machine "
-                       f"({_cpu_model()}; load average {load:.1f} before the build), "
+        "measured_on": f"{time.strftime('%Y-%m-%d')}, {cores} workers x 1 thread (of 4 GiB and 1 GiB at "
+                       f"K = {args.chunks}, of 4 GiB at K = 8), "
+                       f"a 2-core / 24 GiB machine ({_cpu_model()}; load average {load:.1f} before the builds), "
                        f"{info['tokens']:,} tokens of the build benchmark's corpus (scripts/bench_regime.py rates)",
-        "explode_tokens_per_core_second": round(info["tokens"] / explode_work),
-        "explode_bytes_per_token": round(max(m["peak_worker_rss"] - (320 << 20), 1) / unit_tokens, 1),
-        "aggregate_partial_rows_per_core_second": round(1 / max(per_row, 1e-12)),
-        "aggregate_seconds_per_chunk_unit": round(max(fixed, 0.0), 4),
-        "load_rows_per_core_second": round(m["final_rows"] / (max(s["load"], 1e-3) * cores)),
-        "catalog_bytes_per_row": round(m["catalog_bytes"] / max(m["final_rows"], 1), 2),
-        "catalog_bytes_per_prefix_row": round(m["catalog_bytes"] / max(m["final_rows"], 1), 2),
+        "explode_unit_seconds": {"tokens": int(u0), "seconds": round(float(np.exp(log_s)), 3),
+                                 "exponent": round(float(p), 3)},
+        "explode_step_seconds": round(max(sum(start) / len(start), 0.0), 2),
+        "explode_bytes_per_token": round(max(m4["peak_worker_rss"] - (320 << 20), 1) / unit_tokens, 1),
+        "aggregate_unit_seconds": {"fixed": round(max(float(fixed), 0.0), 4),
+                                   "per_read": round(max(float(per_read), 0.0), 5),
+                                   "seconds_per_row": float(f"{max(float(per_row), 1e-12):.4g}"),
+                                   "range_rows": int(r0), "exponent": round(d, 2)},
+        "load_rows_per_core_second": round(sum(load_rates) / len(load_rates)),
+        "catalog_bytes_per_row": round(m4["catalog_bytes"] / max(m4["final_rows"], 1), 2),
+        "catalog_bytes_per_prefix_row": round(m4["catalog_bytes"] / max(m4["final_rows"], 1), 2),
     }
-    print(json.dumps({"measured": m, "rates": rates}, indent=1))
+    print(json.dumps({"measured": {k: m for k, (_, m) in builds.items()}, "rates": rates}, indent=1))
     if args.write:
         Path(args.write).write_text(json.dumps(rates, indent=2) + "\n")
         print(f"wrote {args.write}")

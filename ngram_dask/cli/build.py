@@ -48,6 +48,7 @@ BUILD_FLAGS = {
     "--plan-sample-pieces": "build.plan_sample_pieces",
     "--plan-unit-sample-tokens": "build.plan_unit_sample_tokens",
     "--plan-tokens": "build.plan_tokens",
+    "--plan-client-cores": "build.plan_client_cores",
 }
 
 

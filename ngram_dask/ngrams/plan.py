@@ -32,10 +32,18 @@ Then:
   from it, at ``NUMPY_BYTES_PER_ROW + 2n`` bytes each: the key ranges it needs are that
   over the budget (``aggregate.choose_path``);
 * bytes per partial and per final row: the sample's own counts written as the build writes
-  them; bytes per catalog row and the per-core speed of each step: ``rates.json`` (measured
-  by ``scripts/bench_regime.py rates``, see docs/performance.md): the explode's tokens per
-  core-second on as many cores as there are units; the aggregate's partial rows per
-  core-second plus a fixed cost per chunk unit; the load's rows per core-second of the client.
+  them; bytes per catalog row and the cost of each step: ``rates.json`` (measured by
+  ``scripts/bench_regime.py rates`` on builds of two unit sizes, see docs/performance.md):
+
+  - an explode unit of U tokens takes ``S * (U / U0) ** p`` core-seconds (p > 1: a sort's
+    cost per key grows with its size, from the caches), the units handed to the first free
+    core in order, plus the step's start (its graph, the count engine's timing);
+  - a chunk unit takes a fixed cost, plus a cost per explode unit it reads (each a few
+    ranged reads and a small Parquet decode), plus its partial rows at a cost per row that
+    grows as a power of a key range's rows (the same caches);
+  - the load's rows per core-second of the client, whose cores are the machine it runs on
+    (a LocalCluster's: the cluster's; beside a scheduler: this machine's, or
+    ``build.plan_client_cores``).
 
 A sample says nothing about text unlike it: a corpus whose later pieces differ from the
 sampled ones (another language, another domain) grows otherwise.
@@ -43,6 +51,7 @@ sampled ones (another language, another domain) grows otherwise.
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import math
@@ -76,6 +85,30 @@ from ngram_dask.storage import use_storage
 def rates() -> dict:
     """The per-core speeds and catalog bytes shipped with the package (``rates.json``)."""
     return json.loads(resources.files("ngram_dask.ngrams").joinpath("rates.json").read_text())
+
+
+def aggregate_unit_seconds(rows: float, ranges: int, reads: int, r: dict) -> float:
+    """Core-seconds a chunk unit of ``rows`` partial rows in ``ranges`` key ranges, read from
+    ``reads`` explode units, takes: ``fixed + reads * per_read + rows * c * (range rows / R0) ** d``."""
+    a = r["aggregate_unit_seconds"]
+    per_row = a["seconds_per_row"] * (max(rows / max(ranges, 1), 1.0) / a["range_rows"]) ** a["exponent"]
+    return a["fixed"] + reads * a["per_read"] + rows * per_row
+
+
+def makespan(costs: list[float], cores: int) -> float:
+    """The seconds ``costs`` take in order on ``cores`` equal cores, each unit going to the
+    first free one (as Dask hands tasks to idle workers): the last wave's tail included."""
+    free = [0.0] * max(1, min(cores, len(costs)))
+    for c in costs:
+        heapq.heapreplace(free, free[0] + c)
+    return max(free) if costs else 0.0
+
+
+def explode_unit_seconds(tokens: float, r: dict) -> float:
+    """Core-seconds an explode unit of ``tokens`` takes: ``S * (U / U0) ** p``, fitted on the
+    units of builds with small and large units (a sort's cost per key grows with its size)."""
+    e = r["explode_unit_seconds"]
+    return e["seconds"] * (tokens / e["tokens"]) ** e["exponent"] if tokens > 0 else 0.0
 
 
 @dataclass
@@ -216,9 +249,10 @@ def plan_build(cfg: Config) -> dict:
     corpus_tokens = int(b.plan_tokens) if b.plan_tokens else sum(p.tokens for p in pieces)
     if not b.explode_unit_tokens:  # as the build does (ngrams.pipeline.explode_plan)
         unit = balanced_unit_tokens(unit, corpus_tokens, local_cores(cl))
-    units = len(group_pieces(pieces, unit))
+    unit_sizes = [g.tokens for g in group_pieces(pieces, unit)]
     if b.plan_tokens:  # another corpus like this one: as many units as its tokens fill
-        units = max(1, math.ceil(corpus_tokens / unit))
+        unit_sizes = [corpus_tokens / math.ceil(corpus_tokens / unit)] * max(1, math.ceil(corpus_tokens / unit))
+    units = len(unit_sizes)
     unit_tokens_mean = corpus_tokens / max(units, 1)
     ns = sorted(b.ngrams)
     derived = counting.derived_in_aggregate(ns, b.drop_eos)
@@ -285,23 +319,23 @@ def plan_build(cfg: Config) -> dict:
         aggregate_units[top] = {
             "chain": chain, "units": chunks, "partial_rows": rows, "memory_bytes": memory,
             "largest_chunk_bytes": largest, "budget_bytes": budget, "ranges": n_ranges,
+            "mean_ranges": max(1, math.ceil(memory / max(budget, 1))),
             "path": "numpy" if b.aggregate_method != "duckdb" and n_ranges <= MAX_RANGES else "duckdb",
             "chunks_for_one_range": max(1, math.ceil(rows * chunks * (NUMPY_BYTES_PER_ROW + 2 * top) / budget)),
         }
-    partial_rows = sum(v["partial_rows"] for v in per_n.values())
     final_rows = sum(v["final_rows"] + v["prefix_rows"] for v in per_n.values())
     scratch = (sum(v["partial_rows"] * v["bytes_per_partial_row"] for v in per_n.values())
                + sum((v["final_rows"] + v["prefix_rows"]) * v["bytes_per_final_row"] for v in per_n.values()))
     catalog = sum(v["final_rows"] * r["catalog_bytes_per_row"] + v["prefix_rows"] * r["catalog_bytes_per_prefix_row"]
                   for v in per_n.values())
     # The load runs on the client: the LocalCluster's machine, or this one beside a scheduler.
-    client_cores = cores if not cl.scheduler else usable_cores()
+    client_cores = b.plan_client_cores or (cores if not cl.scheduler else usable_cores())
+    chunk_units = chunks * len(aggregate_units)
     # A step runs on at most as many cores as it has units.
     seconds = {
-        "explode": corpus_tokens / (r["explode_tokens_per_core_second"] * min(cores, units)),
-        "aggregate": (partial_rows / r["aggregate_partial_rows_per_core_second"]
-                      + chunks * len(aggregate_units) * r["aggregate_seconds_per_chunk_unit"])
-        / min(cores, chunks * len(aggregate_units)),
+        "explode": r["explode_step_seconds"] + makespan([explode_unit_seconds(u, r) for u in unit_sizes], cores),
+        "aggregate": chunks * sum(aggregate_unit_seconds(a["partial_rows"], a["mean_ranges"], units, r)
+                                  for a in aggregate_units.values()) / min(cores, chunk_units),
         "load": final_rows / (r["load_rows_per_core_second"] * client_cores),
     }
     return {
@@ -311,11 +345,12 @@ def plan_build(cfg: Config) -> dict:
                   "unit_sampled_tokens": max((h.points[-1][0] for h in unit_growth.values() if h.points), default=0)},
         "cluster": {"workers": workers, "threads_per_worker": threads, "memory_per_worker": limit,
                     "cores": cores},
-        "explode": {"unit_tokens": unit, "units": units, "peak_bytes_per_unit": unit * r["explode_bytes_per_token"],
+        "explode": {"unit_tokens": unit, "units": units, "largest_unit_tokens": max(unit_sizes),
+                    "peak_bytes_per_unit": max(unit_sizes) * r["explode_bytes_per_token"],
                     "files": units * (2 * len(ns) + 1)},
         # A worker's peak: its baseline and the larger of a unit's explode and a key range's sum.
         "peak_worker_bytes": WORKER_BASELINE_BYTES + threads * max(
-            [unit * r["explode_bytes_per_token"]]
+            [max(unit_sizes) * r["explode_bytes_per_token"]]
             + [min(a["largest_chunk_bytes"], a["budget_bytes"]) for a in aggregate_units.values()]),
         "chunks": chunks,
         "ngrams": per_n,

@@ -12,7 +12,7 @@ import pytest
 from helpers_formats import cut, write_bin, write_megatron, write_npy, write_parquet
 
 from ngram_dask.config import load_config
-from ngram_dask.ngrams.plan import Heaps, plan_build
+from ngram_dask.ngrams.plan import Heaps, aggregate_unit_seconds, explode_unit_seconds, makespan, plan_build, rates
 
 from helpers import oracle, run_cli, write_mds
 
@@ -107,6 +107,7 @@ def test_heaps_fit_recovers_a_power_law_and_caps_at_the_tokens():
     (["--plan-unit-sample-tokens", "5"], "build.plan_unit_sample_tokens must be >= 1000"),
     (["--n-workers", "0"], "cluster.n_workers must be >= 1"),
     (["--plan-tokens", "0"], "build.plan_tokens must be >= 1"),
+    (["--plan-client-cores", "0"], "build.plan_client_cores must be >= 1"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--plan needs the workers' memory"),
     (["--input", "/nonexistent/corpus"], "/nonexistent/corpus"),
     (["--no-input"], "'input' is required"),
@@ -164,3 +165,34 @@ def test_the_largest_chunk_decides_the_ranges(tmp_path):
     assert a["largest_chunk_bytes"] == pytest.approx(2 * a["memory_bytes"])
     assert a["ranges"] == -(-int(a["largest_chunk_bytes"]) // 100_000) > -(-int(a["memory_bytes"]) // 100_000)
     assert plan["peak_worker_bytes"] > 320 << 20
+
+
+def test_makespan_hands_each_unit_to_the_first_free_core():
+    assert makespan([], 4) == 0.0
+    assert makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0  # the long unit on one core, three short on the other
+    assert makespan([1.0] * 7, 2) == 4.0  # the last wave's tail: 4 waves, not 3.5
+    assert makespan([2.0, 2.0], 64) == 2.0  # no more cores than units
+
+
+def test_the_time_model_follows_unit_and_range_sizes():
+    r = rates()
+    # A sort's cost per key grows with its size: small units cost less per token.
+    assert r["explode_unit_seconds"]["exponent"] > 1
+    assert explode_unit_seconds(8e6, r) * 10 < explode_unit_seconds(8e7, r)
+    # A chunk unit costs more with more explode units to read, and per row in larger ranges.
+    assert aggregate_unit_seconds(2e6, 1, 120, r) > aggregate_unit_seconds(2e6, 1, 14, r)
+    assert aggregate_unit_seconds(2e7, 1, 14, r) > aggregate_unit_seconds(2e7, 10, 14, r)
+
+
+def test_the_plans_times_follow_its_cluster(inputs):
+    _, _, paths = inputs
+    over = {"input": str(paths["bin"]), "vocab_size": 65536, "build.seq_len": SEQ, "cluster.n_workers": 64,
+            "cluster.memory_limit": "8GiB", "build.plan_tokens": 207e9}
+    one_box = plan_build(load_config(None, over))
+    wide = plan_build(load_config(None, {**over, "cluster.n_workers": 1024}))
+    # The explode spreads over the workers; the load runs on one client, whose cores are its box's.
+    assert wide["seconds"]["explode"] < one_box["seconds"]["explode"] / 8
+    assert wide["seconds"]["load"] == pytest.approx(one_box["seconds"]["load"] / 16)
+    pinned = plan_build(load_config(None, {**over, "cluster.n_workers": 1024, "build.plan_client_cores": 64}))
+    assert pinned["seconds"]["load"] == pytest.approx(one_box["seconds"]["load"])
+    assert pinned["seconds"]["explode"] == pytest.approx(wide["seconds"]["explode"])
