@@ -317,6 +317,10 @@ class ContextsConfig:
     after: int = setting(8, "ids kept after the prompt's next id (clipped at the sample's end)")
     prune_rows: int = setting(1_000_000, "the writer cuts the examples it has merged to per_task per prompt "
                                          "when they pass this many rows (and twice what its last cut left)")
+    cutoff_sigmas: float = setting(8.0, "each prompt's cutoff (from its sum_count) leaves per_task + s*sqrt(per_task) "
+                                        "+ s^2 of its occurrences expected under it, and every unit drops the "
+                                        "rest at once; a prompt left with fewer than per_task (odds under 1e-13 "
+                                        "at 8) is scanned again without cutoffs. Never changes the result")
 
     def __post_init__(self) -> None:
         _at_least("contexts.per_task", self.per_task, 1)
@@ -326,6 +330,7 @@ class ContextsConfig:
         _at_least("contexts.before", self.before, 0)
         _at_least("contexts.after", self.after, 0)
         _at_least("contexts.prune_rows", self.prune_rows, 1)
+        _at_least("contexts.cutoff_sigmas", self.cutoff_sigmas, 0)
         if self.before + self.after > 60000:
             raise ConfigError("contexts.before + contexts.after must be at most 60000 ids")
 

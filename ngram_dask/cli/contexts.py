@@ -30,6 +30,7 @@ CONTEXTS_FLAGS = {
     "--before": "contexts.before",
     "--after": "contexts.after",
     "--prune-rows": "contexts.prune_rows",
+    "--cutoff-sigmas": "contexts.cutoff_sigmas",
     "--explode-unit-tokens": "build.explode_unit_tokens",
     "--eos-id": "build.eos_id",
 }

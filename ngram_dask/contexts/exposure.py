@@ -120,7 +120,7 @@ def marker_url(s: ExposureSettings, piece: str) -> str:
 @resumable(lambda group, s: marker_url(s, group.name))
 def exposure_group(group: PieceGroup, s: ExposureSettings) -> dict:
     """One unit: the counts of one piece group per prompt and interval, as a Parquet part."""
-    families = load_prompts(s.prompts_url, s.bits)
+    families = load_prompts(s.prompts_url, s.bits, cutoffs=False)  # it counts every occurrence
     data = read_group(group, s.vocab_size, s.verify_hashes)
     sequences = np.asarray(s.file_offsets, np.int64)[data.files] + data.samples
     interval = sequence_intervals(sequences, np.asarray(s.steps), s.samples_per_step)

@@ -22,7 +22,7 @@ their prompt's bound (``tighten``) are ever held, so memory follows k x prompts,
 occurrences.
 
 Public: ``Prompts`` (``make``, ``keys``, ``first_index``, ``levels``/``slots``, ``filter``),
-``find`` -> ``Occurrences``, ``scan`` -> ``Found``, ``smallest_per_group``, ``tighten``,
+``find`` -> ``Occurrences``, ``scan`` -> ``Found``, ``cutoffs``, ``smallest_per_group``, ``tighten``,
 ``windows``, and the priorities (``splitmix64``, ``splitmix64_int``, ``priority_int``,
 ``sample_hashes``, ``priorities``).
 """
@@ -91,6 +91,8 @@ class Prompts:
     expected: np.ndarray
     bits: int
     hash_levels: int = 4  # n = 3: levels of slot tables before the binary search (tests set 1)
+    cutoff: np.ndarray | None = None  # per prompt: no occurrence above it is kept (``cutoffs``); None: none
+
 
     def __post_init__(self):
         if self.n not in (2, 3):
@@ -100,6 +102,8 @@ class Prompts:
         keys = self.keys
         if len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
             raise ValueError("prompts must be sorted by their ids, without duplicates")
+        if self.cutoff is not None and len(self.cutoff) != len(self.expected):
+            raise ValueError(f"{len(self.expected)} prompts have {len(self.cutoff)} cutoffs")
 
     @property
     def keys(self) -> np.ndarray:
@@ -233,17 +237,16 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
             with np.errstate(over="ignore"):
                 np.multiply(key, U64(_GOLDEN), out=h)
             h >>= U64(shift)
-            hit = table[h.view(np.int64)]
-        m = hit != -1
+            hit = np.take(table, h.view(np.int64))
         lo, hi = np.searchsorted(crossing, (a, b))
-        m[crossing[lo:hi] - a] = False
+        hit[crossing[lo:hi] - a] = -1
         if exclude_id is not None:
             for j in range(n):
-                m &= tokens[a + j:b + j] != exclude_id
-        pos = np.flatnonzero(m)
-        prompt = hit[pos]
+                hit[tokens[a + j:b + j] == exclude_id] = -1
+        pos = np.flatnonzero(hit != -1)
+        prompt = np.take(hit, pos)
         if n == 3:  # a slot names one candidate prompt (check it) or, for a shared slot, several
-            kq = key[pos]
+            kq = np.take(key, pos)
             for mult, sub_shift, sub in levels:
                 shared = np.flatnonzero(prompt == -2)
                 if not len(shared):
@@ -292,6 +295,28 @@ def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
 # --- the k smallest per prompt ---------------------------------------------------------------
 
 MAX64 = np.iinfo(U64).max
+
+
+def cutoffs(occurrences: np.ndarray, k: int, sigmas: float) -> np.ndarray:
+    """Per prompt, a priority under which its ``k`` smallest lie all but surely, from how
+    often it occurs in the whole input (``occurrences``: its ``sum_count``).
+
+    Priorities are uniform, so of ``c`` occurrences a number distributed Binomial(c, q)
+    lies under ``q * 2**64``; ``q = (k + sigmas * sqrt(k) + sigmas**2) / c`` expects
+    ``sigmas`` standard deviations (and ``sigmas**2`` more) beyond ``k`` there: at 8, fewer
+    than ``k`` has odds under 1e-13 per prompt for any ``k`` (a Chernoff bound: exp(-32)).
+    Every unit then drops the rest of the prompt's occurrences at once, so its pool holds
+    tens per prompt, not the unit's share of every occurrence. A cutoff is a filter, not a guess: the writer counts what
+    it got, and a prompt with fewer than ``min(k, c)`` under its cutoff is scanned again
+    without one (``run``). ``MAX64`` (no cutoff) where ``q >= 1``.
+    """
+    c = np.asarray(occurrences, np.float64)
+    expect = k + sigmas * np.sqrt(k) + sigmas * sigmas
+    q = np.where(c > expect, expect / np.maximum(c, 1.0), 1.0)
+    out = np.full(len(c), MAX64, U64)
+    cut = q < 1.0
+    out[cut] = (q[cut] * 2.0 ** 64).astype(U64)
+    return out
 
 
 def _splitmix64_(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
@@ -417,7 +442,7 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
     offsets = np.asarray(offsets, np.int64)
     groups = len(p)
     counts = np.zeros(groups, np.int64)
-    top = np.full(groups, MAX64, U64)
+    top = np.full(groups, MAX64, U64) if p.cutoff is None else np.array(p.cutoff, U64)
     hashes = sample_hashes(seed, p.n, files, samples)
     pool: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rows, limit = 0, max(1 << 20, 4 * k * groups) if pool_rows is None else pool_rows

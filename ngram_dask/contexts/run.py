@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -47,6 +47,7 @@ class ContextsReport(StageReport):
     occurrences: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     prunes: int = 0  # times the writer cut its merged examples to per_task per prompt
+    rescanned: int = 0  # prompts a cutoff left short, so every piece group was scanned again without cutoffs
     prompts: dict[str, int] = field(default_factory=dict)
     present: bool = False  # the database held these contexts already: nothing ran
     dir: str | None = None
@@ -69,22 +70,26 @@ def default_work_dir(db: str) -> str:
     return base + ".contexts-work"
 
 
-def _read_prompts(db: str, con, info: dict) -> tuple[pa.Table, np.ndarray, dict[str, int]]:
+def _read_prompts(db: str, con, info: dict, per_task: int | None = None,
+                  cutoff_sigmas: float = 0.0) -> tuple[pa.Table, np.ndarray, dict[str, int]]:
+    """The top tables' prompts (``prompts_table``), their ``sum_count`` and each table's size;
+    with ``per_task``, each prompt's cutoff for that many examples (``kernel.cutoffs``)."""
     tables = table_names(con)
     tops = [n for n in TOP_NGRAMS if top_table(n) in tables]
     if not tops:
         raise DatabaseError(f"database {db} has no top tables ({', '.join(top_table(n) for n in TOP_NGRAMS)}): "
                             "run `ngram-dask build --tokenizer ...` with its top step first")
-    from ngram_dask.contexts.kernel import Prompts
+    from ngram_dask.contexts.kernel import Prompts, cutoffs
 
     bits = int(int(info["vocab_size"]) - 1).bit_length()
     families, sums, sizes = {}, [], {}
     for n in tops:
         ids = ", ".join(f"id{j}" for j in range(n - 1))
         rows = con.execute(f"SELECT {ids}, id{n - 1}, sum_count FROM {top_table(n)} ORDER BY {ids}").fetchnumpy()
-        families[n] = Prompts(n, tuple(np.asarray(rows[f"id{j}"], np.int64) for j in range(n - 1)),
-                              np.asarray(rows[f"id{n - 1}"], np.int64), bits)
         sums.append(np.asarray(rows["sum_count"], np.int64))
+        families[n] = Prompts(n, tuple(np.asarray(rows[f"id{j}"], np.int64) for j in range(n - 1)),
+                              np.asarray(rows[f"id{n - 1}"], np.int64), bits,
+                              cutoff=None if per_task is None else cutoffs(sums[-1], per_task, cutoff_sigmas))
         sizes[top_table(n)] = len(families[n])
     return prompts_table(families), np.concatenate(sums), sizes
 
@@ -107,7 +112,7 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
     if "***@" in source:
         raise DatabaseError(f"database {db} records its input without credentials ({recorded}): give it as --input")
     with read_only(db) as con:
-        prompts, sum_counts, sizes = _read_prompts(db, con, info)
+        prompts, sum_counts, sizes = _read_prompts(db, con, info, cfg.contexts.per_task, cfg.contexts.cutoff_sigmas)
         have_tables = CONTEXTS in table_names(con)
     b = cfg.build
     unit_tokens = sized_unit_tokens(b.explode_unit_tokens, cfg.cluster)
@@ -137,7 +142,8 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
     present = have_tables and _recorded(info) == identity
     work = cfg.work_dir or default_work_dir(db)
     digest = _digest({**identity, "unit_tokens": unit_tokens, "token_dtype": token_dtype,
-                      "shards": [r.identity() for r in pieces], "part_format": PART_FORMAT})[:12]
+                      "shards": [r.identity() for r in pieces], "part_format": PART_FORMAT,
+                      "cutoff_sigmas": c.cutoff_sigmas})[:12]
     settings = ContextsSettings(
         dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
         per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
@@ -184,28 +190,46 @@ def declare_contexts(cfg: Config, info: dict, announce: Announce) -> Stage:
     s = p.settings
 
     def steps(ctx: StageContext):
-        writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts, cfg.contexts.prune_rows)
         announce(f"contexts: {prompts_line} prompts, up to {s.per_task} examples each (seed {s.seed}); "
                  f"{len(p.groups)} piece group(s) of {redact_url(p.input)} -> {s.dir}")
-
-        def finish(stats: list[dict], ctx: StageContext) -> None:
-            t0 = time.perf_counter()
-            _tally(report, stats)
-            info = read_info(ctx.db())
-            if str(report.tokens) != info.get("tokens"):
-                raise BadInputError(f"the input holds {report.tokens:,} tokens, database {p.db} counted "
-                                    f"{int(info.get('tokens', 0)):,}: it was built from other data")
-            writer.check_counts(p.db)
-            report.rows = writer.commit({**p.identity, "pieces": len(p.groups)})
-            report.prunes = writer.prunes
-            report.seconds["write"] = time.perf_counter() - t0
-            announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
-
-        yield Step("contexts", p.groups, contexts_group, args=lambda group: (group, s), counts="piece groups",
-                   disk=DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)"),
-                   on_result=lambda stats, ctx: writer.add(stats), finish=finish)
+        short: list[int] = []
+        yield _scan_step("contexts", p, s, cfg, ctx, report, short, announce)
+        if short:  # a cutoff dropped one of a prompt's k smallest (kernel.cutoffs): again, without any
+            report.rescanned = len(short)
+            announce(f"contexts: {len(short):,} prompt(s) kept fewer than {s.per_task} examples under their cutoffs: "
+                     "scanning again without cutoffs")
+            yield _scan_step("rescan", p, replace(s, cutoffs=False), cfg, ctx, report, short, announce)
 
     return Stage(steps, report, manifest=manifest_of(p), db=p.db, access=(p.input, s.dir))
+
+
+def _scan_step(name: str, p: Plan, s: ContextsSettings, cfg: Config, ctx: StageContext, report: ContextsReport,
+               short: list[int], announce: Announce) -> Step:
+    """A step of every piece group whose results one writer merges; its ``finish`` checks
+    them and commits, or (with cutoffs) puts the prompts they left short in ``short``."""
+    writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts, cfg.contexts.prune_rows)
+
+    def finish(stats: list[dict], ctx: StageContext) -> None:
+        t0 = time.perf_counter()
+        report.tokens, report.occurrences = 0, {}
+        _tally(report, stats)
+        info = read_info(ctx.db())
+        if str(report.tokens) != info.get("tokens"):
+            raise BadInputError(f"the input holds {report.tokens:,} tokens, database {p.db} counted "
+                                f"{int(info.get('tokens', 0)):,}: it was built from other data")
+        writer.check_counts(p.db)
+        if s.cutoffs:
+            short.extend(int(i) for i in writer.short_prompts())
+            if short:
+                return
+        report.rows = writer.commit({**p.identity, "pieces": len(p.groups)})
+        report.prunes = writer.prunes
+        report.seconds["write"] = time.perf_counter() - t0
+        announce(f"contexts: {report.rows:,} examples written to {p.db} (tables contexts, context_counts)")
+
+    return Step(name, p.groups, contexts_group, args=lambda group: (group, s), counts="piece groups",
+                disk=DiskFull(f"the contexts dir {s.dir}", advice="free space (or give another --work-dir)"),
+                on_result=lambda stats, ctx: writer.add(stats), finish=finish)
 
 
 def _tally(report: ContextsReport, stats) -> None:

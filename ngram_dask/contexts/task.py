@@ -44,6 +44,7 @@ class ContextsSettings:
     drop_eos: bool = False
     eos_id: int = 0
     verify_hashes: bool = True
+    cutoffs: bool = True  # False: the rescan after a prompt fell short of its cutoff (``run``)
 
     @property
     def bits(self) -> int:
@@ -52,6 +53,11 @@ class ContextsSettings:
     @property
     def prompts_url(self) -> str:
         return join(self.dir, "prompts.parquet")
+
+    @property
+    def parts_dir(self) -> str:
+        """Where the units' parts and markers go: the rescan's apart from the first scan's."""
+        return self.dir if self.cutoffs else join(self.dir, "uncut")
 
 
 PART_FORMAT = 2  # the parts' layout (in the contexts dir's digest): 2 = binary window_ids
@@ -83,57 +89,62 @@ def windows_lists(blobs: pa.Array, vocab_size: int) -> pa.Array:
 
 
 def examples_url(s: ContextsSettings, group: str) -> str:
-    return join(s.dir, "examples", f"{group}.parquet")
+    return join(s.parts_dir, "examples", f"{group}.parquet")
 
 
 def counts_url(s: ContextsSettings, group: str) -> str:
-    return join(s.dir, "counts", f"{group}.parquet")
+    return join(s.parts_dir, "counts", f"{group}.parquet")
 
 
 def marker_url(s: ContextsSettings, group: str) -> str:
-    return join(s.dir, "_done", f"{group}.json")
+    return join(s.parts_dir, "_done", f"{group}.json")
 
 
 # --- the prompts ---------------------------------------------------------------------------
 
+PROMPT_TYPES = {"n": pa.uint8(), "id0": pa.int64(), "id1": pa.int64(), "expected": pa.int64(),
+                "cutoff": pa.uint64()}
+
+
 def prompts_table(families: dict[int, kernel.Prompts]) -> pa.Table:
-    """``n, id0, id1, expected`` of every prompt, family after family, each sorted by its ids:
-    row ``i`` of family ``n`` is prompt ``i`` of ``families[n]``. ``id1`` is -1 for a bigram
-    prompt (no nulls: the tasks read the columns as plain arrays)."""
-    cols: dict[str, list] = {"n": [], "id0": [], "id1": [], "expected": []}
+    """``n, id0, id1, expected, cutoff`` of every prompt, family after family, each sorted
+    by its ids: row ``i`` of family ``n`` is prompt ``i`` of ``families[n]``. ``id1`` is -1
+    for a bigram prompt (no nulls: the tasks read the columns as plain arrays); ``cutoff``
+    is ``kernel.MAX64`` for a prompt without one."""
+    cols: dict[str, list] = {name: [] for name in PROMPT_TYPES}
     for n, p in sorted(families.items()):
         cols["n"].append(np.full(len(p), n, np.uint8))
         cols["id0"].append(np.asarray(p.ids[0], np.int64))
         cols["id1"].append(np.asarray(p.ids[1], np.int64) if n == 3 else np.full(len(p), -1, np.int64))
         cols["expected"].append(np.asarray(p.expected, np.int64))
-    return pa.table({
-        "n": pa.array(np.concatenate(cols["n"]) if cols["n"] else [], pa.uint8()),
-        "id0": pa.array(np.concatenate(cols["id0"]) if cols["id0"] else [], pa.int64()),
-        "id1": pa.array(np.concatenate(cols["id1"]) if cols["id1"] else [], pa.int64()),
-        "expected": pa.array(np.concatenate(cols["expected"]) if cols["expected"] else [], pa.int64()),
-    })
+        cols["cutoff"].append(np.full(len(p), kernel.MAX64, np.uint64) if p.cutoff is None else p.cutoff)
+    return pa.table({name: pa.array(np.concatenate(cols[name]) if cols[name] else [], t)
+                     for name, t in PROMPT_TYPES.items()})
 
 
-def families_of(table: pa.Table, bits: int) -> dict[int, kernel.Prompts]:
+def families_of(table: pa.Table, bits: int, cutoffs: bool = True) -> dict[int, kernel.Prompts]:
+    """``prompts_table`` read back; without ``cutoffs``, prompts that keep every occurrence's priority."""
     def col(name: str) -> np.ndarray:  # Array.to_numpy: no pandas import (ChunkedArray's needs it)
         return table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
 
     n, id0, id1, expected = col("n"), col("id0"), col("id1"), col("expected")
+    cut = col("cutoff") if cutoffs and "cutoff" in table.column_names else None
     out = {}
     for fam in sorted(set(int(x) for x in n)):
         rows = np.flatnonzero(n == fam)
         ids = [id0[rows]] + ([id1[rows]] if fam == 3 else [])
-        out[fam] = kernel.Prompts(fam, tuple(np.asarray(c, np.int64) for c in ids), expected[rows], bits)
+        out[fam] = kernel.Prompts(fam, tuple(np.asarray(c, np.int64) for c in ids), expected[rows], bits,
+                                  cutoff=None if cut is None else cut[rows])
     return out
 
 
 @functools.lru_cache(maxsize=2)
-def load_prompts(url: str, bits: int) -> dict[int, kernel.Prompts]:
+def load_prompts(url: str, bits: int, cutoffs: bool = True) -> dict[int, kernel.Prompts]:
     import pyarrow.parquet as pq
 
     fs, path = get_fs(url)
     with fs.open(path, "rb") as f:  # ParquetFile, not read_table: no pyarrow.dataset import (~0.9 s)
-        return families_of(pq.ParquetFile(f).read(), bits)
+        return families_of(pq.ParquetFile(f).read(), bits, cutoffs)
 
 
 # --- the task ------------------------------------------------------------------------------
@@ -193,7 +204,7 @@ def _workspace() -> np.ndarray:
 @resumable(lambda group, s: marker_url(s, group.name))
 def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
     """Count and choose the examples of one piece group; write its parts; return its statistics."""
-    families = load_prompts(s.prompts_url, s.bits)
+    families = load_prompts(s.prompts_url, s.bits, s.cutoffs)
     data = read_group(group, s.vocab_size, s.verify_hashes)
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,

@@ -102,6 +102,16 @@ class ContextsWriter:
                 f"{int(self.counts[i])} times in the input, its sum_count is {int(self.sum_counts[i])} "
                 f"({len(bad)} prompt(s) differ); give the input the database was built from")
 
+    def short_prompts(self) -> np.ndarray:
+        """The prompts with fewer than ``min(per_task, sum_count)`` examples merged: their
+        cutoff (``kernel.cutoffs``) dropped one of their k smallest, so the stage scans again
+        without cutoffs. (With every part merged, and the counts checked.)"""
+        have = np.zeros(len(self.sum_counts), np.int64)
+        if self.created:
+            rows = self.con.execute(f"SELECT prompt, count(*) AS c FROM {BEST} GROUP BY prompt").fetchnumpy()
+            have[np.asarray(rows["prompt"], np.int64)] = np.asarray(rows["c"], np.int64)
+        return np.flatnonzero(have < np.minimum(self.sum_counts, self.s.per_task))
+
     def commit(self, info: dict) -> int:
         """Write the three tables and the settings in one transaction; returns the examples' rows."""
         s, con = self.s, self.con

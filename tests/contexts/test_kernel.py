@@ -210,6 +210,52 @@ def test_scan_at_high_density_with_shared_slots(n, levels):
         assert got == {j: sorted(v)[:k] for j, v in want.items()}
 
 
+def test_cutoffs_follow_the_formula():
+    c = np.array([0, 1, 86, 87, 1000, 10**12])
+    got = kernel.cutoffs(c, 5, 8.0)  # expects 5 + 8 sqrt(5) + 64 = 86.9 under each cutoff
+    assert list(got[:3]) == [kernel.MAX64] * 3 and got[3] < kernel.MAX64  # 86 is too rare to cut, 87 is not
+    assert abs(int(got[4]) / 2**64 - (5 + 8 * 5 ** 0.5 + 64) / 1000) < 1e-12
+    assert 0 < int(got[5]) < int(got[4])
+    assert (kernel.cutoffs(c, 5, 0.0)[c > 5] < kernel.MAX64).all()
+
+
+@pytest.mark.parametrize("sigmas", [8.0, 1.0, 0.0])
+@pytest.mark.parametrize("n", [2, 3])
+def test_scan_under_cutoffs_keeps_the_k_smallest_under_them(n, sigmas):
+    """With cutoffs from the prompts' true counts: at 8 sigmas the kept examples are exactly
+    those of a scan without cutoffs; at any sigmas they are exactly the k smallest of the
+    occurrences under the cutoff (brute force), counts unchanged, and a prompt comes out
+    short (fewer than min(k, count)) only when fewer than that lie under its cutoff."""
+    rng = np.random.default_rng(70 + n)
+    vocab, k = 8, 3
+    samples = [rng.integers(0, vocab, int(rng.integers(1, 300))).tolist() for _ in range(60)]
+    tokens, offsets = concat(samples)
+    files, in_file = np.zeros(len(samples), np.int64), np.arange(len(samples))
+    p = Prompts.make(n, [np.arange(vocab)] if n == 2 else list(zip(*[(a, b) for a in range(vocab) for b in range(3)])),
+                     np.zeros(vocab if n == 2 else 3 * vocab), 16)
+    free = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=3, before=1, after=1, block=64, pool_rows=8)
+    cut = kernel.cutoffs(free.counts, k, sigmas)
+    assert (cut < kernel.MAX64).all() and free.counts.min() > 100
+    pc = Prompts(p.n, p.ids, p.expected, p.bits, cutoff=cut)
+    f = kernel.scan(tokens, offsets, files, in_file, pc, vocab, k, seed=3, before=1, after=1, block=64, pool_rows=8)
+    assert (f.counts == free.counts).all()
+    ptuples = {tuple(int(c[i]) for c in p.ids): i for i in range(len(p))}
+    under: dict = {}
+    for pt, si, i, _ in oracle_occurrences(samples, set(ptuples), n):
+        prio = kernel.priority_int(3, n, 0, si, i)
+        if prio <= int(cut[ptuples[pt]]):
+            under.setdefault(ptuples[pt], []).append(prio)
+    got: dict = {}
+    for j, prio in zip(f.prompt, f.priority):
+        got.setdefault(int(j), []).append(int(prio))
+    assert got == {j: sorted(v)[:k] for j, v in under.items()}
+    short = [j for j in range(len(p)) if len(got.get(j, [])) < min(k, int(f.counts[j]))]
+    if sigmas == 8.0:
+        assert not short and (f.priority == free.priority).all() and (f.prompt == free.prompt).all()
+    if sigmas == 0.0:
+        assert short, "no prompt fell short at 0 sigmas: the rescan path goes untested"
+
+
 def test_real_tokens(neox_tokenizer_path):
     """Real text: every kept example's window decodes to text that holds its prompt."""
     from transformers import AutoTokenizer

@@ -97,16 +97,21 @@ def oracle(root: Path, samples, db: Path, seed: int, per_task: int, drop_eos: bo
     return out
 
 
-@pytest.mark.parametrize("prune_rows", [1_000_000, 1], ids=["unpruned", "pruned"])
-def test_examples_are_the_oracles_k_smallest(corpus, tmp_path, local_cluster, prune_rows):
+@pytest.mark.parametrize("prune_rows, sigmas", [(1_000_000, 8.0), (1, 8.0), (1_000_000, 0.0)],
+                         ids=["unpruned", "pruned", "rescanned"])
+def test_examples_are_the_oracles_k_smallest(corpus, tmp_path, local_cluster, prune_rows, sigmas):
     """Also past the writer's prune threshold (set tiny): DuckDB 2.x refused the next part's
-    ``register`` after the prune's ``fetchone`` (issue #30), and the cut must keep the k smallest."""
+    ``register`` after the prune's ``fetchone`` (issue #30), and the cut must keep the k smallest.
+    And with cutoffs so tight (0 sigmas) that some prompt keeps fewer than k under its own:
+    the stage scans again without cutoffs, and the result is the same."""
     root, _, samples = corpus
     db = fresh(corpus, tmp_path)
-    report = run_contexts(cfg_for(db, local_cluster, **{"contexts.seed": 7, "contexts.prune_rows": prune_rows}),
+    report = run_contexts(cfg_for(db, local_cluster, **{"contexts.seed": 7, "contexts.prune_rows": prune_rows,
+                                                        "contexts.cutoff_sigmas": sigmas}),
                           announce=lambda m: None)
     assert report.groups > 3 and report.rows > 0
     assert (report.prunes >= 2) if prune_rows == 1 else (report.prunes == 0)
+    assert (report.rescanned > 0) if sigmas == 0 else (report.rescanned == 0)
     want = oracle(root, samples, db, 7, 3)
     assert sum(1 for k in want if k[0] == 3) > 0, "no trigram prompts: make the corpus larger"
     counts = {(n, (i0,) if n == 2 else (i0, i1)): c for n, i0, i1, c in db_rows(db, "SELECT * FROM context_counts")}
