@@ -34,6 +34,22 @@ def test_reads_every_sample_in_order(tmp_path, compression):
     assert read_all(tmp_path / "d", vocab_size=65536) == samples
 
 
+@pytest.mark.parametrize("extra_columns", [False, True])
+def test_samples_of_one_length(tmp_path, monkeypatch, extra_columns):
+    """Equal samples at one stride (what `convert` writes) take the strided copy; one
+    shorter sample in a shard, or other columns of varying length, the masked path."""
+    rng = np.random.default_rng(9)
+    samples = [rng.integers(0, 65536, 64).tolist() for _ in range(40)]
+    samples[25] = samples[25][:10]
+    write_mds(tmp_path / "d", samples, extra_columns=extra_columns, size_limit=1 << 10)
+    assert len(list_shards(str(tmp_path / "d"))) > 3
+    strided = []
+    real = np.lib.stride_tricks.as_strided
+    monkeypatch.setattr(np.lib.stride_tricks, "as_strided", lambda *a, **k: strided.append(1) or real(*a, **k))
+    assert read_all(tmp_path / "d") == samples
+    assert (len(strided) > 0) != extra_columns
+
+
 def test_other_columns_around_tokens(tmp_path):
     samples = random_samples(2, count=20)
     write_mds(tmp_path / "d", samples, extra_columns=True, size_limit=1 << 12)
