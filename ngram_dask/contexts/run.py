@@ -48,6 +48,7 @@ class ContextsReport(StageReport):
     rows: int = 0
     prunes: int = 0  # times the writer cut its merged examples to per_task per prompt
     rescanned: int = 0  # prompts a cutoff left short, so every piece group was scanned again without cutoffs
+    phases: dict[str, float] = field(default_factory=dict)  # the units' seconds per phase, summed (this run's)
     prompts: dict[str, int] = field(default_factory=dict)
     present: bool = False  # the database held these contexts already: nothing ran
     dir: str | None = None
@@ -211,7 +212,7 @@ def _scan_step(name: str, p: Plan, s: ContextsSettings, cfg: Config, ctx: StageC
 
     def finish(stats: list[dict], ctx: StageContext) -> None:
         t0 = time.perf_counter()
-        report.tokens, report.occurrences = 0, {}
+        report.tokens, report.occurrences, report.phases = 0, {}, {}
         _tally(report, stats)
         info = read_info(ctx.db())
         if str(report.tokens) != info.get("tokens"):
@@ -234,6 +235,8 @@ def _scan_step(name: str, p: Plan, s: ContextsSettings, cfg: Config, ctx: StageC
 
 def _tally(report: ContextsReport, stats) -> None:
     for m in stats:
+        for phase, sec in m.get("phases", {}).items():  # (a marker of an earlier version has none)
+            report.phases[phase] = report.phases.get(phase, 0.0) + float(sec)
         report.tokens += int(m["tokens"])
         for n, v in m["occurrences"].items():
             report.occurrences[n] = report.occurrences.get(n, 0) + int(v)
@@ -250,6 +253,9 @@ def summary_lines(report: ContextsReport) -> list[str]:
                      f"{v:,} occurrences")
     lines.append(f"  examples      {report.rows:>10,}")
     lines += report.time_lines(width=13)
+    if report.phases:
+        lines.append("  units' time   " + ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
+                     + " (summed over units, done ones included)")
     sec = report.seconds.get("contexts", 0)
     if sec and report.tokens and report.ran("contexts"):
         lines.append(f"  {report.tokens / sec / 1e6:.2f}M tokens/s")

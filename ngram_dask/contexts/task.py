@@ -18,6 +18,7 @@ the writer's merge); the writer turns the kept ones into lists.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,12 +205,15 @@ def _workspace() -> np.ndarray:
 @resumable(lambda group, s: marker_url(s, group.name))
 def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
     """Count and choose the examples of one piece group; write its parts; return its statistics."""
+    t0 = time.perf_counter()
     families = load_prompts(s.prompts_url, s.bits, s.cutoffs)
     data = read_group(group, s.vocab_size, s.verify_hashes)
+    t1 = time.perf_counter()
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,
                          s.seed, s.before, s.after, exclude, _workspace())
              for _, p in sorted(families.items())]
+    t2 = time.perf_counter()
     base, row = {}, 0
     for n, p in sorted(families.items()):
         base[n], row = row, row + len(p)
@@ -228,4 +232,6 @@ def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
         "occurrences": {str(f.n): int(f.counts.sum()) for f in found},
         "kept": int(examples.num_rows),
         "bytes": nbytes,
+        # where a unit's time goes (docs/performance.md): reading the input, the kernel, the parts
+        "phases": {"read": round(t1 - t0, 3), "scan": round(t2 - t1, 3), "write": round(time.perf_counter() - t2, 3)},
     }

@@ -112,6 +112,7 @@ def test_examples_are_the_oracles_k_smallest(corpus, tmp_path, local_cluster, pr
     assert report.groups > 3 and report.rows > 0
     assert (report.prunes >= 2) if prune_rows == 1 else (report.prunes == 0)
     assert (report.rescanned > 0) if sigmas == 0 else (report.rescanned == 0)
+    assert set(report.phases) == {"read", "scan", "write"} and report.phases["scan"] > 0
     want = oracle(root, samples, db, 7, 3)
     assert sum(1 for k in want if k[0] == 3) > 0, "no trigram prompts: make the corpus larger"
     counts = {(n, (i0,) if n == 2 else (i0, i1)): c for n, i0, i1, c in db_rows(db, "SELECT * FROM context_counts")}
