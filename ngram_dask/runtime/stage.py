@@ -328,7 +328,9 @@ def _run_step(step: Step, ctx: StageContext) -> list[Stats]:
                 if step.on_result:
                     step.on_result(one, ctx)
         report.seconds[step.name] = progress.seconds
-        ctx._cluster().run(release_thread_buffers)  # the next step's memory is its own
+        # the next step's memory is its own; a worker lost meanwhile holds none ("ignore":
+        # a broadcast reaching a killed worker raised CommClosedError and failed the build)
+        ctx._cluster().run(release_thread_buffers, on_error="ignore")
     if step.finish:
         step.finish(out, ctx)
     return out
