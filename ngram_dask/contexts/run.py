@@ -7,6 +7,9 @@ a unit is left to do and skips units whose marker exists. This module declares t
 rest: the ``plan`` (checked before any work), one step of piece groups (the task
 ``task.contexts_group``), and the writer (``write.ContextsWriter``), which merges each
 unit's parts as its result arrives and writes everything in one transaction at the end.
+The prompts carry cutoffs (``kernel.cutoffs``); should one have dropped one of its
+prompt's k smallest (odds under 1e-13 a prompt), the writer sees it and a second step,
+``rescan``, runs every piece group again without cutoffs, into its own parts.
 
 Before any work: the database must be an ngram-dask catalog with top tables; the input
 is the one ``catalog_info`` recorded (``--input``, when given, must be that one) and
