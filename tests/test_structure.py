@@ -246,3 +246,69 @@ def test_no_result_is_left_half_read():
     the connection's next register or sql: ``db.one``/``db.scalar`` read to the end instead."""
     allowed = {PACKAGE / "db.py"}
     assert method_calls("fetchone", allowed) == [] and method_calls("fetchmany", allowed) == []
+
+
+def declared_closure() -> set[str]:
+    """Every distribution that installing ngram-dask (no extras) pulls in, from the installed
+    metadata: its requirements, theirs, with the extras each asks for, markers evaluated."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [(canonicalize_name("ngram-dask"), frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        key = f"{name}[{','.join(sorted(extras))}]"
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:  # a requirement whose marker let pip skip it
+            continue
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+                continue
+            todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    return {k.split("[")[0] for k in seen}
+
+
+# loaded by a dependency inside ``try: ... except ImportError``, so not needed: present only
+# because this venv has it
+OPTIONAL_IMPORTS = {"pygments": "httpx's command line (httpx[cli])"}
+
+
+def test_every_import_is_a_declared_dependency():
+    """What ngram_dask imports (also inside functions), and what those modules import in
+    turn, is installed by ``pip install ngram-dask`` alone: a wheel in a fresh venv found no
+    pandas for ``dask.dataframe`` until pyproject asked for ``dask[dataframe]``."""
+    import subprocess
+    import sys
+
+    names = set()
+    for path in (REPO / "ngram_dask").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module)
+    names = {n for n in names if n.split(".")[0] not in sys.stdlib_module_names and n.split(".")[0] != "ngram_dask"}
+    # each in a fresh interpreter: the top-level modules it loads, and the distributions they come from
+    code = ("import importlib, json, sys\n"
+            "from importlib.metadata import packages_distributions\n"
+            f"for m in {sorted(names)!r}:\n"
+            "    try: importlib.import_module(m)\n"
+            "    except ImportError: pass\n"
+            "dists = packages_distributions()\n"
+            "print(json.dumps(sorted({d for m in list(sys.modules) for d in dists.get(m.split('.')[0], [])})))")
+    import json
+
+    from packaging.utils import canonicalize_name
+
+    loaded = {canonicalize_name(d) for d in json.loads(subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)}
+    missing = sorted(loaded - declared_closure() - OPTIONAL_IMPORTS.keys())
+    assert not missing, f"imported but not pulled in by ngram-dask's dependencies: {missing}"
