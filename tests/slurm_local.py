@@ -32,7 +32,7 @@ def why_not() -> str | None:
     missing = [d for d in DAEMONS if shutil.which(d) is None]
     if missing:
         return (f"{', '.join(missing)} not installed: apt-get install slurm-wlm munge "
-                "(.ci/run does) to run the SLURM tests")
+                "(scripts/test.sh does as root) to run the SLURM tests")
     try:
         pwd.getpwnam("munge")
     except KeyError:

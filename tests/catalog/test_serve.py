@@ -248,7 +248,7 @@ def test_cli_errors_are_one_line(db, tmp_path):
 
 def test_the_page_in_a_real_browser(server, tmp_path):
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (scripts/test.sh does it as root)")
     from playwright.sync_api import expect, sync_playwright
 
     errors: list[str] = []

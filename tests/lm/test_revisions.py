@@ -434,7 +434,7 @@ def test_the_page_draws_the_curve(scored, tmp_path):
 
     chromium = "/usr/bin/chromium"
     if not os.path.exists(chromium):
-        pytest.fail(f"{chromium} is missing: `apt-get install -y chromium` (.ci/run does it)")
+        pytest.fail(f"{chromium} is missing: `apt-get install -y chromium` (scripts/test.sh does it as root)")
     from playwright.sync_api import expect, sync_playwright
 
     db = tmp_path / "ngrams.duckdb"
