@@ -129,7 +129,7 @@ def families_of(table: pa.Table, bits: int, cutoffs: bool = True) -> dict[int, k
         return table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
 
     n, id0, id1, expected = col("n"), col("id0"), col("id1"), col("expected")
-    cut = col("cutoff") if cutoffs and "cutoff" in table.column_names else None
+    cut = col("cutoff") if cutoffs else None
     out = {}
     for fam in sorted(set(int(x) for x in n)):
         rows = np.flatnonzero(n == fam)
