@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench_contexts.py                      # 5e7 real tokens
     .venv/bin/python scripts/bench_contexts.py --tokens 1e9 --cores 64   # the big one
+    .venv/bin/python scripts/bench_contexts.py --tokens 1e9 --top-min-frac 0.27   # prompts at half the positions
 
 Makes (or reuses) the build benchmark's corpus (``benchkit.corpus``: real text tokenized
 with the bundled GPT-NeoX tokenizer, 2048-token samples, MDS with zstd), builds it with
@@ -71,6 +72,8 @@ def main() -> None:
     ap.add_argument("--cache", default=str(REPO / "bench-data"))
     ap.add_argument("--out", default=None, help="work folder (default: <cache>/contexts-bench-<tokens>)")
     ap.add_argument("--per-task", type=int, default=5)
+    ap.add_argument("--top-min-frac", type=float, default=None,
+                    help="both top tables' frac_max threshold (default: the config's 0.5); lower means more prompts")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -89,7 +92,9 @@ def main() -> None:
             "tokenizer": str(TOKENIZER), "vocab_size": VOCAB, "build.chunks": args.chunks,
             "cluster.n_workers": args.cores, "cluster.threads_per_worker": 1,
             "cluster.memory_limit": args.memory_limit, "cluster.dashboard_address": ":0",
-            "contexts.per_task": args.per_task}
+            "contexts.per_task": args.per_task,
+            **({"top.top_bigram_min_frac": args.top_min_frac, "top.top_trigram_min_frac": args.top_min_frac}
+               if args.top_min_frac is not None else {})}
     quiet = lambda m: None  # noqa: E731
     t0 = time.perf_counter()
     build = run_build(load_config(None, base), announce=quiet)
@@ -106,7 +111,8 @@ def main() -> None:
     ]
     print(f"\ncorpus {mds}: {n:,} tokens; {args.cores} worker(s); prompts: "
           + ", ".join(f"{t} {k:,}" for t, k in ctx.prompts.items())
-          + f"; occurrences {sum(ctx.occurrences.values()):,}; examples {ctx.rows:,}")
+          + f"; occurrences {sum(ctx.occurrences.values()):,} ({sum(ctx.occurrences.values()) / n:.1%} of "
+          f"positions); examples {ctx.rows:,}")
     print(f"{'stage':<10} {'tasks':>6} {'wall s':>8} {'task s':>8} {'wall s/1e6 tok':>15} {'task s/1e6 tok':>15}")
     for name, k, wall, secs in rows:
         print(f"{name:<10} {k:>6} {wall:8.2f} {secs:8.2f} {wall / n * 1e6:15.4f} {secs / n * 1e6:15.4f}")
