@@ -35,6 +35,15 @@ def task_seconds(pattern: Path) -> tuple[float, int]:
     return secs, n
 
 
+def phase_seconds(pattern: Path) -> dict[str, float]:
+    """The contexts units' own phases (read, scan, write), summed over their markers."""
+    out: dict[str, float] = {}
+    for m in pattern.parent.glob(pattern.name):
+        for name, secs in json.loads(m.read_text()).get("phases", {}).items():
+            out[name] = out.get(name, 0.0) + secs
+    return out
+
+
 def warm_tasks(mds: Path, out: Path, ctx_dir: Path, per_task: int) -> dict:
     from ngram_dask.contexts import task as ctask
     from ngram_dask.inputs import group_pieces, plan_input
@@ -104,6 +113,7 @@ def main() -> None:
     ctx_wall = time.perf_counter() - t0
     ex_secs, ex_tasks = task_seconds(out / "work" / "explode" / "_done" / "*.json")
     cx_secs, cx_tasks = task_seconds(Path(ctx.dir) / "_done" / "*.json")
+    phases = phase_seconds(Path(ctx.dir) / "_done" / "*.json")
     n = build.tokens
     rows = [
         ("explode", ex_tasks, build.seconds.get("explode", 0.0), ex_secs),
@@ -119,6 +129,7 @@ def main() -> None:
     ratio_wall = rows[1][2] / rows[0][2] if rows[0][2] else float("nan")
     ratio_task = rows[1][3] / rows[0][3] if rows[0][3] else float("nan")
     print(f"contexts / explode per token: wall {ratio_wall:.2f}x, task time {ratio_task:.2f}x (target <= 0.5x)")
+    print("contexts units' time: " + ", ".join(f"{name} {secs:.2f} s" for name, secs in phases.items()))
     print(f"contexts write (merge + one transaction): {ctx.seconds.get('write', 0.0):.2f} s; "
           f"whole build {build_wall:.1f} s, whole contexts {ctx_wall:.1f} s")
     # One process, warm (each task run twice on the same piece, the second timed): what one
@@ -130,7 +141,7 @@ def main() -> None:
           f"{warm['contexts_cpu'] / warm['explode_cpu']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"tokens": n, "rows": rows, "ratio_wall": ratio_wall,
-                                               "ratio_task": ratio_task, "warm": warm}, indent=1))
+                                               "ratio_task": ratio_task, "phases": phases, "warm": warm}, indent=1))
 
 
 if __name__ == "__main__":

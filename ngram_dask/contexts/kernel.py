@@ -38,6 +38,7 @@ U64 = np.uint64
 MASK64 = (1 << 64) - 1
 _GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _MULTIPLIERS = (_GOLDEN, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)  # odd: one per level
+_MULTIPLIERS32 = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F)  # the same, for 32-bit keys
 
 
 # --- priorities ----------------------------------------------------------------------------
@@ -115,41 +116,68 @@ class Prompts:
     def __len__(self) -> int:
         return len(self.expected)
 
+    @property
+    def key_dtype(self) -> type:
+        """n = 3: uint32 when both ids fit in 32 bits (the GPT-NeoX vocab: 16 bits each), else
+        uint64. 32-bit keys halve the bytes every pass moves, and numpy multiplies them in SIMD."""
+        return np.uint32 if (self.n - 1) * self.bits <= 32 else U64
+
+    def hash(self, keys: np.ndarray, mult: int, shift: int) -> np.ndarray:
+        """``(keys * mult) >> shift`` in the key's width, wrapping: a slot (as int64, ready to index)."""
+        dt = self.key_dtype
+        with np.errstate(over="ignore"):
+            return ((np.asarray(keys, dt) * dt(mult)) >> dt(shift)).astype(np.int64)
+
+    @functools.cached_property
+    def _multipliers(self) -> tuple[int, ...]:
+        return _MULTIPLIERS if self.key_dtype is U64 else _MULTIPLIERS32
+
     @functools.cached_property
     def filter(self) -> tuple[int, np.ndarray]:
-        """``(shift, table)``: ``table[(key * golden) >> shift]`` is True for every prompt's key
-        and for few others (a one-hash Bloom filter of at least 64 slots per prompt, at most
-        64 MiB). The kernel itself now uses ``levels``, which names the prompt too; kept for
-        callers that only filter."""
-        bits = min(26, max(20, int(64 * max(len(self), 1) - 1).bit_length()))
+        """n = 3: ``(shift, table)``: ``table[hash(key, level 0's multiplier, shift)]`` is True
+        for every prompt's key and for few others (at least 16 slots per prompt, at most
+        2**20: a bool table that stays in the CPU's L2 cache). Every position is looked up
+        here; only the few that pass are looked up in ``levels``, whose tables are larger
+        than the cache (a lookup there costs ~4x one here)."""
+        width = 8 * np.dtype(self.key_dtype).itemsize
+        bits = min(20, max(10, int(16 * max(len(self), 1) - 1).bit_length()))
         table = np.zeros(1 << bits, bool)
-        with np.errstate(over="ignore"):
-            table[(self.keys * U64(_GOLDEN)) >> U64(64 - bits)] = True
-        return 64 - bits, table
+        table[self.hash(self.sorted_keys, self._multipliers[0], width - bits)] = True
+        return width - bits, table
 
     @functools.cached_property
     def sorted_keys(self) -> np.ndarray:
-        """``keys``, computed once."""
-        return self.keys
+        """``keys`` in ``key_dtype``, computed once."""
+        return self.keys.astype(self.key_dtype)
 
-    def first_index(self, vocab: int) -> np.ndarray:
-        """n = 2: ``table[id]`` is the index of the prompt ``(id,)``, -1 for an id that is none (int32)."""
+    def first_index(self, vocab: int, exclude_id: int | None = None) -> np.ndarray:
+        """n = 2: ``table[id]`` is the index of the prompt ``(id,)``, -1 for an id that is none
+        and for ``exclude_id`` (int32)."""
         size = max(vocab, int(self.ids[0].max()) + 1 if len(self) else 0)
-        if size not in self._first_tables:
+        if (size, exclude_id) not in self._first_tables:
             table = np.full(size, -1, np.int32)
             table[self.ids[0]] = np.arange(len(self), dtype=np.int32)
-            self._first_tables[size] = table
-        return self._first_tables[size]
+            if exclude_id is not None and 0 <= exclude_id < size:
+                table[exclude_id] = -1
+            self._first_tables[size, exclude_id] = table
+        return self._first_tables[size, exclude_id]
 
     @functools.cached_property
-    def _first_tables(self) -> dict[int, np.ndarray]:
+    def _first_tables(self) -> dict[tuple[int, int | None], np.ndarray]:
         return {}
+
+    def holding(self, id_: int) -> np.ndarray:
+        """Per prompt: True where one of its ids is ``id_``."""
+        out = np.zeros(len(self), bool)
+        for col in self.ids:
+            out |= np.asarray(col) == id_
+        return out
 
     @functools.cached_property
     def slots(self) -> tuple[int, np.ndarray]:
-        """n = 3: ``(shift, table)``: ``table[(key * golden) >> shift]`` is the index of the one
-        prompt whose key hashes to that slot, -1 for none, -2 for several (int32; at least 32
-        slots per prompt, at most 4M, so few slots are shared)."""
+        """n = 3: ``(shift, table)``: ``table[hash(key, level 0's multiplier, shift)]`` is the
+        index of the one prompt whose key hashes to that slot, -1 for none, -2 for several
+        (int32; at least 32 slots per prompt, at most 4M, so few slots are shared)."""
         _, shift, table = self.levels[0]
         return shift, table
 
@@ -160,15 +188,15 @@ class Prompts:
         level (a frequent prompt that shares a slot would otherwise send every one of its
         occurrences to the binary search). Slots still shared at the last level are -2."""
         out, members = [], np.arange(len(self))
-        for mult in _MULTIPLIERS[:max(1, self.hash_levels)]:
+        width = 8 * np.dtype(self.key_dtype).itemsize
+        for mult in self._multipliers[:max(1, self.hash_levels)]:
             bits = min(22, max(8, int(32 * max(len(members), 1) - 1).bit_length()))
-            with np.errstate(over="ignore"):
-                slot = ((self.sorted_keys[members] * U64(mult)) >> U64(64 - bits)).astype(np.int64)
+            slot = self.hash(self.sorted_keys[members], mult, width - bits)
             table = np.full(1 << bits, -1, np.int32)
             table[slot] = members.astype(np.int32)
             used, times = np.unique(slot, return_counts=True)
             table[used[times > 1]] = -2
-            out.append((mult, 64 - bits, table))
+            out.append((mult, width - bits, table))
             members = members[np.isin(slot, used[times > 1])]
             if not len(members):
                 break
@@ -186,7 +214,9 @@ class Prompts:
 
 # Positions per block: the passes over a block's arrays run in the CPU's cache, and the
 # occurrences are never all held at once (a piece group can have as many as it has tokens).
-BLOCK = 1 << 17
+# 2**18 scanned a dense 134M-token group 6% faster than 2**17 and 2**19 (2 MiB of L2 per
+# core): fewer numpy calls per position, blocks' arrays still near the core.
+BLOCK = 1 << 18
 
 
 @dataclass
@@ -209,60 +239,83 @@ def _crossing(offsets: np.ndarray, n: int, width: int) -> np.ndarray:
 def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exclude_id: int | None,
             workspace: np.ndarray | None, block: int = BLOCK):
     """``(start, end, pos, prompt)`` per block of positions: the occurrences in ``[start,
-    end)``, ``pos`` ascending (absolute, int64), ``prompt`` their prompt's index (int32)."""
+    end)``, ``pos`` ascending (absolute, int64), ``prompt`` their prompt's index (int64),
+    and, for n = 3, candidates that are none (``prompt`` is ``len(p)``): they are few,
+    and dropping them here would copy every occurrence of the block once more."""
     n, width = p.n, len(tokens) - p.n + 1
     if width <= 0 or len(p) == 0:
         return
     crossing = _crossing(offsets, n, width)
+    # A prompt never holds ``exclude_id`` when it comes from a build that drops it; when one
+    # does, its occurrences are dropped by prompt (``dead``), so per position only the next id
+    # is compared with ``exclude_id``.
+    dead = p.holding(exclude_id) if exclude_id is not None and n == 3 else None
+    if dead is not None and not dead.any():
+        dead = None
     if n == 2:
-        table = p.first_index(vocab)
+        table = p.first_index(vocab, exclude_id)
     else:
-        (_, shift, table), *levels = p.levels
+        dt = p.key_dtype
+        fshift, filt = p.filter
+        (mult, shift, slots), *levels = p.levels
         keys = p.sorted_keys
-        if workspace is not None and workspace.dtype == U64 and len(workspace) >= 2 * block:
-            kbuf, hbuf = workspace[:block], workspace[block:2 * block]
-        else:
-            kbuf, hbuf = np.empty(block, U64), np.empty(block, U64)
+        if workspace is None or workspace.dtype != U64 or len(workspace) < 3 * block:
+            workspace = np.empty(3 * block, U64)
+        kbuf, mbuf = workspace[:block].view(dt)[:block], workspace[block:2 * block].view(dt)[:block]
+        hbuf = workspace[2 * block:3 * block].view(np.int64)
+        none = len(p)
     for a in range(0, width, block):
         b = min(width, a + block)
         # np.take and int64 indices: numpy's indexing first copies other index types to intp
         if n == 2:
             hit = np.take(table, tokens[a:b])
-        else:  # every position's packed key, hashed to its slot
+            cand = hit != -1
+        else:  # every position's packed key, looked up in the small filter first
             key = kbuf[:b - a]
             key[...] = tokens[a:b]
-            key <<= U64(p.bits)
+            key <<= dt(p.bits)
             key |= tokens[a + 1:b + 1]
             h = hbuf[:b - a]
             with np.errstate(over="ignore"):
-                np.multiply(key, U64(_GOLDEN), out=h)
-            h >>= U64(shift)
-            hit = np.take(table, h.view(np.int64))
+                np.right_shift(np.multiply(key, dt(mult), out=mbuf[:b - a]), dt(fshift), out=h)
+            cand = np.take(filt, h)
         lo, hi = np.searchsorted(crossing, (a, b))
-        hit[crossing[lo:hi] - a] = -1
+        cand[crossing[lo:hi] - a] = False
         if exclude_id is not None:
-            for j in range(n):
-                hit[tokens[a + j:b + j] == exclude_id] = -1
-        pos = np.flatnonzero(hit != -1)
-        prompt = np.take(hit, pos)
-        if n == 3:  # a slot names one candidate prompt (check it) or, for a shared slot, several
+            cand[tokens[a + n - 1:b + n - 1] == exclude_id] = False
+        pos = np.flatnonzero(cand)
+        if n == 2:  # (the table names no prompt that holds exclude_id)
+            prompt = np.take(hit, pos).astype(np.int64)
+        else:  # a slot names one candidate prompt (check it) or, for a shared slot, several
             kq = np.take(key, pos)
-            for mult, sub_shift, sub in levels:
-                shared = np.flatnonzero(prompt == -2)
-                if not len(shared):
-                    break
-                with np.errstate(over="ignore"):
-                    prompt[shared] = sub[((kq[shared] * U64(mult)) >> U64(sub_shift)).view(np.int64)]
-            else:
-                shared = np.flatnonzero(prompt == -2)
+            h = hbuf[:len(pos)]
+            with np.errstate(over="ignore"):
+                np.right_shift(np.multiply(kq, dt(mult), out=mbuf[:len(pos)]), dt(shift), out=h)
+            prompt = np.take(slots, h).astype(np.int64)
+            shared = np.flatnonzero(prompt == -2)
             if len(shared):
-                j = np.searchsorted(keys, kq[shared])
-                j[j == len(keys)] = 0
-                prompt[shared] = np.where(keys[j] == kq[shared], j, -1)
+                prompt[shared] = _shared(p, kq[shared], levels, keys)
             ok = np.take(keys, prompt) == kq  # (-1 reads the last key, which is never a non-prompt's)
-            if not ok.all():
-                pos, prompt = pos[ok], prompt[ok]
+            if dead is not None:
+                ok &= ~np.take(dead, prompt)
+            prompt[~ok] = none
         yield a, b, pos + a, prompt
+
+
+def _shared(p: Prompts, kq: np.ndarray, levels, keys: np.ndarray) -> np.ndarray:
+    """The prompt (or -1) of keys whose level-0 slot is shared: the next levels' tables, then a
+    binary search for those still shared."""
+    out = np.full(len(kq), -2, np.int32)
+    todo = np.arange(len(kq))
+    for mult, shift, table in levels:
+        out[todo] = np.take(table, p.hash(kq[todo], mult, shift))
+        todo = todo[out[todo] == -2]
+        if not len(todo):
+            return out
+    j = np.searchsorted(keys, kq[todo])
+    j[j == len(keys)] = 0
+    out[todo] = np.where(keys[j] == kq[todo], j, -1)
+    return out
 
 
 def _sample_sizes(pos: np.ndarray, offsets: np.ndarray, a: int, b: int) -> tuple[int, np.ndarray]:
@@ -283,8 +336,11 @@ def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
     offsets = np.asarray(offsets, np.int64)
     prompts, positions, samples = [], [], []
     for a, b, pos, prompt in _blocks(tokens, offsets, p, vocab, exclude_id, workspace, block):
+        some = prompt != len(p)
+        if not some.all():
+            pos, prompt = pos[some], prompt[some]
         s0, sizes = _sample_sizes(pos, offsets, a, b)
-        prompts.append(prompt.astype(np.int64))
+        prompts.append(prompt)
         positions.append(pos)
         samples.append(np.repeat(np.arange(s0, s0 + len(sizes)), sizes))
     if not positions:
@@ -429,7 +485,7 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
     """Count every occurrence of ``p``'s prompts in the piece group and keep the ``k`` of smallest
     priority per prompt. ``files[s]`` and ``samples[s]``: where sample ``s`` of the piece group
     comes from (file index in the dataset, sample index in that file). ``workspace``: an
-    optional uint64 buffer of at least ``2 * block`` entries, reused between calls.
+    optional uint64 buffer of at least ``3 * block`` entries, reused between calls.
     ``block`` and ``pool_rows`` (the pool's size that triggers the first tightening) change
     the speed, never the result: tests set them tiny.
 
@@ -441,19 +497,23 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
     """
     offsets = np.asarray(offsets, np.int64)
     groups = len(p)
-    counts = np.zeros(groups, np.int64)
-    top = np.full(groups, MAX64, U64) if p.cutoff is None else np.array(p.cutoff, U64)
+    counts = np.zeros(groups + 1, np.int64)
+    # one more entry for the candidates that are none (``_blocks``): a top of 0 keeps next to none
+    bound = np.zeros(groups + 1, U64)
+    top = bound[:groups]
+    top[:] = MAX64 if p.cutoff is None else p.cutoff
     hashes = sample_hashes(seed, p.n, files, samples)
     pool: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rows, limit = 0, max(1 << 20, 4 * k * groups) if pool_rows is None else pool_rows
     tmp = np.empty(block, U64)
     for a, b, pos, prompt in _blocks(tokens, offsets, p, vocab, exclude_id, workspace, block):
-        counts += np.bincount(prompt, minlength=groups)
+        counts += np.bincount(prompt, minlength=groups + 1)
         s0, sizes = _sample_sizes(pos, offsets, a, b)
         prio = (pos - np.repeat(offsets[s0:s0 + len(sizes)], sizes)).view(U64)
         prio ^= np.repeat(hashes[s0:s0 + len(sizes)], sizes)
         _splitmix64_(prio, tmp[:len(prio)])
-        keep = np.flatnonzero(prio <= np.take(top, prompt))
+        keep = np.flatnonzero(prio <= np.take(bound, prompt))
+        keep = keep[np.take(prompt, keep) != groups]
         pool.append((prompt[keep], prio[keep], pos[keep]))
         rows += len(keep)
         if rows > limit:
@@ -467,7 +527,7 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
     sample = np.searchsorted(offsets, pos, side="right") - 1
     wo, wi, lo = windows(tokens, offsets, pos, sample, p.n, before, after)
     return Found(
-        n=p.n, counts=counts, prompt=prompt, actual=tokens[pos + p.n - 1].astype(np.int64),
+        n=p.n, counts=counts[:groups], prompt=prompt, actual=tokens[pos + p.n - 1].astype(np.int64),
         file=np.asarray(files, np.int64)[sample], sample=np.asarray(samples, np.int64)[sample],
         offset=pos - offsets[sample], priority=prio, window_offsets=wo, window_ids=wi,
         window_start=lo - offsets[sample])
