@@ -328,6 +328,32 @@ def _sample_sizes(pos: np.ndarray, offsets: np.ndarray, a: int, b: int) -> tuple
     return s0, np.diff(np.concatenate(([0], cut, [len(pos)])))
 
 
+def _one_length(offsets: np.ndarray) -> int | None:
+    """The samples' length when they all have one (seq-len samples), else None."""
+    lengths = np.diff(offsets)
+    return int(lengths[0]) if len(lengths) and lengths[0] > 0 and (lengths == lengths[0]).all() else None
+
+
+def _offsets_xor_hashes(pos: np.ndarray, offsets: np.ndarray, hashes: np.ndarray, a: int, b: int,
+                        step: int | None) -> np.ndarray:
+    """``offset in sample ^ sample's hash`` of the ascending positions ``pos`` (all in
+    ``[a, b)``): what ``priorities`` hashes once more (uint64, a new array)."""
+    if step is not None:  # samples of one length: a division, not a search
+        rel = pos - offsets[0] if offsets[0] else pos
+        if step & (step - 1) == 0:
+            sample = rel >> (step.bit_length() - 1)
+            out = (rel & (step - 1)).view(U64)
+        else:
+            sample = rel // step
+            out = (rel - sample * step).view(U64)
+        out ^= np.take(hashes, sample)
+        return out
+    s0, sizes = _sample_sizes(pos, offsets, a, b)
+    out = (pos - np.repeat(offsets[s0:s0 + len(sizes)], sizes)).view(U64)
+    out ^= np.repeat(hashes[s0:s0 + len(sizes)], sizes)
+    return out
+
+
 def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
          exclude_id: int | None = None, workspace: np.ndarray | None = None, *, block: int = BLOCK) -> Occurrences:
     """Every occurrence of the prompts ``p`` in the samples ``tokens[offsets[s]:offsets[s+1]]``
@@ -506,11 +532,10 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
     pool: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rows, limit = 0, max(1 << 20, 4 * k * groups) if pool_rows is None else pool_rows
     tmp = np.empty(block, U64)
+    step = _one_length(offsets)
     for a, b, pos, prompt in _blocks(tokens, offsets, p, vocab, exclude_id, workspace, block):
         counts += np.bincount(prompt, minlength=groups + 1)
-        s0, sizes = _sample_sizes(pos, offsets, a, b)
-        prio = (pos - np.repeat(offsets[s0:s0 + len(sizes)], sizes)).view(U64)
-        prio ^= np.repeat(hashes[s0:s0 + len(sizes)], sizes)
+        prio = _offsets_xor_hashes(pos, offsets, hashes, a, b, step)
         _splitmix64_(prio, tmp[:len(prio)])
         keep = np.flatnonzero(prio <= np.take(bound, prompt))
         keep = keep[np.take(prompt, keep) != groups]

@@ -123,12 +123,14 @@ def test_a_bound_with_k_minus_one_under_it_is_not_taken(k):
     assert list(got) == list(range(10, 10 + k - 1)) + [500]
 
 
-@pytest.mark.parametrize("block, pool_rows", [(kernel.BLOCK, None), (1, 1), (7, 3), (50, 20)])
+@pytest.mark.parametrize("block, pool_rows, length", [(kernel.BLOCK, None, None), (1, 1, None), (7, 3, None),
+                                                       (50, 20, None), (50, 20, 32), (7, 3, 24), (kernel.BLOCK, None, 1)])
 @pytest.mark.parametrize("n", [2, 3])
-def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, block, pool_rows):
+def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, block, pool_rows, length):
+    """Samples of many lengths, and of one (a power of two or not: priorities from a division)."""
     rng = np.random.default_rng(n)
     vocab, k, before, after = 10, 4, 3, 2
-    samples = [rng.integers(0, vocab, int(rng.integers(1, 60))).tolist() for _ in range(40)]
+    samples = [rng.integers(0, vocab, length or int(rng.integers(1, 60))).tolist() for _ in range(40)]
     tokens, offsets = concat(samples)
     files = np.repeat([3, 4], [20, 20])
     in_file = np.r_[np.arange(20), np.arange(20)]
