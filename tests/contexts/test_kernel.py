@@ -123,8 +123,9 @@ def test_a_bound_with_k_minus_one_under_it_is_not_taken(k):
     assert list(got) == list(range(10, 10 + k - 1)) + [500]
 
 
-@pytest.mark.parametrize("block, pool_rows, length", [(kernel.BLOCK, None, None), (1, 1, None), (7, 3, None),
-                                                       (50, 20, None), (50, 20, 32), (7, 3, 24), (kernel.BLOCK, None, 1)])
+@pytest.mark.parametrize("block, pool_rows, length", [
+    (kernel.BLOCK, None, None), (1, 1, None), (7, 3, None), (50, 20, None), (50, 20, 32), (7, 3, 24),
+    (kernel.BLOCK, None, 1)])
 @pytest.mark.parametrize("n", [2, 3])
 def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, block, pool_rows, length):
     """Samples of many lengths, and of one (a power of two or not: priorities from a division)."""
