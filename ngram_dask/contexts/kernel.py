@@ -8,8 +8,10 @@ at ``i`` lies inside the sample, its first ``n - 1`` ids are the prompt and (wit
 ``drop_eos``) none of its ``n`` ids is the EOS id: exactly the n-grams that the prompt's
 ``sum_count`` counts. They are found in one pass per family over blocks of positions
 (``BLOCK``, sized for the CPU's cache), with one table lookup per position: for n = 2 a
-table indexed by id (``Prompts.first_index``), for n = 3 a hashed slot table of every
-position's packed two-id key (``Prompts.levels``). No Python loop runs per position.
+table indexed by id (``Prompts.first_index``), for n = 3 a bool table that fits the CPU's
+L2 cache, hashed by every position's packed two-id key (``Prompts.filter``); only the
+positions it passes look their key up in the slot tables that name the prompt
+(``Prompts.levels``), larger and slower to reach. No Python loop runs per position.
 
 *Choice.* Every occurrence gets a priority, a 64-bit hash (splitmix64) of ``(seed, n,
 file, sample in file, offset in sample)``: it depends on nothing but the occurrence, so
@@ -21,7 +23,8 @@ broken by the location, so the order is total. Within a unit only the occurrence
 their prompt's bound (``tighten``) are ever held, so memory follows k x prompts, not the
 occurrences.
 
-Public: ``Prompts`` (``make``, ``keys``, ``first_index``, ``levels``/``slots``, ``filter``),
+Public: ``Prompts`` (``make``, ``keys``, ``key_dtype``, ``hash``, ``first_index``, ``filter``,
+``levels``/``slots``, ``holding``),
 ``find`` -> ``Occurrences``, ``scan`` -> ``Found``, ``cutoffs``, ``smallest_per_group``, ``tighten``,
 ``windows``, and the priorities (``splitmix64``, ``splitmix64_int``, ``priority_int``,
 ``sample_hashes``, ``priorities``).
