@@ -298,10 +298,10 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
             shared = np.flatnonzero(prompt == -2)
             if len(shared):
                 prompt[shared] = _shared(p, kq[shared], levels, keys)
-            ok = np.take(keys, prompt) == kq  # (-1 reads the last key, which is never a non-prompt's)
+            bad = np.take(keys, prompt) != kq  # (-1 reads the last key, which is never a non-prompt's)
             if dead is not None:
-                ok &= ~np.take(dead, prompt)
-            prompt[~ok] = none
+                bad |= np.take(dead, prompt)
+            np.putmask(prompt, bad, none)
         yield a, b, pos + a, prompt
 
 
