@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask import faults
+from ngram_dask.cluster import sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.contexts import kernel
 from ngram_dask.contexts.run import _read_prompts, default_work_dir
@@ -194,9 +195,11 @@ def declare_exposure(cfg: Config, info: dict, announce: Announce) -> Stage:
     vocab = int(info["vocab_size"])
     with read_only(db) as con:
         prompts, _, sizes = _read_prompts(db, con, info)
+    # the unit size of every stage that reads piece groups: the setting, else sized to the workers
+    unit_tokens = sized_unit_tokens(cfg.build.explode_unit_tokens, cfg.cluster)
     read_as = plan_input(cfg.input, input_format=cfg.build.input_format, token_dtype=cfg.build.token_dtype,
                          seq_len=e.seq_len, samples="seq-len", token_column=cfg.build.token_column,
-                         unit_tokens=cfg.build.explode_unit_tokens)
+                         unit_tokens=unit_tokens)
     _check_tokenizer(cfg.input, info)
     drop_eos = json.loads(info.get("drop_eos", "false"))
     digest_of = {"input": redact_url(cfg.input), "steps": steps, "samples_per_step": e.samples_per_step,
@@ -208,7 +211,7 @@ def declare_exposure(cfg: Config, info: dict, announce: Announce) -> Stage:
     s = ExposureSettings(dir=join(work, f"exposure-{digest}"), vocab_size=vocab, steps=tuple(steps),
                          samples_per_step=e.samples_per_step, file_offsets=file_offsets(read_as.pieces),
                          drop_eos=drop_eos, eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
-    groups = group_pieces(list(read_as.pieces), cfg.build.explode_unit_tokens)
+    groups = group_pieces(list(read_as.pieces), unit_tokens)
     report = ExposureReport(db=db, input=redact_url(cfg.input), steps=steps, groups=len(groups))
     identity = {k: v for k, v in digest_of.items() if k != "pieces"}
     manifest = Manifest(join(s.dir, "manifest.json"), {**identity, "pieces": [g.name for g in groups]},

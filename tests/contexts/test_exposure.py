@@ -77,17 +77,18 @@ def table(db) -> dict[tuple, tuple[int, int]]:
                                                            "FROM exposure")}
 
 
-def exposure(db, data, *extra: str) -> tuple[int, str]:
+def exposure(db, data, *extra: str, unit_tokens: int | None = 7 * SEQ) -> tuple[int, str]:
+    """The stage on the test's stream; ``unit_tokens`` None: the size a user gets by default."""
     import contextlib
     import io
 
     from ngram_dask.cli import main
 
+    unit = ["--explode-unit-tokens", str(unit_tokens)] if unit_tokens else []
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = main(["exposure", "--db", str(db), "--input", str(data), "--revisions", REVISIONS,
-                   "--seq-len", str(SEQ), "--samples-per-step", str(SPP), "--explode-unit-tokens", str(7 * SEQ),
-                   *extra])
+                   "--seq-len", str(SEQ), "--samples-per-step", str(SPP), *unit, *extra])
     return rc, out.getvalue()
 
 
@@ -156,6 +157,18 @@ def test_exposure_equals_brute_force_and_verify_checks_it(catalog, local_cluster
                 "AND id0 = (SELECT min(id0) FROM exposure WHERE prompt_seen > 0)")
     con.close()
     assert main(["verify", "--db", str(db)]) != 0
+
+
+def test_exposure_at_the_default_unit_size(catalog, tmp_path):
+    """No --explode-unit-tokens (a user's default: units sized to the workers' memory). It
+    once died in the plan (`group_pieces` got None)."""
+    src, data, seqs = catalog
+    db = tmp_path / "ngrams.duckdb"
+    shutil.copy(src, db)
+    rc, out = exposure(db, data, "--work-dir", str(tmp_path / "work"), "--n-workers", "1",
+                       "--threads-per-worker", "1", unit_tokens=None)
+    assert rc == 0, out
+    assert table(db) == brute(db, seqs)
 
 
 def test_killed_pass_resumes_with_the_missing_pieces(catalog, tmp_path):
