@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import posixpath
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -37,9 +37,9 @@ from ngram_dask.inputs import flat, megatron, parquet
 from ngram_dask.inputs.base import FORMATS, InputPlan, Piece, Samples, checked
 from ngram_dask.storage import get_fs, is_local, redact_url
 
-__all__ = ["FORMATS", "GroupSamples", "InputPlan", "Piece", "PieceGroup", "Samples", "balanced_unit_tokens",
-           "detect_format", "group_pieces", "plan_input", "read_group", "read_piece", "unit_tokens_for",
-           "MIN_UNIT_TOKENS"]
+__all__ = ["FORMATS", "GroupSamples", "InputPlan", "Piece", "PieceGroup", "Samples", "balanced_plan",
+           "balanced_unit_tokens", "detect_format", "group_pieces", "plan_input", "read_group", "read_piece",
+           "unit_tokens_for", "MIN_UNIT_TOKENS"]
 
 _SUFFIX = {".bin": "bin", ".npy": "npy", ".parquet": "parquet", ".idx": "megatron"}
 
@@ -139,6 +139,18 @@ def balanced_unit_tokens(unit_tokens: int, corpus_tokens: int, cores: int | None
         return unit_tokens
     even = math.ceil(corpus_tokens / (cores * UNITS_PER_CORE))
     return min(unit_tokens, max(MIN_UNIT_TOKENS, even))
+
+
+def balanced_plan(plan_for: Callable[[int], InputPlan], unit_tokens: int,
+                  cores: int | None) -> tuple[InputPlan, int]:
+    """``(plan_for(unit), unit)``: ``unit_tokens``, lowered by ``balanced_unit_tokens`` when the
+    planned corpus is too small to give ``cores`` their units (then planned again: flat and
+    Megatron inputs are cut into pieces of a unit). ``cores`` None: ``unit_tokens`` as it is."""
+    plan = plan_for(unit_tokens)
+    balanced = balanced_unit_tokens(unit_tokens, sum(p.tokens for p in plan.pieces), cores)
+    if balanced < unit_tokens:
+        return plan_for(balanced), balanced
+    return plan, unit_tokens
 
 
 def plan_input(url: str, *, input_format: str = "auto", token_dtype: str = "auto", seq_len: int = 2048,

@@ -22,7 +22,7 @@ from ngram_dask.cluster import local_cores, package_versions, sized_unit_tokens
 from ngram_dask.config import Config
 from ngram_dask.db import read_info, scalar, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import InputPlan, balanced_unit_tokens, group_pieces, plan_input
+from ngram_dask.inputs import InputPlan, balanced_plan, group_pieces, plan_input
 from ngram_dask.ngrams.aggregate import AggregateSettings
 from ngram_dask.ngrams.counting import derived_in_aggregate
 from ngram_dask.ngrams.explode import ExplodeSettings, explode_group
@@ -118,13 +118,7 @@ def explode_plan(cfg: Config) -> tuple[InputPlan, int]:
         return plan_input(cfg.input, input_format=b.input_format, token_dtype=b.token_dtype, seq_len=b.seq_len,
                           samples=b.samples, token_column=b.token_column, unit_tokens=unit)
 
-    plan = plan_for(unit_tokens)
-    if auto:
-        balanced = balanced_unit_tokens(unit_tokens, sum(p.tokens for p in plan.pieces), local_cores(cfg.cluster))
-        if balanced < unit_tokens:
-            unit_tokens = balanced
-            plan = plan_for(unit_tokens)  # flat and Megatron inputs are cut into pieces of a unit
-    return plan, unit_tokens
+    return balanced_plan(plan_for, unit_tokens, local_cores(cfg.cluster) if auto else None)
 
 
 def run_build(cfg: Config, announce: Announce = print) -> BuildReport:
