@@ -13,13 +13,15 @@ import dataclasses
 import logging
 import re
 import warnings
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ngram_dask.config import ClusterConfig
 from ngram_dask.errors import UserError
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from ngram_dask.inputs import InputPlan
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +362,17 @@ def sized_unit_tokens(setting: int | None, cfg: ClusterConfig) -> int:
         return int(setting)
     worker_limit, threads = worker_memory(cfg)
     return unit_tokens_for(worker_limit, threads)
+
+
+def piece_group_plan(setting: int | None, cfg: ClusterConfig, plan_for: Callable[[int], "InputPlan"]
+                     ) -> tuple["InputPlan", int]:
+    """``(plan, unit tokens)`` of a stage that reads piece groups apart from the build
+    (contexts, exposure), its units sized as the explode sizes them: ``setting`` when given,
+    else to the workers' memory (``sized_unit_tokens``) and balanced over a LocalCluster's
+    cores (``inputs.balanced_plan``). ``plan_for(unit)`` plans the input for a unit size."""
+    from ngram_dask.inputs import balanced_plan
+
+    return balanced_plan(plan_for, sized_unit_tokens(setting, cfg), None if setting else local_cores(cfg))
 
 
 def local_gpus(device: str) -> int:

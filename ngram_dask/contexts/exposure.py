@@ -40,14 +40,14 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask import faults
-from ngram_dask.cluster import local_cores, sized_unit_tokens
+from ngram_dask.cluster import piece_group_plan
 from ngram_dask.config import Config
 from ngram_dask.contexts import kernel
 from ngram_dask.contexts.run import _read_prompts, default_work_dir
 from ngram_dask.contexts.task import load_prompts
 from ngram_dask.db import read_only, transaction, write_info
 from ngram_dask.errors import BadInputError, ConfigError
-from ngram_dask.inputs import PieceGroup, balanced_plan, group_pieces, plan_input, read_group
+from ngram_dask.inputs import PieceGroup, group_pieces, plan_input, read_group
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, resumable, run_stage
 from ngram_dask.schema import (
     EXPOSURE,
@@ -195,15 +195,13 @@ def declare_exposure(cfg: Config, info: dict, announce: Announce) -> Stage:
     vocab = int(info["vocab_size"])
     with read_only(db) as con:
         prompts, _, sizes = _read_prompts(db, con, info)
+
     def plan_for(unit: int):
         return plan_input(cfg.input, input_format=cfg.build.input_format, token_dtype=cfg.build.token_dtype,
                           seq_len=e.seq_len, samples="seq-len", token_column=cfg.build.token_column,
                           unit_tokens=unit)
 
-    # units as the build's explode sizes them: the setting, else to the workers' memory and cores
-    setting = cfg.build.explode_unit_tokens
-    read_as, unit_tokens = balanced_plan(plan_for, sized_unit_tokens(setting, cfg.cluster),
-                                         None if setting else local_cores(cfg.cluster))
+    read_as, unit_tokens = piece_group_plan(cfg.build.explode_unit_tokens, cfg.cluster, plan_for)
     _check_tokenizer(cfg.input, info)
     drop_eos = json.loads(info.get("drop_eos", "false"))
     digest_of = {"input": redact_url(cfg.input), "steps": steps, "samples_per_step": e.samples_per_step,

@@ -29,13 +29,13 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from ngram_dask.cluster import local_cores, sized_unit_tokens
+from ngram_dask.cluster import piece_group_plan
 from ngram_dask.config import Config
 from ngram_dask.contexts.task import PART_FORMAT, ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import read_info, read_only, scalar, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import PieceGroup, balanced_plan, group_pieces, plan_input
+from ngram_dask.inputs import PieceGroup, group_pieces, plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
 from ngram_dask.storage import atomic_write_parquet, join, redact_url
@@ -126,9 +126,7 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
                           seq_len=int(info.get("seq_len", b.seq_len)), samples=info.get("samples_mode", b.samples),
                           token_column=info.get("token_column") or None, unit_tokens=unit)
 
-    # units as the build's explode sizes them: the setting, else to the workers' memory and cores
-    read_as, unit_tokens = balanced_plan(plan_for, sized_unit_tokens(b.explode_unit_tokens, cfg.cluster),
-                                         None if b.explode_unit_tokens else local_cores(cfg.cluster))
+    read_as, unit_tokens = piece_group_plan(b.explode_unit_tokens, cfg.cluster, plan_for)
     pieces = read_as.pieces
     if read_as.format == "mds":
         size, unit, recorded_size = sum(r.extra.samples for r in pieces), "samples", info.get("samples")
