@@ -6,8 +6,8 @@ against a brute-force oracle (``tests/contexts/test_kernel.py``).
 ``top_trigrams``: n = 3) occurs at position ``i`` of a sample when the n-gram starting
 at ``i`` lies inside the sample, its first ``n - 1`` ids are the prompt and (with
 ``drop_eos``) none of its ``n`` ids is the EOS id: exactly the n-grams that the prompt's
-``sum_count`` counts. They are found in one pass per family over blocks of positions
-(``BLOCK``, sized for the CPU's cache), with one table lookup per position: for n = 2 a
+``sum_count`` counts. They are found in one pass per family over stretches of positions
+(``STRETCH``, sized for the CPU's cache), with one table lookup per position: for n = 2 a
 table indexed by id (``Prompts.first_index``), for n = 3 a bool table that fits the CPU's
 L2 cache, hashed by every position's packed two-id key (``Prompts.filter``); only the
 positions it passes look their key up in the slot tables that name the prompt
@@ -125,11 +125,16 @@ class Prompts:
         uint64. 32-bit keys halve the bytes every pass moves, and numpy multiplies them in SIMD."""
         return np.uint32 if (self.n - 1) * self.bits <= 32 else U64
 
-    def hash(self, keys: np.ndarray, mult: int, shift: int) -> np.ndarray:
-        """``(keys * mult) >> shift`` in the key's width, wrapping: a slot (as int64, ready to index)."""
+    def hash(self, keys: np.ndarray, mult: int, shift: int, out: np.ndarray | None = None,
+             scratch: np.ndarray | None = None) -> np.ndarray:
+        """``(keys * mult) >> shift`` in the key's width, wrapping: a slot (int64, ready to
+        index). The one definition the tables are built with and looked up by; ``out``
+        (int64) and ``scratch`` (``key_dtype``), of ``len(keys)``, spare the hot loop two arrays."""
         dt = self.key_dtype
+        if out is None:
+            out = np.empty(len(keys), np.int64)
         with np.errstate(over="ignore"):
-            return ((np.asarray(keys, dt) * dt(mult)) >> dt(shift)).astype(np.int64)
+            return np.right_shift(np.multiply(np.asarray(keys, dt), dt(mult), out=scratch), dt(shift), out=out)
 
     @functools.cached_property
     def _multipliers(self) -> tuple[int, ...]:
@@ -215,11 +220,11 @@ class Prompts:
 
 # --- occurrences ---------------------------------------------------------------------------
 
-# Positions per block: the passes over a block's arrays run in the CPU's cache, and the
+# Positions per stretch: the passes over a stretch's arrays run in the CPU's cache, and the
 # occurrences are never all held at once (a piece group can have as many as it has tokens).
 # 2**18 scanned a dense 134M-token group 6% faster than 2**17 and 2**19 (2 MiB of L2 per
-# core): fewer numpy calls per position, blocks' arrays still near the core.
-BLOCK = 1 << 18
+# core): fewer numpy calls per position, stretches' arrays still near the core.
+STRETCH = 1 << 18
 
 
 @dataclass
@@ -239,12 +244,12 @@ def _crossing(offsets: np.ndarray, n: int, width: int) -> np.ndarray:
     return np.unique(q[(q >= offsets[:-1, None]) & (q < width)])
 
 
-def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exclude_id: int | None,
-            workspace: np.ndarray | None, block: int = BLOCK):
-    """``(start, end, pos, prompt)`` per block of positions: the occurrences in ``[start,
+def _stretches(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exclude_id: int | None,
+               workspace: np.ndarray | None, stretch: int = STRETCH):
+    """``(start, end, pos, prompt)`` per stretch of positions: the occurrences in ``[start,
     end)``, ``pos`` ascending (absolute, int64), ``prompt`` their prompt's index (int64),
     and, for n = 3, candidates that are none (``prompt`` is ``len(p)``): they are few,
-    and dropping them here would copy every occurrence of the block once more."""
+    and dropping them here would copy every occurrence of the stretch once more."""
     n, width = p.n, len(tokens) - p.n + 1
     if width <= 0 or len(p) == 0:
         return
@@ -260,15 +265,15 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
     else:
         dt = p.key_dtype
         fshift, filt = p.filter
-        (mult, shift, slots), *levels = p.levels
+        mult, shift, slots = p.levels[0]
         keys = p.sorted_keys
-        if workspace is None or workspace.dtype != U64 or len(workspace) < 3 * block:
-            workspace = np.empty(3 * block, U64)
-        kbuf, mbuf = workspace[:block].view(dt)[:block], workspace[block:2 * block].view(dt)[:block]
-        hbuf = workspace[2 * block:3 * block].view(np.int64)
+        if workspace is None or workspace.dtype != U64 or len(workspace) < 3 * stretch:
+            workspace = np.empty(3 * stretch, U64)
+        kbuf, mbuf = workspace[:stretch].view(dt)[:stretch], workspace[stretch:2 * stretch].view(dt)[:stretch]
+        hbuf = workspace[2 * stretch:3 * stretch].view(np.int64)
         none = len(p)
-    for a in range(0, width, block):
-        b = min(width, a + block)
+    for a in range(0, width, stretch):
+        b = min(width, a + stretch)
         # np.take and int64 indices: numpy's indexing first copies other index types to intp
         if n == 2:
             hit = np.take(table, tokens[a:b])
@@ -278,10 +283,7 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
             key[...] = tokens[a:b]
             key <<= dt(p.bits)
             key |= tokens[a + 1:b + 1]
-            h = hbuf[:b - a]
-            with np.errstate(over="ignore"):
-                np.right_shift(np.multiply(key, dt(mult), out=mbuf[:b - a]), dt(fshift), out=h)
-            cand = np.take(filt, h)
+            cand = np.take(filt, p.hash(key, mult, fshift, out=hbuf[:b - a], scratch=mbuf[:b - a]))
         lo, hi = np.searchsorted(crossing, (a, b))
         cand[crossing[lo:hi] - a] = False
         if exclude_id is not None:
@@ -291,13 +293,11 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
             prompt = np.take(hit, pos).astype(np.int64)
         else:  # a slot names one candidate prompt (check it) or, for a shared slot, several
             kq = np.take(key, pos)
-            h = hbuf[:len(pos)]
-            with np.errstate(over="ignore"):
-                np.right_shift(np.multiply(kq, dt(mult), out=mbuf[:len(pos)]), dt(shift), out=h)
-            prompt = np.take(slots, h).astype(np.int64)
+            prompt = np.take(slots, p.hash(kq, mult, shift, out=hbuf[:len(pos)], scratch=mbuf[:len(pos)]))
+            prompt = prompt.astype(np.int64)
             shared = np.flatnonzero(prompt == -2)
             if len(shared):
-                prompt[shared] = _shared(p, kq[shared], levels, keys)
+                prompt[shared] = _shared(p, kq[shared])
             bad = np.take(keys, prompt) != kq  # (-1 reads the last key, which is never a non-prompt's)
             if dead is not None:
                 bad |= np.take(dead, prompt)
@@ -305,12 +305,13 @@ def _blocks(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, exc
         yield a, b, pos + a, prompt
 
 
-def _shared(p: Prompts, kq: np.ndarray, levels, keys: np.ndarray) -> np.ndarray:
+def _shared(p: Prompts, kq: np.ndarray) -> np.ndarray:
     """The prompt (or -1) of keys whose level-0 slot is shared: the next levels' tables, then a
     binary search for those still shared."""
+    keys = p.sorted_keys
     out = np.full(len(kq), -2, np.int32)
     todo = np.arange(len(kq))
-    for mult, shift, table in levels:
+    for mult, shift, table in p.levels[1:]:
         out[todo] = np.take(table, p.hash(kq[todo], mult, shift))
         todo = todo[out[todo] == -2]
         if not len(todo):
@@ -358,13 +359,13 @@ def _offsets_xor_hashes(pos: np.ndarray, offsets: np.ndarray, hashes: np.ndarray
 
 
 def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
-         exclude_id: int | None = None, workspace: np.ndarray | None = None, *, block: int = BLOCK) -> Occurrences:
+         exclude_id: int | None = None, workspace: np.ndarray | None = None, *, stretch: int = STRETCH) -> Occurrences:
     """Every occurrence of the prompts ``p`` in the samples ``tokens[offsets[s]:offsets[s+1]]``
     that is followed by a token inside its sample (and, with ``exclude_id``, whose n-gram
     does not contain that id)."""
     offsets = np.asarray(offsets, np.int64)
     prompts, positions, samples = [], [], []
-    for a, b, pos, prompt in _blocks(tokens, offsets, p, vocab, exclude_id, workspace, block):
+    for a, b, pos, prompt in _stretches(tokens, offsets, p, vocab, exclude_id, workspace, stretch):
         some = prompt != len(p)
         if not some.all():
             pos, prompt = pos[some], prompt[some]
@@ -510,15 +511,15 @@ class Found:
 
 def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np.ndarray, p: Prompts,
          vocab: int, k: int, seed: int, before: int, after: int, exclude_id: int | None = None,
-         workspace: np.ndarray | None = None, *, block: int = BLOCK, pool_rows: int | None = None) -> Found:
+         workspace: np.ndarray | None = None, *, stretch: int = STRETCH, pool_rows: int | None = None) -> Found:
     """Count every occurrence of ``p``'s prompts in the piece group and keep the ``k`` of smallest
     priority per prompt. ``files[s]`` and ``samples[s]``: where sample ``s`` of the piece group
     comes from (file index in the dataset, sample index in that file). ``workspace``: an
-    optional uint64 buffer of at least ``3 * block`` entries, reused between calls.
-    ``block`` and ``pool_rows`` (the pool's size that triggers the first tightening) change
+    optional uint64 buffer of at least ``3 * stretch`` entries, reused between calls.
+    ``stretch`` and ``pool_rows`` (the pool's size that triggers the first tightening) change
     the speed, never the result: tests set them tiny.
 
-    One pass over blocks of positions: each block's occurrences are counted and get their
+    One pass over stretches of positions: each stretch's occurrences are counted and get their
     priority; only those at or under their prompt's ``top`` join the pool of candidates,
     and ``top`` is lowered (``tighten``) whenever the pool has doubled. So the work per
     occurrence is a few passes in cache, and memory holds the pool (about ``(k + 4 sqrt(k)
@@ -527,16 +528,16 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
     offsets = np.asarray(offsets, np.int64)
     groups = len(p)
     counts = np.zeros(groups + 1, np.int64)
-    # one more entry for the candidates that are none (``_blocks``): a top of 0 keeps next to none
+    # one more entry for the candidates that are none (``_stretches``): a top of 0 keeps next to none
     bound = np.zeros(groups + 1, U64)
     top = bound[:groups]
     top[:] = MAX64 if p.cutoff is None else p.cutoff
     hashes = sample_hashes(seed, p.n, files, samples)
     pool: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rows, limit = 0, max(1 << 20, 4 * k * groups) if pool_rows is None else pool_rows
-    tmp = np.empty(block, U64)
+    tmp = np.empty(stretch, U64)
     step = _one_length(offsets)
-    for a, b, pos, prompt in _blocks(tokens, offsets, p, vocab, exclude_id, workspace, block):
+    for a, b, pos, prompt in _stretches(tokens, offsets, p, vocab, exclude_id, workspace, stretch):
         counts += np.bincount(prompt, minlength=groups + 1)
         prio = _offsets_xor_hashes(pos, offsets, hashes, a, b, step)
         _splitmix64_(prio, tmp[:len(prio)])

@@ -198,8 +198,8 @@ def _table(cols: dict[str, list], types: dict) -> pa.Table:
 
 
 def _workspace() -> np.ndarray:
-    # the kernel hashes a block at a time: three blocks of keys, not one per token of the piece
-    return thread_buffer("contexts-keys", 3 * kernel.BLOCK, np.uint64)
+    # the kernel hashes a stretch of positions at a time: three stretches of keys, not one per token of the piece
+    return thread_buffer("contexts-keys", 3 * kernel.STRETCH, np.uint64)
 
 
 @resumable(lambda group, s: marker_url(s, group.name))

@@ -38,10 +38,10 @@ def random_prompts(rng, n, vocab, count, bits=16):
 
 
 @pytest.mark.parametrize("bits", [16, 20])
-@pytest.mark.parametrize("block", [kernel.BLOCK, 1, 5])
+@pytest.mark.parametrize("stretch", [kernel.STRETCH, 1, 5])
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("n", [2, 3])
-def test_find_is_every_occurrence(seed, n, block, bits):
+def test_find_is_every_occurrence(seed, n, stretch, bits):
     rng = np.random.default_rng(seed)
     vocab = 12
     # short samples (length 0, 1, 2 too): prompts at a sample's first and last positions,
@@ -51,7 +51,7 @@ def test_find_is_every_occurrence(seed, n, block, bits):
     p = random_prompts(rng, n, vocab, 20, bits)
     ptuples = [tuple(int(c[i]) for c in p.ids) for i in range(len(p))]
     for exclude in (None, 0):  # (some prompts hold 0: their occurrences are all dropped)
-        occ = kernel.find(tokens, offsets, p, vocab, exclude, block=block)
+        occ = kernel.find(tokens, offsets, p, vocab, exclude, stretch=stretch)
         got = sorted((ptuples[pr], int(s), int(pos - offsets[s]))
                      for pr, pos, s in zip(occ.prompt, occ.pos, occ.sample))
         want = sorted((pt, s, i) for pt, s, i, _ in oracle_occurrences(samples, set(ptuples), n, exclude))
@@ -123,11 +123,11 @@ def test_a_bound_with_k_minus_one_under_it_is_not_taken(k):
     assert list(got) == list(range(10, 10 + k - 1)) + [500]
 
 
-@pytest.mark.parametrize("block, pool_rows, length", [
-    (kernel.BLOCK, None, None), (1, 1, None), (7, 3, None), (50, 20, None), (50, 20, 32), (7, 3, 24),
-    (kernel.BLOCK, None, 1)])
+@pytest.mark.parametrize("stretch, pool_rows, length", [
+    (kernel.STRETCH, None, None), (1, 1, None), (7, 3, None), (50, 20, None), (50, 20, 32), (7, 3, 24),
+    (kernel.STRETCH, None, 1)])
 @pytest.mark.parametrize("n", [2, 3])
-def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, block, pool_rows, length):
+def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, stretch, pool_rows, length):
     """Samples of many lengths, and of one (a power of two or not: priorities from a division)."""
     rng = np.random.default_rng(n)
     vocab, k, before, after = 10, 4, 3, 2
@@ -137,7 +137,7 @@ def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, block, pool_rows, 
     in_file = np.r_[np.arange(20), np.arange(20)]
     p = random_prompts(rng, n, vocab, 15)
     f = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=11, before=before, after=after,
-                    block=block, pool_rows=pool_rows)
+                    stretch=stretch, pool_rows=pool_rows)
     ptuples = [tuple(int(c[i]) for c in p.ids) for i in range(len(p))]
     occ = oracle_occurrences(samples, set(ptuples), n)
     # counts equal the oracle's
@@ -171,7 +171,7 @@ def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, block, pool_rows, 
 @pytest.mark.parametrize("n, levels, bits", [(2, 4, 16), (3, 4, 16), (3, 1, 16), (3, 4, 20), (3, 1, 20)])
 def test_scan_at_high_density_with_shared_slots(n, levels, bits):
     """Prompts at most positions, hundreds of occurrences each: the pool's bound is lowered
-    many times (small blocks and pool), and trigram prompts share hash slots (resolved by
+    many times (small stretches and pool), and trigram prompts share hash slots (resolved by
     the next level's table, or with one level by the binary search); the kept examples are
     still exactly each prompt's k smallest (seen by brute force)."""
     rng = np.random.default_rng(40 + n)
@@ -203,9 +203,9 @@ def test_scan_at_high_density_with_shared_slots(n, levels, bits):
     if n == 3:  # prompts that occur sit in shared slots: the exact search behind a shared slot runs
         shift, table = p.slots
         assert (table[p.hash(p.keys[sorted(want)], p.levels[0][0], shift)] == -2).any()
-    for block, pool_rows in ((kernel.BLOCK, None), (333, 100)):
+    for stretch, pool_rows in ((kernel.STRETCH, None), (333, 100)):
         f = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=5, before=1, after=1,
-                        block=block, pool_rows=pool_rows)
+                        stretch=stretch, pool_rows=pool_rows)
         assert {j: int(c) for j, c in enumerate(f.counts) if c} == {j: len(v) for j, v in want.items()}
         got: dict = {}
         for j, prio in zip(f.prompt, f.priority):
@@ -236,11 +236,11 @@ def test_scan_under_cutoffs_keeps_the_k_smallest_under_them(n, sigmas):
     files, in_file = np.zeros(len(samples), np.int64), np.arange(len(samples))
     p = Prompts.make(n, [np.arange(vocab)] if n == 2 else list(zip(*[(a, b) for a in range(vocab) for b in range(3)])),
                      np.zeros(vocab if n == 2 else 3 * vocab), 16)
-    free = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=3, before=1, after=1, block=64, pool_rows=8)
+    free = kernel.scan(tokens, offsets, files, in_file, p, vocab, k, seed=3, before=1, after=1, stretch=64, pool_rows=8)
     cut = kernel.cutoffs(free.counts, k, sigmas)
     assert (cut < kernel.MAX64).all() and free.counts.min() > 100
     pc = Prompts(p.n, p.ids, p.expected, p.bits, cutoff=cut)
-    f = kernel.scan(tokens, offsets, files, in_file, pc, vocab, k, seed=3, before=1, after=1, block=64, pool_rows=8)
+    f = kernel.scan(tokens, offsets, files, in_file, pc, vocab, k, seed=3, before=1, after=1, stretch=64, pool_rows=8)
     assert (f.counts == free.counts).all()
     ptuples = {tuple(int(c[i]) for c in p.ids): i for i in range(len(p))}
     under: dict = {}
