@@ -233,8 +233,10 @@ def read_shard_bytes(ref: ShardRef, verify_hashes: bool = True) -> bytes:
     return data
 
 
-def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype) -> Samples:
-    """The ``tokens`` column of every sample of a raw shard, vectorised (no per-sample loop)."""
+def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype, out: np.ndarray | None = None) -> Samples:
+    """The ``tokens`` column of every sample of a raw shard, vectorised (no per-sample loop);
+    with ``out`` (of ``token_dtype``, at least the shard's ids long: ``raw_bytes / width``
+    is always enough), written into its start, so a reader of many shards copies once."""
     token_dtype = np.dtype(token_dtype).newbyteorder("<")
     width = token_dtype.itemsize
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -274,10 +276,19 @@ def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype) -> Samples:
             f"not a multiple of {width} ({token_dtype.name} token ids)"
         )
 
+    total = int(nbytes.sum())
+    if out is not None and (out.dtype != token_dtype.newbyteorder("=") or len(out) * width < total):
+        raise ValueError(f"out holds {len(out)} {out.dtype} ids, shard {ref.url} needs {total // width} {token_dtype}")
+    dest = out[:total // width] if out is not None and np.little_endian else None  # (else copied below)
     if n > 1 and (nbytes == nbytes[0]).all() and (np.diff(begin) == begin[1] - begin[0]).all():
         # samples of one length at one stride (what `convert` writes): one strided copy
-        tokens = np.lib.stride_tricks.as_strided(buf[begin[0]:], (n, int(nbytes[0])), (int(begin[1] - begin[0]), 1),
-                                                 writeable=False).reshape(-1).view(token_dtype)
+        rows = np.lib.stride_tricks.as_strided(buf[begin[0]:], (n, int(nbytes[0])), (int(begin[1] - begin[0]), 1),
+                                               writeable=False)
+        if dest is not None:
+            np.copyto(dest.view(np.uint8).reshape(n, int(nbytes[0])), rows)
+            tokens = dest
+        else:
+            tokens = rows.reshape(-1).view(token_dtype)
     else:
         # Keep the token bytes of every sample and drop what lies between them (headers,
         # other columns) with one boolean mask built from alternating run lengths.
@@ -287,18 +298,26 @@ def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype) -> Samples:
         runs[1::2] = nbytes
         runs[-1] = len(buf) - (begin[-1] + nbytes[-1]) if n else len(buf)
         keep = np.repeat(np.tile(np.array([False, True]), n + 1)[: 2 * n + 1], runs)
-        tokens = buf[keep].view(token_dtype)
+        if dest is not None:
+            np.compress(keep, buf, out=dest.view(np.uint8))
+            tokens = dest
+        else:
+            tokens = buf[keep].view(token_dtype)
     if token_dtype.byteorder not in ("<", "=", "|"):
         tokens = tokens.astype(token_dtype.newbyteorder("="))
+    if out is not None and tokens is not dest:
+        out[:len(tokens)] = tokens
+        tokens = out[:len(tokens)]
     token_offsets = np.concatenate(([0], np.cumsum(nbytes // width))).astype(np.int64)
     return Samples(tokens, token_offsets)
 
 
 def read_shard(ref: ShardRef, token_dtype="uint16", vocab_size: int | None = None,
-               verify_hashes: bool = True) -> Samples:
-    """Read and validate one shard: every id below ``vocab_size``."""
-    shard = decode_shard(ref, read_shard_bytes(ref, verify_hashes), np.dtype(token_dtype))
-    if vocab_size is not None and len(shard.tokens):
+               verify_hashes: bool = True, out: np.ndarray | None = None) -> Samples:
+    """Read and validate one shard: every id below ``vocab_size`` (``out``: as ``decode_shard``'s)."""
+    shard = decode_shard(ref, read_shard_bytes(ref, verify_hashes), np.dtype(token_dtype), out)
+    # (a maximum reads the ids once, without the bool array of a comparison)
+    if vocab_size is not None and len(shard.tokens) and int(shard.tokens.max()) >= vocab_size:
         bad = np.flatnonzero(shard.tokens >= vocab_size)
         if len(bad):
             pos = int(bad[0])

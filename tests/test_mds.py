@@ -170,3 +170,45 @@ def test_missing_shard_file(tmp_path):
     (root / ref.basename).unlink()
     with pytest.raises(BadInputError, match="shard file missing"):
         read_shard(ref)
+
+
+@pytest.mark.parametrize("extra_columns, dtype", [(False, "<u2"), (True, "<u2"), (False, "<u4")])
+def test_a_group_of_shards_reads_as_their_samples_in_order(tmp_path, extra_columns, dtype):
+    """``read_group`` decodes each shard straight into the group's one array (strided and
+    masked shards alike): the same ids and sample boundaries as the shards read alone."""
+    from ngram_dask.inputs import group_pieces, plan_input, read_group
+
+    rng = np.random.default_rng(11)
+    top = 2**32 - 1 if dtype == "<u4" else 65535
+    samples = [rng.integers(0, top, 48, endpoint=True).tolist() for _ in range(60)]
+    samples[7] = samples[7][:5]  # one shard takes the masked path
+    samples[30] = []
+    write_mds(tmp_path / "d", samples, extra_columns=extra_columns, size_limit=1 << 10, dtype=dtype)
+    token_dtype = "uint32" if dtype == "<u4" else "uint16"
+    plan = plan_input(str(tmp_path / "d"), token_dtype=token_dtype)
+    assert len(plan.pieces) > 4
+    groups = group_pieces(plan.pieces, 3 * plan.pieces[0].tokens)
+    assert any(len(g.pieces) > 1 for g in groups)
+    got = []
+    for g in groups:
+        data = read_group(g, top + 1)
+        assert data.tokens.dtype == np.dtype(token_dtype) and data.offsets[0] == 0
+        assert data.offsets[-1] == len(data.tokens)
+        got += [data.tokens[a:b].tolist() for a, b in zip(data.offsets[:-1], data.offsets[1:])]
+    assert got == samples
+
+
+def test_an_id_past_the_vocabulary_in_a_group_names_its_shard(tmp_path):
+    from ngram_dask.inputs import group_pieces, plan_input, read_group
+
+    samples = [[1, 2, 3, 4]] * 40
+    samples = samples[:33] + [[1, 2, 999, 4]] + samples[34:]
+    write_mds(tmp_path / "d", samples, size_limit=1 << 8)
+    plan = plan_input(str(tmp_path / "d"))
+    (group,) = group_pieces(plan.pieces, 10**9)
+    refs = list_shards(str(tmp_path / "d"))
+    first = np.cumsum([0] + [r.samples for r in refs])
+    bad = refs[int(np.searchsorted(first, 33, side="right")) - 1]  # the shard of sample 33
+    assert bad is not refs[0] and bad is not refs[-1]
+    with pytest.raises(BadInputError, match=rf"{bad.basename}.*token id 999 .*>= vocab_size 100"):
+        read_group(group, 100)

@@ -252,14 +252,28 @@ class GroupSamples(NamedTuple):
 def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: bool = True) -> GroupSamples:
     """The samples of every piece of the group, in order, ids checked against ``vocab_size``
     (boundaries kept: nothing a unit counts crosses them)."""
-    parts = [read_piece(piece, vocab_size, verify_hashes) for piece in group.pieces]
+    if len(group.pieces) > 1 and all(piece.format == "mds" for piece in group.pieces):
+        # each shard decoded straight into the group's array (a piece's tokens bound its ids),
+        # not into its own and then copied once more by a concatenation
+        from ngram_dask.inputs import mds
+
+        into = np.empty(group.tokens, np.dtype(group.pieces[0].token_dtype))
+        parts, at = [], 0
+        for piece in group.pieces:
+            parts.append(mds.read(piece, vocab_size, verify_hashes, into[at:]))
+            at += len(parts[-1].tokens)
+        tokens = into[:at]
+    else:
+        parts = [read_piece(piece, vocab_size, verify_hashes) for piece in group.pieces]
+        tokens = None
     files = np.concatenate([np.full(len(p.offsets) - 1, piece.file_index, np.int64)
                             for p, piece in zip(parts, group.pieces)])
     samples = np.concatenate([piece.sample0 + np.arange(len(p.offsets) - 1, dtype=np.int64)
                               for p, piece in zip(parts, group.pieces)])
     if len(parts) == 1:
         return GroupSamples(parts[0].tokens, np.asarray(parts[0].offsets, np.int64), files, samples)
-    tokens = np.concatenate([p.tokens for p in parts])
+    if tokens is None:
+        tokens = np.concatenate([p.tokens for p in parts])
     starts = np.cumsum([0] + [len(p.tokens) for p in parts[:-1]])
     offsets = np.concatenate([np.asarray(parts[0].offsets[:1], np.int64)]
                              + [np.asarray(p.offsets[1:], np.int64) + base for p, base in zip(parts, starts)])

@@ -22,5 +22,6 @@ def plan(url: str, token_dtype: str = "auto") -> InputPlan:
     return InputPlan("mds", dtype, pieces, [ref.url for ref in shards], "seq-len")
 
 
-def read(piece: Piece, vocab_size: int | None, verify_hashes: bool) -> Samples:
-    return read_shard(piece.extra, piece.token_dtype, vocab_size, verify_hashes)
+def read(piece: Piece, vocab_size: int | None, verify_hashes: bool, out=None) -> Samples:
+    """One shard's samples; with ``out`` (``read_shard``'s), its ids written there."""
+    return read_shard(piece.extra, piece.token_dtype, vocab_size, verify_hashes, out)
