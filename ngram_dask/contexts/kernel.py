@@ -163,8 +163,8 @@ class Prompts:
         and for ``exclude_id`` (int32)."""
         size = max(vocab, int(self.ids[0].max()) + 1 if len(self) else 0)
         if (size, exclude_id) not in self._first_tables:
-            table = np.full(size, -1, np.int32)
-            table[self.ids[0]] = np.arange(len(self), dtype=np.int32)
+            table = np.full(size, -1, np.int16 if len(self) < 1 << 15 else np.int32)
+            table[self.ids[0]] = np.arange(len(self))
             if exclude_id is not None and 0 <= exclude_id < size:
                 table[exclude_id] = -1
             self._first_tables[size, exclude_id] = table
@@ -302,7 +302,7 @@ def _stretches(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int, 
             if dead is not None:
                 bad |= np.take(dead, prompt)
             np.putmask(prompt, bad, none)
-        yield a, b, pos + a, prompt
+        yield a, b, pos, prompt
 
 
 def _shared(p: Prompts, kq: np.ndarray) -> np.ndarray:
@@ -340,18 +340,20 @@ def _one_length(offsets: np.ndarray) -> int | None:
 
 def _offsets_xor_hashes(pos: np.ndarray, offsets: np.ndarray, hashes: np.ndarray, a: int, b: int,
                         step: int | None) -> np.ndarray:
-    """``offset in sample ^ sample's hash`` of the ascending positions ``pos`` (all in
+    """``offset in sample ^ sample's hash`` of the positions ``a + pos`` (ascending, all in
     ``[a, b)``): what ``priorities`` hashes once more (uint64, a new array)."""
     if step is not None:  # samples of one length: a division, not a search
-        rel = pos - offsets[0] if offsets[0] else pos
+        rel = pos + (a - int(offsets[0]))
         if step & (step - 1) == 0:
             sample = rel >> (step.bit_length() - 1)
-            out = (rel & (step - 1)).view(U64)
+            rel &= step - 1
         else:
             sample = rel // step
-            out = (rel - sample * step).view(U64)
+            rel -= sample * step
+        out = rel.view(U64)
         out ^= np.take(hashes, sample)
         return out
+    pos = pos + a
     s0, sizes = _sample_sizes(pos, offsets, a, b)
     out = (pos - np.repeat(offsets[s0:s0 + len(sizes)], sizes)).view(U64)
     out ^= np.repeat(hashes[s0:s0 + len(sizes)], sizes)
@@ -369,6 +371,7 @@ def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
         some = prompt != len(p)
         if not some.all():
             pos, prompt = pos[some], prompt[some]
+        pos = pos + a
         s0, sizes = _sample_sizes(pos, offsets, a, b)
         prompts.append(prompt)
         positions.append(pos)
@@ -543,7 +546,7 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
         _splitmix64_(prio, tmp[:len(prio)])
         keep = np.flatnonzero(prio <= np.take(bound, prompt))
         keep = keep[np.take(prompt, keep) != groups]
-        pool.append((prompt[keep], prio[keep], pos[keep]))
+        pool.append((prompt[keep], prio[keep], pos[keep] + a))
         rows += len(keep)
         if rows > limit:
             pool = [_merge(pool, top, k, groups)]
