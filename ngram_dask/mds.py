@@ -318,14 +318,12 @@ def read_shard(ref: ShardRef, token_dtype="uint16", vocab_size: int | None = Non
     shard = decode_shard(ref, read_shard_bytes(ref, verify_hashes), np.dtype(token_dtype), out)
     # (a maximum reads the ids once, without the bool array of a comparison)
     if vocab_size is not None and len(shard.tokens) and int(shard.tokens.max()) >= vocab_size:
-        bad = np.flatnonzero(shard.tokens >= vocab_size)
-        if len(bad):
-            pos = int(bad[0])
-            sample = int(np.searchsorted(shard.offsets, pos, side="right") - 1)
-            raise BadInputError(
-                f"shard {ref.url}, sample {sample}: token id {int(shard.tokens[pos])} at position "
-                f"{pos - int(shard.offsets[sample])} is >= vocab_size {vocab_size}"
-            )
+        pos = int(np.flatnonzero(shard.tokens >= vocab_size)[0])
+        sample = int(np.searchsorted(shard.offsets, pos, side="right") - 1)
+        raise BadInputError(
+            f"shard {ref.url}, sample {sample}: token id {int(shard.tokens[pos])} at position "
+            f"{pos - int(shard.offsets[sample])} is >= vocab_size {vocab_size}"
+        )
     return shard
 
 

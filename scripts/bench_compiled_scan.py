@@ -47,6 +47,8 @@ def _splitmix64(z):
     return z ^ (z >> np.uint64(31))
 
 
+# The two loops below repeat an occurrence's work (count, priority, cut, append) on purpose:
+# as a shared @njit helper, inlined or not, the loops ran 1.7-2.8x slower (numba 0.68.1).
 @njit(cache=True)
 def _bigrams(tokens, offsets, hashes, first, bound, counts, out_prompt, out_prio, out_pos):
     k = 0

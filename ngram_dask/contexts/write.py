@@ -39,12 +39,15 @@ from ngram_dask.storage import get_fs
 
 BEST = "_contexts_best"
 ORDER = "priority, shard, sample, pos"
-# The rows of BEST among their prompt's k first (by ORDER), and their rank. The window
-# sorts the narrow columns and row ids only; the wide ones (windows, file names) are
-# joined back to the survivors: half the CPU of a window over whole rows, at the writer,
-# which shares the machine with the workers while they run.
-KEPT = f"SELECT rowid AS kept, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank FROM {BEST} " \
-    "QUALIFY rank <= {k}"
+
+
+def _kept(k: int) -> str:
+    """``kept, rank``: the row ids of BEST among their prompt's ``k`` first (by ORDER). The
+    window sorts the narrow columns and row ids only; the wide ones (windows, file names)
+    are joined back to the survivors: half the CPU of a window over whole rows, at the
+    writer, which shares the machine with the workers while they run."""
+    return (f"SELECT rowid AS kept, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank "
+            f"FROM {BEST} QUALIFY rank <= {int(k)}")
 
 
 def _read(url: str) -> pa.Table:
@@ -92,7 +95,7 @@ class ContextsWriter:
 
     def _prune(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {BEST} AS SELECT * FROM {BEST} "
-                         f"WHERE rowid IN (SELECT kept FROM ({KEPT.format(k=int(self.s.per_task))}))")
+                         f"WHERE rowid IN (SELECT kept FROM ({_kept(self.s.per_task)}))")
         self.rows = self.pruned_rows = int(scalar(self.con, f"SELECT count(*) FROM {BEST}"))
         self.prunes += 1
 
@@ -144,7 +147,7 @@ class ContextsWriter:
                 kept = con.sql(f"""
                     SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
                            pos - window_start AS prompt_at, window_ids, priority
-                    FROM {BEST} JOIN ({KEPT.format(k=int(s.per_task))}) ON {BEST}.rowid = kept
+                    FROM {BEST} JOIN ({_kept(s.per_task)}) ON {BEST}.rowid = kept
                     ORDER BY n, id0, id1 NULLS FIRST, rank""").to_arrow_table()
                 # the parts carry windows as bytes (task.windows_array): lists again, for the kept ones only
                 kept = kept.set_column(kept.schema.get_field_index("window_ids"), "window_ids",
