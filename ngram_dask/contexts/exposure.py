@@ -48,7 +48,17 @@ from ngram_dask.contexts.task import load_prompts
 from ngram_dask.db import read_only, transaction, write_info
 from ngram_dask.errors import BadInputError, ConfigError
 from ngram_dask.inputs import PieceGroup, group_pieces, plan_input, read_group
-from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, resumable, run_stage
+from ngram_dask.runtime import (
+    DiskFull,
+    Manifest,
+    Stage,
+    StageContext,
+    StageReport,
+    Step,
+    group_buffer,
+    resumable,
+    run_stage,
+)
 from ngram_dask.schema import (
     EXPOSURE,
     EXPOSURE_INFO,
@@ -122,7 +132,7 @@ def marker_url(s: ExposureSettings, piece: str) -> str:
 def exposure_group(group: PieceGroup, s: ExposureSettings) -> dict:
     """One unit: the counts of one piece group per prompt and interval, as a Parquet part."""
     families = load_prompts(s.prompts_url, s.bits, cutoffs=False)  # it counts every occurrence
-    data = read_group(group, s.vocab_size, s.verify_hashes)
+    data = read_group(group, s.vocab_size, s.verify_hashes, group_buffer(group))
     sequences = np.asarray(s.file_offsets, np.int64)[data.files] + data.samples
     interval = sequence_intervals(sequences, np.asarray(s.steps), s.samples_per_step)
     intervals = len(s.steps) + 1

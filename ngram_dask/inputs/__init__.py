@@ -249,15 +249,28 @@ class GroupSamples(NamedTuple):
         return np.diff(self.offsets)
 
 
-def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: bool = True) -> GroupSamples:
+def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: bool = True,
+               into: np.ndarray | None = None) -> GroupSamples:
     """The samples of every piece of the group, in order, ids checked against ``vocab_size``
-    (boundaries kept: nothing a unit counts crosses them)."""
-    if len(group.pieces) > 1 and all(piece.format == "mds" for piece in group.pieces):
+    (boundaries kept: nothing a unit counts crosses them).
+
+    ``into``: a buffer of the pieces' token dtype and at least ``group.tokens`` ids, which
+    the tokens are written to (and returned as a view of) when more than one piece, or an
+    MDS shard, must be copied anyway: a unit reusing one buffer does not fault in fresh pages
+    for its tokens (``runtime.thread_buffer``). A single piece that reads without a copy
+    (a token file's memory map) is returned as it is."""
+    mds_only = all(piece.format == "mds" for piece in group.pieces)
+    if into is not None:
+        if into.dtype != np.dtype(group.pieces[0].token_dtype) or len(into) < group.tokens:
+            raise ValueError(f"into holds {len(into)} {into.dtype} ids; piece group {group.name} needs "
+                             f"{group.tokens} {group.pieces[0].token_dtype}")
+    if mds_only and (len(group.pieces) > 1 or into is not None):
         # each shard decoded straight into the group's array (a piece's tokens bound its ids),
         # not into its own and then copied once more by a concatenation
         from ngram_dask.inputs import mds
 
-        into = np.empty(group.tokens, np.dtype(group.pieces[0].token_dtype))
+        if into is None:
+            into = np.empty(group.tokens, np.dtype(group.pieces[0].token_dtype))
         parts, at = [], 0
         for piece in group.pieces:
             parts.append(mds.read(piece, vocab_size, verify_hashes, into[at:]))
@@ -266,12 +279,16 @@ def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: 
     else:
         parts = [read_piece(piece, vocab_size, verify_hashes) for piece in group.pieces]
         tokens = None
+        if into is not None and len(parts) > 1:
+            total = sum(len(p.tokens) for p in parts)
+            tokens = np.concatenate([p.tokens for p in parts], out=into[:total])
     files = np.concatenate([np.full(len(p.offsets) - 1, piece.file_index, np.int64)
                             for p, piece in zip(parts, group.pieces)])
     samples = np.concatenate([piece.sample0 + np.arange(len(p.offsets) - 1, dtype=np.int64)
                               for p, piece in zip(parts, group.pieces)])
     if len(parts) == 1:
-        return GroupSamples(parts[0].tokens, np.asarray(parts[0].offsets, np.int64), files, samples)
+        return GroupSamples(parts[0].tokens if tokens is None else tokens, np.asarray(parts[0].offsets, np.int64),
+                            files, samples)
     if tokens is None:
         tokens = np.concatenate([p.tokens for p in parts])
     starts = np.cumsum([0] + [len(p.tokens) for p in parts[:-1]])

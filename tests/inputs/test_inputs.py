@@ -17,7 +17,7 @@ from helpers_formats import (
 )
 
 from ngram_dask.errors import BadInputError, ConfigError
-from ngram_dask.inputs import plan_input, read_piece
+from ngram_dask.inputs import group_pieces, plan_input, read_group, read_piece
 from ngram_dask.inputs.base import read_range
 
 from helpers import write_mds
@@ -59,6 +59,32 @@ def test_every_format_gives_the_mds_samples(tmp_path, name, stream, seq_len, uni
     assert samples_of(tmp_path / "flat.npy", **kw) == want
     assert samples_of(tmp_path / "rows.parquet", **kw) == want
 
+
+
+@pytest.mark.parametrize("fmt", ["mds", "meg.bin", "flat.bin", "flat.npy", "rows.parquet"])
+def test_groups_read_into_one_reused_buffer_give_their_own_samples(tmp_path, fmt):
+    """A unit reads its piece group into its thread's buffer (``runtime.group_buffer``), which
+    the unit before it filled: every group must come back with its own ids and boundaries,
+    whether one piece or several, copied or not (the buffer starts as garbage, and the
+    largest group goes first, so a stale tail or a short copy shows)."""
+    stream = np.random.default_rng(3).integers(0, 50_000, 1000).tolist()
+    want = cut(stream, 64)
+    write_mds(tmp_path / "mds", want, size_limit=1 << 9)
+    write_megatron_with_megatron(tmp_path / "meg", [[stream[:500]], [stream[500:]]])
+    write_bin(tmp_path / "flat.bin", stream)
+    write_npy(tmp_path / "flat.npy", stream)
+    write_parquet(tmp_path / "rows.parquet", want, row_group_size=3)
+    plan = plan_input(str(tmp_path / fmt), seq_len=64, unit_tokens=128)
+    groups = group_pieces(plan.pieces, 300) + group_pieces(plan.pieces, 10**6)
+    assert any(len(g.pieces) > 1 for g in groups) and len(groups) > 3
+    into = np.full(max(g.tokens for g in groups), 65_535, np.dtype(plan.token_dtype))
+    for g in sorted(groups, key=lambda g: -g.tokens):
+        alone, reused = read_group(g, 50_000), read_group(g, 50_000, into=into)
+        assert reused.tokens.tolist() == alone.tokens.tolist()
+        for a, b in zip(alone[1:], reused[1:]):
+            assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="needs"):
+        read_group(groups[-1], 50_000, into=into[:groups[-1].tokens - 1])
 
 def test_wide_ids_above_100000_read_exactly(tmp_path):
     rng = np.random.default_rng(3)
