@@ -3,9 +3,9 @@
 
 Each piece's part holds its k smallest priorities per prompt; the writer keeps the k
 smallest of all of them (``ORDER BY priority, shard, sample, pos``: a total order), in a
-TEMP table of the writer's connection that is pruned to k per prompt whenever it passes
-``contexts.prune_rows`` rows (and twice what the last prune left), so it stays near
-``k x prompts`` rows however many pieces there are. The per-prompt counts are summed
+TEMP table of the writer's connection that is pruned to k per prompt whenever it has passed
+``contexts.prune_rows`` rows (and twice what the last prune left) when a part comes, so it
+stays near ``k x prompts`` rows however many pieces there are. The per-prompt counts are summed
 in an array. Then, in one transaction: ``contexts``, ``context_counts``,
 ``contexts_ledger`` (one row per piece) and the settings, or nothing (a killed writer
 leaves the database as it was; the pieces' parts stay, so a rerun only writes).
@@ -77,6 +77,11 @@ class ContextsWriter:
         examples = _read(examples_url(self.s, piece))
         counts = _read(counts_url(self.s, piece))
         np.add.at(self.counts, counts.column("prompt").to_numpy(), counts.column("occurrences").to_numpy())
+        # twice the rows left by the last prune, at least: the prunes' cost stays linear in the parts.
+        # Checked before a part goes in, not after: the last part's prune would only delay the
+        # commit, whose pick cuts to k per prompt anyway.
+        if self.rows > max(self.prune_rows, 2 * self.pruned_rows):
+            self._prune()
         self.con.register("_contexts_part", examples)
         try:
             if not self.created:
@@ -87,9 +92,6 @@ class ContextsWriter:
         finally:
             self.con.unregister("_contexts_part")
         self.rows += examples.num_rows
-        # twice the rows left by the last prune, at least: the prunes' cost stays linear in the parts
-        if self.rows > max(self.prune_rows, 2 * self.pruned_rows):
-            self._prune()
         occ = sum(int(v) for v in stats["occurrences"].values())
         self.ledger.append((piece, int(stats["samples"]), int(stats["tokens"]), occ, int(stats["kept"])))
 
