@@ -21,7 +21,7 @@ import hashlib
 import json
 import posixpath
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import fsspec
 import numpy as np
@@ -188,13 +188,24 @@ def _check_hashes(ref: ShardRef, data: bytes) -> None:
             )
 
 
-def _decompress(ref: ShardRef, data: bytes) -> bytes:
+def _decompress(ref: ShardRef, data, into: np.ndarray | None = None):
+    """The shard's raw bytes; zstd with ``into`` (uint8, at least ``raw_bytes``): written there
+    and returned as a view of it (a worker reusing one buffer faults in no fresh pages)."""
     algo = ref.compression.split(":")[0]
     try:
         if algo == "zstd":
             import zstandard
 
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=ref.raw_bytes)
+            if into is None:
+                return zstandard.ZstdDecompressor().decompress(data, max_output_size=ref.raw_bytes)
+            reader, view, got = zstandard.ZstdDecompressor().stream_reader(data), memoryview(into), 0
+            while got < ref.raw_bytes and (k := reader.readinto(view[got:ref.raw_bytes])):
+                got += k
+            if got != ref.raw_bytes or reader.read(1):  # (the one-shot path raises on a broken frame too)
+                how = f"ends after {got:,} of" if got < ref.raw_bytes else "runs past"
+                raise BadInputError(f"shard {ref.url} cannot be decompressed ({algo}): its data {how} "
+                                    f"the {ref.raw_bytes:,} bytes index.json says")
+            return into[:got]
         if algo == "gz":
             import gzip
 
@@ -211,21 +222,36 @@ def _decompress(ref: ShardRef, data: bytes) -> bytes:
             import snappy
 
             return snappy.decompress(data)
+    except BadInputError:
+        raise
     except Exception as exc:  # each codec has its own error class
         raise BadInputError(f"shard {ref.url} cannot be decompressed ({algo}): {exc}") from None
     raise BadInputError(f"shard {ref.url}: unsupported compression {ref.compression!r}")
 
 
-def read_shard_bytes(ref: ShardRef, verify_hashes: bool = True) -> bytes:
+Buffers = Callable[[str, int, Any], np.ndarray]  # (name, size, dtype) -> a reused array: ``runtime.thread_buffer``
+
+
+def read_shard_bytes(ref: ShardRef, verify_hashes: bool = True, buffers: Buffers | None = None):
+    """The shard's raw (decompressed) bytes. With ``buffers``, the file and its decompressed
+    bytes go into two buffers it gives (returned as a view of one): under Dask's
+    ``MALLOC_TRIM_THRESHOLD_`` a fresh ``bytes`` per shard faults in every page again, which
+    took a worker's read of a 75M-token group from 0.14 s to 0.24 s."""
     try:
         with fsspec.open(ref.url, "rb") as f:
-            data = f.read()
+            size = getattr(f, "size", None) if buffers is not None else None
+            if size is None:
+                data = f.read()
+            else:
+                buf = buffers("shard-file", int(size), np.uint8)
+                data = buf[:f.readinto(memoryview(buf)[:int(size)])]
     except FileNotFoundError:
         raise BadInputError(f"shard file missing: {ref.url}") from None
     if verify_hashes:
         _check_hashes(ref, data)
     if ref.compression:
-        data = _decompress(ref, data)
+        raw = buffers("shard-raw", ref.raw_bytes, np.uint8) if buffers is not None else None
+        data = _decompress(ref, data, raw)
     if len(data) != ref.raw_bytes:
         raise BadInputError(
             f"shard {ref.url} holds {len(data)} bytes, index.json says {ref.raw_bytes}: truncated or corrupt"
@@ -313,9 +339,9 @@ def decode_shard(ref: ShardRef, data: bytes, token_dtype: np.dtype, out: np.ndar
 
 
 def read_shard(ref: ShardRef, token_dtype="uint16", vocab_size: int | None = None,
-               verify_hashes: bool = True, out: np.ndarray | None = None) -> Samples:
+               verify_hashes: bool = True, out: np.ndarray | None = None, buffers: Buffers | None = None) -> Samples:
     """Read and validate one shard: every id below ``vocab_size`` (``out``: as ``decode_shard``'s)."""
-    shard = decode_shard(ref, read_shard_bytes(ref, verify_hashes), np.dtype(token_dtype), out)
+    shard = decode_shard(ref, read_shard_bytes(ref, verify_hashes, buffers), np.dtype(token_dtype), out)
     # (a maximum reads the ids once, without the bool array of a comparison)
     if vocab_size is not None and len(shard.tokens) and int(shard.tokens.max()) >= vocab_size:
         pos = int(np.flatnonzero(shard.tokens >= vocab_size)[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -18,6 +19,18 @@ def random_samples(seed: int, count: int = 30, max_len: int = 300, vocab: int = 
     return [rng.integers(0, vocab, size=int(rng.integers(0, max_len))).tolist() for _ in range(count)]
 
 
+def garbage_buffers():
+    """A ``buffers`` for the readers, as ``runtime.thread_buffer`` but each array starting as garbage."""
+    pool: dict[str, np.ndarray] = {}
+
+    def buffers(name, size, dtype):
+        if name not in pool or len(pool[name]) < size:
+            pool[name] = np.full(size + 7, np.iinfo(dtype).max, dtype)
+        return pool[name]
+
+    return buffers
+
+
 def read_all(root, **kw):
     out = []
     for ref in list_shards(str(root)):
@@ -28,10 +41,12 @@ def read_all(root, **kw):
 
 @pytest.mark.parametrize("compression", [None, "zstd:16", "gz", "br"])
 def test_reads_every_sample_in_order(tmp_path, compression):
+    """Also into reused buffers (a worker's, between units): the file and its raw bytes."""
     samples = random_samples(1)
     write_mds(tmp_path / "d", samples, compression=compression, size_limit=1 << 11, hashes=["sha1", "xxh64"])
     assert len(list_shards(str(tmp_path / "d"))) > 3
     assert read_all(tmp_path / "d", vocab_size=65536) == samples
+    assert read_all(tmp_path / "d", vocab_size=65536, buffers=garbage_buffers()) == samples
 
 
 @pytest.mark.parametrize("extra_columns", [False, True])
@@ -92,16 +107,18 @@ def _one_shard(tmp_path, **kw):
     return root, list_shards(str(root))[0]
 
 
-def test_truncated_shard(tmp_path):
+@pytest.mark.parametrize("buffers", [None, garbage_buffers])
+def test_truncated_shard(tmp_path, buffers):
     root, ref = _one_shard(tmp_path, compression=None)
     path = root / ref.basename
     path.write_bytes(path.read_bytes()[:-3])
     with pytest.raises(BadInputError, match="truncated or corrupt"):
-        read_shard(ref)
+        read_shard(ref, buffers=buffers and buffers())
 
 
+@pytest.mark.parametrize("buffers", [None, garbage_buffers])
 @pytest.mark.parametrize("damage", ["truncate", "magic"])
-def test_corrupt_compressed_shard(tmp_path, damage):
+def test_corrupt_compressed_shard(tmp_path, damage, buffers):
     # Without hashes in index.json a flipped byte inside zstd data can decode silently;
     # damage the frame itself (what a broken copy or upload does) and it must be caught.
     root, ref = _one_shard(tmp_path)
@@ -110,17 +127,27 @@ def test_corrupt_compressed_shard(tmp_path, damage):
     data = data[: len(data) // 2] if damage == "truncate" else b"\x00\x01\x02\x03" + data[4:]
     path.write_bytes(bytes(data))
     with pytest.raises(BadInputError, match="cannot be decompressed"):
-        read_shard(ref, verify_hashes=False)
+        read_shard(ref, verify_hashes=False, buffers=buffers and buffers())
 
 
-def test_hash_mismatch(tmp_path):
+@pytest.mark.parametrize("buffers", [None, garbage_buffers])
+@pytest.mark.parametrize("off", [-1, 1])
+def test_raw_bytes_other_than_index_json_says(tmp_path, buffers, off):
+    root, ref = _one_shard(tmp_path)
+    ref = dataclasses.replace(ref, raw_bytes=ref.raw_bytes + off)
+    with pytest.raises(BadInputError, match=r"index\.json says"):
+        read_shard(ref, verify_hashes=False, buffers=buffers and buffers())
+
+
+@pytest.mark.parametrize("buffers", [None, garbage_buffers])
+def test_hash_mismatch(tmp_path, buffers):
     root, ref = _one_shard(tmp_path, hashes=["sha1"])
     path = root / ref.basename
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(BadInputError, match="sha1 hash .* does not match"):
-        read_shard(ref)
+        read_shard(ref, buffers=buffers and buffers())
 
 
 def test_odd_byte_length_names_the_sample(tmp_path):

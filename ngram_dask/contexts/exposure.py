@@ -40,14 +40,14 @@ import numpy as np
 import pyarrow as pa
 
 from ngram_dask import faults
-from ngram_dask.cluster import piece_group_plan
+from ngram_dask.cluster import local_cores, piece_group_plan
 from ngram_dask.config import Config
 from ngram_dask.contexts import kernel
 from ngram_dask.contexts.run import _read_prompts, default_work_dir
 from ngram_dask.contexts.task import load_prompts
 from ngram_dask.db import read_only, transaction, write_info
 from ngram_dask.errors import BadInputError, ConfigError
-from ngram_dask.inputs import PieceGroup, group_pieces, plan_input, read_group
+from ngram_dask.inputs import PieceGroup, even_groups, plan_input, read_group
 from ngram_dask.runtime import (
     DiskFull,
     Manifest,
@@ -55,9 +55,9 @@ from ngram_dask.runtime import (
     StageContext,
     StageReport,
     Step,
-    group_buffer,
     resumable,
     run_stage,
+    thread_buffer,
 )
 from ngram_dask.schema import (
     EXPOSURE,
@@ -132,7 +132,7 @@ def marker_url(s: ExposureSettings, piece: str) -> str:
 def exposure_group(group: PieceGroup, s: ExposureSettings) -> dict:
     """One unit: the counts of one piece group per prompt and interval, as a Parquet part."""
     families = load_prompts(s.prompts_url, s.bits, cutoffs=False)  # it counts every occurrence
-    data = read_group(group, s.vocab_size, s.verify_hashes, group_buffer(group))
+    data = read_group(group, s.vocab_size, s.verify_hashes, thread_buffer)
     sequences = np.asarray(s.file_offsets, np.int64)[data.files] + data.samples
     interval = sequence_intervals(sequences, np.asarray(s.steps), s.samples_per_step)
     intervals = len(s.steps) + 1
@@ -214,7 +214,10 @@ def declare_exposure(cfg: Config, info: dict, announce: Announce) -> Stage:
     read_as, unit_tokens = piece_group_plan(cfg.build.explode_unit_tokens, cfg.cluster, plan_for)
     _check_tokenizer(cfg.input, info)
     drop_eos = json.loads(info.get("drop_eos", "false"))
+    groups = even_groups(list(read_as.pieces), unit_tokens, local_cores(cfg.cluster))
+    # the groups name the parts, and they follow the cluster's cores (``even_groups``)
     digest_of = {"input": redact_url(cfg.input), "steps": steps, "samples_per_step": e.samples_per_step,
+                 "groups": [g.name for g in groups],
                  "seq_len": e.seq_len, "drop_eos": drop_eos, "pieces": [p.identity() for p in read_as.pieces],
                  "prompts": hashlib.sha256(b"".join(np.ascontiguousarray(prompts.column(k).to_numpy()).tobytes()
                                                     for k in ("n", "id0", "id1", "expected"))).hexdigest()[:16]}
@@ -223,9 +226,8 @@ def declare_exposure(cfg: Config, info: dict, announce: Announce) -> Stage:
     s = ExposureSettings(dir=join(work, f"exposure-{digest}"), vocab_size=vocab, steps=tuple(steps),
                          samples_per_step=e.samples_per_step, file_offsets=file_offsets(read_as.pieces),
                          drop_eos=drop_eos, eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
-    groups = group_pieces(list(read_as.pieces), unit_tokens)
     report = ExposureReport(db=db, input=redact_url(cfg.input), steps=steps, groups=len(groups))
-    identity = {k: v for k, v in digest_of.items() if k != "pieces"}
+    identity = {k: v for k, v in digest_of.items() if k not in ("pieces", "groups")}
     manifest = Manifest(join(s.dir, "manifest.json"), {**identity, "pieces": [g.name for g in groups]},
                         f"exposure dir {s.dir}",
                         prepare=lambda: atomic_write_parquet(s.prompts_url, prompts, compression="zstd"))

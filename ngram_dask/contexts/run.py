@@ -29,13 +29,13 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from ngram_dask.cluster import piece_group_plan
+from ngram_dask.cluster import local_cores, piece_group_plan
 from ngram_dask.config import Config
 from ngram_dask.contexts.task import PART_FORMAT, ContextsSettings, contexts_group, prompts_table
 from ngram_dask.contexts.write import ContextsWriter
 from ngram_dask.db import read_info, read_only, scalar, table_names
 from ngram_dask.errors import BadInputError, DatabaseError
-from ngram_dask.inputs import PieceGroup, group_pieces, plan_input
+from ngram_dask.inputs import PieceGroup, even_groups, plan_input
 from ngram_dask.runtime import DiskFull, Manifest, Stage, StageContext, StageReport, Step, run_stage
 from ngram_dask.schema import CONTEXTS, CONTEXTS_INFO, TOP_NGRAMS, top_table
 from ngram_dask.storage import atomic_write_parquet, join, redact_url
@@ -148,14 +148,15 @@ def plan(cfg: Config, info: dict) -> tuple[Plan, dict[str, int]]:
                 "prompts": prompt_digest[:16]}
     present = have_tables and _recorded(info) == identity
     work = cfg.work_dir or default_work_dir(db)
+    groups = even_groups(pieces, unit_tokens, local_cores(cfg.cluster))
+    # the groups name the parts, and they follow the cluster's cores (``even_groups``)
     digest = _digest({**identity, "unit_tokens": unit_tokens, "token_dtype": token_dtype,
                       "shards": [r.identity() for r in pieces], "part_format": PART_FORMAT,
-                      "cutoff_sigmas": c.cutoff_sigmas})[:12]
+                      "cutoff_sigmas": c.cutoff_sigmas, "groups": [g.name for g in groups]})[:12]
     settings = ContextsSettings(
         dir=join(work, f"contexts-{digest}"), token_dtype=token_dtype, vocab_size=int(info["vocab_size"]),
         per_task=c.per_task, seed=c.seed, before=c.before, after=c.after, drop_eos=drop_eos,
         eos_id=cfg.build.eos_id, verify_hashes=cfg.build.verify_hashes)
-    groups = group_pieces(pieces, unit_tokens)
     return Plan(db, source, settings, identity, prompts, sum_counts, groups, present), sizes
 
 

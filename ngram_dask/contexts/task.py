@@ -27,7 +27,7 @@ import pyarrow as pa
 from ngram_dask import faults
 from ngram_dask.contexts import kernel
 from ngram_dask.inputs import PieceGroup, read_group
-from ngram_dask.runtime import group_buffer, resumable, thread_buffer
+from ngram_dask.runtime import resumable, thread_buffer
 from ngram_dask.storage import atomic_write_parquet, get_fs, join
 
 
@@ -207,7 +207,7 @@ def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
     """Count and choose the examples of one piece group; write its parts; return its statistics."""
     t0 = time.perf_counter()
     families = load_prompts(s.prompts_url, s.bits, s.cutoffs)
-    data = read_group(group, s.vocab_size, s.verify_hashes, group_buffer(group))
+    data = read_group(group, s.vocab_size, s.verify_hashes, thread_buffer)
     t1 = time.perf_counter()
     exclude = s.eos_id if s.drop_eos else None
     found = [kernel.scan(data.tokens, data.offsets, data.files, data.samples, p, s.vocab_size, s.per_task,

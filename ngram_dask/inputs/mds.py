@@ -22,6 +22,7 @@ def plan(url: str, token_dtype: str = "auto") -> InputPlan:
     return InputPlan("mds", dtype, pieces, [ref.url for ref in shards], "seq-len")
 
 
-def read(piece: Piece, vocab_size: int | None, verify_hashes: bool, out=None) -> Samples:
-    """One shard's samples; with ``out`` (``read_shard``'s), its ids written there."""
-    return read_shard(piece.extra, piece.token_dtype, vocab_size, verify_hashes, out)
+def read(piece: Piece, vocab_size: int | None, verify_hashes: bool, out=None, buffers=None) -> Samples:
+    """One shard's samples; with ``out`` and ``buffers`` (``read_shard``'s), its ids written
+    there and its bytes read into buffers it gives."""
+    return read_shard(piece.extra, piece.token_dtype, vocab_size, verify_hashes, out, buffers)

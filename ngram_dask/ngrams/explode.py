@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from ngram_dask.inputs import Piece, PieceGroup, read_group
 from ngram_dask.ngrams import counting, partfile
-from ngram_dask.runtime import group_buffer, resumable, thread_buffer
+from ngram_dask.runtime import resumable, thread_buffer
 from ngram_dask.storage import join
 
 
@@ -135,7 +135,7 @@ def explode_group(group: PieceGroup, s: ExplodeSettings) -> dict:
     file, its chunks in order (``partfile.write_part``).
     """
     t0 = time.perf_counter()
-    data = read_group(group, s.vocab_size, s.verify_hashes, group_buffer(group))
+    data = read_group(group, s.vocab_size, s.verify_hashes, thread_buffer)
     lengths = data.lengths
     stats = {
         "group": group.name,

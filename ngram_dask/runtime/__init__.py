@@ -14,7 +14,7 @@
 
 from ngram_dask.runtime.driver import DiskFull, Progress, as_finished, gpu_resources, scheduler_workers
 from ngram_dask.runtime.stage import Manifest, Stage, StageContext, StageReport, Step, run_stage
-from ngram_dask.runtime.units import completed, group_buffer, resumable, thread_buffer
+from ngram_dask.runtime.units import completed, resumable, thread_buffer
 
 __all__ = ["DiskFull", "Manifest", "Progress", "Stage", "StageContext", "StageReport", "Step", "as_finished",
-           "completed", "gpu_resources", "group_buffer", "resumable", "run_stage", "scheduler_workers", "thread_buffer"]
+           "completed", "gpu_resources", "resumable", "run_stage", "scheduler_workers", "thread_buffer"]

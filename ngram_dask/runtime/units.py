@@ -105,12 +105,6 @@ def thread_buffer(name: str, size: int, dtype) -> np.ndarray:
     return buf
 
 
-def group_buffer(group) -> np.ndarray:
-    """This thread's buffer for the tokens of a piece group (``inputs.read_group``'s ``into``):
-    the units of a step read into one array instead of faulting in a fresh one each."""
-    return thread_buffer("group-tokens", group.tokens, group.pieces[0].token_dtype)
-
-
 def release_thread_buffers() -> int:
     """Drop every thread's buffers in this process; returns how many bytes they held."""
     with _buffers_lock:

@@ -17,8 +17,8 @@ from helpers_formats import (
 )
 
 from ngram_dask.errors import BadInputError, ConfigError
-from ngram_dask.inputs import group_pieces, plan_input, read_group, read_piece
-from ngram_dask.inputs.base import read_range
+from ngram_dask.inputs import even_groups, group_pieces, plan_input, read_group, read_piece
+from ngram_dask.inputs.base import Piece, read_range
 
 from helpers import write_mds
 
@@ -77,14 +77,52 @@ def test_groups_read_into_one_reused_buffer_give_their_own_samples(tmp_path, fmt
     plan = plan_input(str(tmp_path / fmt), seq_len=64, unit_tokens=128)
     groups = group_pieces(plan.pieces, 300) + group_pieces(plan.pieces, 10**6)
     assert any(len(g.pieces) > 1 for g in groups) and len(groups) > 3
-    into = np.full(max(g.tokens for g in groups), 65_535, np.dtype(plan.token_dtype))
+    pool: dict[str, np.ndarray] = {}
+
+    def buffers(name, size, dtype):  # as runtime.thread_buffer, but each one starts as garbage
+        if name not in pool or len(pool[name]) < size:
+            pool[name] = np.full(size, np.iinfo(dtype).max, dtype)
+        return pool[name]
+
     for g in sorted(groups, key=lambda g: -g.tokens):
-        alone, reused = read_group(g, 50_000), read_group(g, 50_000, into=into)
+        alone, reused = read_group(g, 50_000), read_group(g, 50_000, buffers=buffers)
         assert reused.tokens.tolist() == alone.tokens.tolist()
         for a, b in zip(alone[1:], reused[1:]):
             assert np.array_equal(a, b)
-    with pytest.raises(ValueError, match="needs"):
-        read_group(groups[-1], 50_000, into=into[:groups[-1].tokens - 1])
+    assert "group-tokens" in pool
+
+
+def _pieces(sizes) -> list[Piece]:
+    return [Piece("bin", "f.bin", 0, f"p{i}", int(t), 0, "uint16") for i, t in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("sizes, unit, workers", [
+    ([10] * 120, 90, 2),  # greedy: 13 groups of 9 and one of 3; even: 14 of 8 or 9
+    ([10] * 120, 90, None),
+    ([10] * 7, 1000, 3),  # fewer pieces than a multiple of the workers: a piece each
+    ([5, 500, 5, 5, 60, 70, 1, 1, 1, 200], 100, 2),  # pieces over the unit stay alone
+    ([3] * 50 + [40] * 10, 50, 4),
+    ([7], 10, 2),
+])
+def test_even_groups_partition_the_pieces_into_near_equal_units_within_the_budget(sizes, unit, workers):
+    pieces = _pieces(sizes)
+    greedy, even = group_pieces(pieces, unit), even_groups(pieces, unit, workers)
+    assert [p for g in even for p in g.pieces] == pieces  # each piece once, in order
+    assert all(g.tokens <= unit or len(g.pieces) == 1 for g in even)
+    assert len(even) >= len(greedy)
+    if workers and len(greedy) > 1 and max(sizes) <= unit and len(pieces) >= 2 * workers * len(greedy):
+        assert len(even) % workers == 0
+    fits = [g for g in even if g.tokens <= unit]
+    if len(fits) > 1 and max(sizes) <= unit:
+        # no two groups differ by more than the largest piece (greedy leaves a small last one)
+        assert max(g.tokens for g in fits) - min(g.tokens for g in fits) <= max(sizes)
+
+
+def test_even_groups_end_together_where_greedy_leaves_a_remainder():
+    pieces = _pieces([10] * 120)
+    assert [g.tokens for g in group_pieces(pieces, 90)][-2:] == [90, 30]
+    assert sorted({g.tokens for g in even_groups(pieces, 90, 2)}) == [80, 90]
+    assert len(even_groups(pieces, 90, 2)) == 14
 
 def test_wide_ids_above_100000_read_exactly(tmp_path):
     rng = np.random.default_rng(3)
