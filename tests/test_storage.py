@@ -13,6 +13,7 @@ import pytest
 from ngram_dask import storage
 from ngram_dask.storage import (
     apply_storage_options,
+    atomic_write_arrow,
     atomic_write_bytes,
     atomic_write_parquet,
     atomic_write_path,
@@ -21,6 +22,7 @@ from ngram_dask.storage import (
     is_local,
     join,
     local_path,
+    read_arrow,
     read_marker,
     redact_url,
     sql_identifier,
@@ -138,6 +140,21 @@ def test_atomic_write_parquet_returns_its_size(tmp_path):
     assert nbytes == target.stat().st_size and pq.read_table(target).equals(table)
     assert _leftovers(tmp_path) == []
 
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_arrow_parts_round_trip_with_their_size(tmp_path, where):
+    table = pa.table({"id0": pa.array([3, 1, 2], pa.uint16()), "count": pa.array([5, 6, 7], pa.uint64()),
+                      "window": pa.array([b"ab", b"", b"\x00\x01"], pa.binary()), "name": ["a", None, "c"]})
+    url = str(tmp_path / "examples" / "g.arrow") if where == "local" else "memory://ngram-dask-test-arrow/g.arrow"
+    nbytes = atomic_write_arrow(url, table)
+    fs, path = storage.get_fs(url)
+    assert nbytes == fs.size(path) and read_arrow(url).equals(table)
+    assert read_arrow(url).schema == table.schema
+    if where == "local":
+        assert _leftovers(tmp_path / "examples") == []
+    else:
+        fs.rm("/ngram-dask-test-arrow", recursive=True)
 
 def test_markers_round_trip_and_a_missing_or_torn_one_is_none(tmp_path):
     url = str(tmp_path / "_done" / "chunk-3.json")

@@ -35,7 +35,7 @@ from ngram_dask.schema import (
     top_table,
     typed_create_sql,
 )
-from ngram_dask.storage import get_fs
+from ngram_dask.storage import read_arrow
 
 BEST = "_contexts_best"
 ORDER = "priority, shard, sample, pos"
@@ -48,14 +48,6 @@ def _kept(k: int) -> str:
     writer, which shares the machine with the workers while they run."""
     return (f"SELECT rowid AS kept, row_number() OVER (PARTITION BY prompt ORDER BY {ORDER}) AS rank "
             f"FROM {BEST} QUALIFY rank <= {int(k)}")
-
-
-def _read(url: str) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    fs, path = get_fs(url)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f)
 
 
 class ContextsWriter:
@@ -74,8 +66,8 @@ class ContextsWriter:
     def add(self, stats: dict) -> None:
         """One piece's parts (its statistics as the task returned them)."""
         piece = stats["group"]
-        examples = _read(examples_url(self.s, piece))
-        counts = _read(counts_url(self.s, piece))
+        examples = read_arrow(examples_url(self.s, piece))
+        counts = read_arrow(counts_url(self.s, piece))
         np.add.at(self.counts, counts.column("prompt").to_numpy(), counts.column("occurrences").to_numpy())
         # twice the rows left by the last prune, at least: the prunes' cost stays linear in the parts.
         # Checked before a part goes in, not after: the last part's prune would only delay the
