@@ -44,7 +44,7 @@ from ngram_dask.cluster import local_cores, piece_group_plan
 from ngram_dask.config import Config
 from ngram_dask.contexts import kernel
 from ngram_dask.contexts.run import _read_prompts, default_work_dir
-from ngram_dask.contexts.task import load_prompts
+from ngram_dask.contexts.task import arrow_array, load_prompts
 from ngram_dask.db import read_only, transaction, write_info
 from ngram_dask.errors import BadInputError, ConfigError
 from ngram_dask.inputs import PieceGroup, even_groups, plan_input, read_group
@@ -147,7 +147,7 @@ def exposure_group(group: PieceGroup, s: ExposureSettings) -> dict:
         totals[0] += int(seen.sum())
         totals[1] += int(task.sum())
         base += len(p)
-    table = pa.table({name: pa.array(np.concatenate(v) if v else np.zeros(0, np.int64), pa.int64())
+    table = pa.table({name: arrow_array(np.concatenate(v) if v else np.zeros(0, np.int64), pa.int64())
                       for name, v in cols.items()})
     nbytes = atomic_write_parquet(parts_url(s, group.name), table, compression="zstd")
     return {"group": group.name, "samples": int(len(data.offsets) - 1),
