@@ -553,7 +553,7 @@ class Config:
                                           "a folder or a glob: an MDS dataset (a root index.json, also one whose "
                                           "shards live in subfolders), Megatron .bin/.idx pairs, flat .bin or "
                                           ".npy token files, or Parquet with a list column of ids")
-    work_dir: Optional[str] = setting(None, "intermediate Parquet; every worker must reach it")
+    work_dir: Optional[str] = setting(None, "intermediate files (parts and markers); every worker must reach it")
     db: Optional[str] = setting(None, "the catalog database (a local DuckDB file)")
     tokenizer: str = setting(DEFAULT_TOKENIZER, "hub id, local folder or tokenizer.json file of the tokenizer")
     vocab_size: int = setting(50432, "ids are below this (Pythia pads GPT-NeoX's 50277 tokens to 50432)")
