@@ -105,8 +105,8 @@ def atomic_write_parquet(url: str, table, **kwargs) -> int:
 
 def atomic_write_arrow(url: str, table, compression: str | None = "zstd") -> int:
     """Write an Arrow table as an Arrow IPC file (its buffers ``compression``-compressed)
-    under a temp name, then rename; returns bytes. For parts one reader reads whole: 2.5x
-    faster to write and 2-5x faster to read than zstd Parquet, about as small."""
+    under a temp name, then rename; returns bytes. For parts one reader reads whole: in one
+    process 2.5x faster to write and 2-5x faster to read than zstd Parquet, about as small."""
     import pyarrow as pa
 
     sink = pa.BufferOutputStream()

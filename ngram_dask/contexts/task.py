@@ -62,7 +62,7 @@ class ContextsSettings:
 
 
 # the parts' layout (in the contexts dir's digest): 2 = binary window_ids; 3 = Arrow IPC files,
-# not Parquet: only the writer reads them, whole, and a unit wrote its parts in 0.1 s, not 0.04
+# not Parquet: only the writer reads them, whole (in one process 0.04 s a unit's parts, not 0.1)
 PART_FORMAT = 3
 
 

@@ -234,7 +234,6 @@ def group_pieces(pieces: list[Piece], unit_tokens: int) -> list[PieceGroup]:
     return groups
 
 
-
 def even_groups(pieces: list[Piece], unit_tokens: int, workers: int | None = None) -> list[PieceGroup]:
     """Consecutive pieces in groups of near-equal tokens, none over ``unit_tokens`` (but a
     piece larger than it, alone): as many groups as ``group_pieces`` makes, rounded up to a
@@ -244,7 +243,8 @@ def even_groups(pieces: list[Piece], unit_tokens: int, workers: int | None = Non
     runs its last full unit (~4% of a contexts stage at 1e9 on 2 workers); equal groups,
     as many per worker, end together."""
     greedy = group_pieces(pieces, unit_tokens)
-    counts = list(range(len(greedy), min(len(pieces), 2 * len(greedy)) + 1))  # (then greedy's, always within)
+    # up to twice greedy's count; past that, greedy's own groups (always within the budget)
+    counts = list(range(len(greedy), min(len(pieces), 2 * len(greedy)) + 1))
     if workers and len(greedy) > 1:  # multiples of the workers first
         counts = sorted(counts, key=lambda k: (k % workers != 0, k))
     ends = np.cumsum([piece.tokens for piece in pieces])
@@ -288,8 +288,10 @@ def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: 
     did (a 75M-token group of zstd shards read in 0.3-0.5 s instead of 0.17 s). A single
     piece that reads without a copy (a token file's memory map) is returned as it is."""
     dtype = np.dtype(group.pieces[0].token_dtype)
-    into = buffers("group-tokens", group.tokens, dtype) if buffers is not None else None
-    if all(piece.format == "mds" for piece in group.pieces) and (len(group.pieces) > 1 or into is not None):
+    mds_only = all(piece.format == "mds" for piece in group.pieces)
+    copied = len(group.pieces) > 1 or mds_only  # (else one piece's own array, a token file's memory map)
+    into = buffers("group-tokens", group.tokens, dtype) if buffers is not None and copied else None
+    if mds_only and (len(group.pieces) > 1 or into is not None):
         # each shard decoded straight into the group's array (a piece's tokens bound its ids),
         # not into its own and then copied once more by a concatenation
         from ngram_dask.inputs import mds
@@ -304,7 +306,7 @@ def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: 
     else:
         parts = [read_piece(piece, vocab_size, verify_hashes) for piece in group.pieces]
         tokens = None
-        if into is not None and len(parts) > 1:
+        if into is not None:  # (several pieces)
             total = sum(len(p.tokens) for p in parts)
             tokens = np.concatenate([p.tokens for p in parts], out=into[:total])
     files = np.concatenate([np.full(len(p.offsets) - 1, piece.file_index, np.int64)
@@ -312,8 +314,7 @@ def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: 
     samples = np.concatenate([piece.sample0 + np.arange(len(p.offsets) - 1, dtype=np.int64)
                               for p, piece in zip(parts, group.pieces)])
     if len(parts) == 1:
-        return GroupSamples(parts[0].tokens if tokens is None else tokens, np.asarray(parts[0].offsets, np.int64),
-                            files, samples)
+        return GroupSamples(parts[0].tokens, np.asarray(parts[0].offsets, np.int64), files, samples)
     if tokens is None:
         tokens = np.concatenate([p.tokens for p in parts])
     starts = np.cumsum([0] + [len(p.tokens) for p in parts[:-1]])
