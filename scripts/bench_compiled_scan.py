@@ -36,15 +36,20 @@ try:
 except ImportError:
     sys.exit("bench_compiled_scan.py: error: numba is not installed (pip install numba): it is what this measures")
 
-_G, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_MASK32, _F1, _F2 = np.uint64(0xFFFFFFFF), np.uint64(0x85EBCA6B), np.uint64(0xC2B2AE35)
 
 
 @njit(inline="always")
-def _splitmix64(z):
-    z = z + _G
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+def _fmix32(x):
+    x = ((x ^ (x >> np.uint64(16))) * _F1) & _MASK32
+    x = ((x ^ (x >> np.uint64(13))) * _F2) & _MASK32
+    return x ^ (x >> np.uint64(16))
+
+
+@njit(inline="always")
+def _priority(h, offset):
+    """``kernel.priority_int`` from the sample's hash, for offsets below 2**32."""
+    return (_fmix32((h >> np.uint64(32)) ^ offset) << np.uint64(32)) | _fmix32((h & _MASK32) ^ offset)
 
 
 # The two loops below repeat an occurrence's work (count, priority, cut, append) on purpose:
@@ -58,7 +63,7 @@ def _bigrams(tokens, offsets, hashes, first, bound, counts, out_prompt, out_prio
             j = first[tokens[i]]
             if j >= 0:
                 counts[j] += 1
-                q = _splitmix64(h ^ np.uint64(i - a))
+                q = _priority(h, np.uint64(i - a))
                 if q <= bound[j]:
                     if k == len(out_prompt):
                         return -1
@@ -86,7 +91,7 @@ def _trigrams(tokens, offsets, hashes, filt, fshift, slots, shift, mult, keys, b
             if j < 0 or keys[j] != key:
                 continue
             counts[j] += 1
-            q = _splitmix64(h ^ np.uint64(i - a))
+            q = _priority(h, np.uint64(i - a))
             if q <= bound[j]:
                 if k == len(out_prompt):
                     return -1

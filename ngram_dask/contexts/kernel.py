@@ -13,8 +13,9 @@ L2 cache, hashed by every position's packed two-id key (``Prompts.filter``); onl
 positions it passes look their key up in the slot tables that name the prompt
 (``Prompts.levels``), larger and slower to reach. No Python loop runs per position.
 
-*Choice.* Every occurrence gets a priority, a 64-bit hash (splitmix64) of ``(seed, n,
-file, sample in file, offset in sample)``: it depends on nothing but the occurrence, so
+*Choice.* Every occurrence gets a priority, a 64-bit hash of ``(seed, n, file, sample in
+file, offset in sample)`` (``priority_int``: splitmix64 over the sample, two murmur3
+finalisers over the offset): it depends on nothing but the occurrence, so
 "the k smallest priorities of each prompt" is the same set however the input is split
 into tasks, in whatever order they run. A task keeps its k smallest per prompt; the
 writer keeps the k smallest of those: a uniform sample of ``min(k, count)`` occurrences
@@ -26,7 +27,7 @@ occurrences.
 Public: ``Prompts`` (``make``, ``keys``, ``key_dtype``, ``hash``, ``first_index``, ``filter``,
 ``levels``/``slots``, ``holding``),
 ``find`` -> ``Occurrences``, ``scan`` -> ``Found``, ``cutoffs``, ``smallest_per_group``, ``tighten``,
-``windows``, and the priorities (``splitmix64``, ``splitmix64_int``, ``priority_int``,
+``windows``, and the priorities (``splitmix64``, ``splitmix64_int``, ``fmix32_int``, ``priority_int``,
 ``sample_hashes``, ``priorities``).
 """
 
@@ -63,23 +64,82 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> U64(31))
 
 
+MASK32 = (1 << 32) - 1
+U32 = np.uint32
+_F1, _F2 = 0x85EBCA6B, 0xC2B2AE35  # murmur3's finaliser
+
+
+def fmix32_int(x: int) -> int:
+    """murmur3's 32-bit finaliser on one Python int: a bijection of ``[0, 2**32)`` (0 -> 0)."""
+    x &= MASK32
+    x = ((x ^ (x >> 16)) * _F1) & MASK32
+    x = ((x ^ (x >> 13)) * _F2) & MASK32
+    return x ^ (x >> 16)
+
+
+def _word_int(offset: int) -> int:
+    """The 32 bits of an offset that its priority hashes: the offset itself below 2**32."""
+    return (offset & MASK32) ^ fmix32_int((offset >> 32) & MASK32)
+
+
 def priority_int(seed: int, n: int, file: int, sample: int, offset: int) -> int:
-    """The priority of one occurrence (pure Python, for tests and documentation)."""
+    """The priority of one occurrence (pure Python: the definition the arrays follow).
+
+    The sample's hash ``h`` (splitmix64 over ``seed, n, file, sample``) keys two 32-bit
+    hashes of the offset: the high half of the priority from ``h``'s high half, the low
+    half from its low half. 32-bit hashes because the scan hashes half of all positions
+    and numpy multiplies 32-bit lanes in SIMD (64-bit ones: not at all); two halves
+    because the scan needs only the high one for nearly every occurrence: one whose high
+    half is over its prompt's cutoff's is dropped before its low half is made."""
     h = splitmix64_int(seed & MASK64)
-    for part in (n, file, sample, offset):
+    for part in (n, file, sample):
         h = splitmix64_int(h ^ (part & MASK64))
-    return h
+    word = _word_int(offset)
+    return fmix32_int((h >> 32) ^ word) << 32 | fmix32_int((h & MASK32) ^ word)
 
 
 def sample_hashes(seed: int, n: int, files: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """``priority_int`` up to the offset, for each sample (uint64)."""
+    """``h`` of ``priority_int``, for each sample (uint64)."""
     h = splitmix64_int(splitmix64_int(seed & MASK64) ^ n)
     return splitmix64(splitmix64(U64(h) ^ files.astype(U64)) ^ samples.astype(U64))
 
 
+def _fmix32_(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """``fmix32_int`` on a uint32 array, in place (``tmp``: scratch of the same length).
+    (Arrays wrap without a warning; numpy checks overflow on scalars only.)"""
+    for shift, mult in ((16, _F1), (13, _F2)):
+        np.right_shift(z, U32(shift), out=tmp)
+        z ^= tmp
+        z *= U32(mult)
+    np.right_shift(z, U32(16), out=tmp)
+    z ^= tmp
+    return z
+
+
+def _words(offsets: np.ndarray) -> np.ndarray:
+    """``_word_int`` of each offset (int64 or uint64 array): a new uint32 array."""
+    offsets = np.asarray(offsets).astype(U64)
+    word = offsets.astype(U32)
+    high = (offsets >> U64(32)).astype(U32)
+    if high.any():
+        word ^= _fmix32_(high, np.empty_like(high))
+    return word
+
+
+def _halves(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The high and low 32 bits of each sample hash (uint32 arrays)."""
+    hashes = np.asarray(hashes, U64)
+    return (hashes >> U64(32)).astype(U32), hashes.astype(U32)
+
+
 def priorities(sample_hash: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Priorities of occurrences from their sample's hash and their offset in the sample."""
-    return splitmix64(sample_hash ^ offsets.astype(U64))
+    word = _words(offsets)
+    high, low = _halves(sample_hash)
+    high ^= word
+    low ^= word
+    tmp = np.empty_like(word)
+    return _fmix32_(high, tmp).astype(U64) << U64(32) | _fmix32_(low, tmp).astype(U64)
 
 
 # --- prompts -------------------------------------------------------------------------------
@@ -338,26 +398,28 @@ def _one_length(offsets: np.ndarray) -> int | None:
     return int(lengths[0]) if len(lengths) and lengths[0] > 0 and (lengths == lengths[0]).all() else None
 
 
-def _offsets_xor_hashes(pos: np.ndarray, offsets: np.ndarray, hashes: np.ndarray, a: int, b: int,
-                        step: int | None) -> np.ndarray:
-    """``offset in sample ^ sample's hash`` of the positions ``a + pos`` (ascending, all in
-    ``[a, b)``): what ``priorities`` hashes once more (uint64, a new array)."""
+def _locate(pos: np.ndarray, offsets: np.ndarray, a: int, b: int, step: int | None,
+            wide: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample, word)`` of the positions ``a + pos`` (ascending, all in ``[a, b)``): each
+    one's sample (int64 index) and the 32 bits of its offset there that its priority hashes
+    (``_word_int``, uint32; ``wide``: some sample is longer than 2**32)."""
+    if step is not None and step & (step - 1) == 0 and (a - int(offsets[0])) % step == 0 and step <= 1 << 32:
+        # samples of one length, a power of two, and the stretch starts one: two bit operations
+        sample = pos >> (step.bit_length() - 1)
+        sample += (a - int(offsets[0])) >> (step.bit_length() - 1)
+        word = pos.astype(U32)
+        word &= U32(step - 1)
+        return sample, word
     if step is not None:  # samples of one length: a division, not a search
         rel = pos + (a - int(offsets[0]))
-        if step & (step - 1) == 0:
-            sample = rel >> (step.bit_length() - 1)
-            rel &= step - 1
-        else:
-            sample = rel // step
-            rel -= sample * step
-        out = rel.view(U64)
-        out ^= np.take(hashes, sample)
-        return out
-    pos = pos + a
-    s0, sizes = _sample_sizes(pos, offsets, a, b)
-    out = (pos - np.repeat(offsets[s0:s0 + len(sizes)], sizes)).view(U64)
-    out ^= np.repeat(hashes[s0:s0 + len(sizes)], sizes)
-    return out
+        sample = rel // step
+        rel -= sample * step
+    else:
+        rel = pos + a
+        s0, sizes = _sample_sizes(rel, offsets, a, b)
+        sample = np.repeat(np.arange(s0, s0 + len(sizes)), sizes)
+        rel -= np.repeat(offsets[s0:s0 + len(sizes)], sizes)
+    return sample, (_words(rel) if wide else rel.astype(U32))
 
 
 def find(tokens: np.ndarray, offsets: np.ndarray, p: Prompts, vocab: int,
@@ -406,19 +468,6 @@ def cutoffs(occurrences: np.ndarray, k: int, sigmas: float) -> np.ndarray:
     cut = q < 1.0
     out[cut] = (q[cut] * 2.0 ** 64).astype(U64)
     return out
-
-
-def _splitmix64_(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """``splitmix64`` in place (``tmp``: scratch of the same length): no temporaries."""
-    with np.errstate(over="ignore"):
-        z += U64(_GOLDEN)
-        for shift, mult in ((30, _M1), (27, _M2)):
-            np.right_shift(z, U64(shift), out=tmp)
-            z ^= tmp
-            z *= U64(mult)
-        np.right_shift(z, U64(31), out=tmp)
-        z ^= tmp
-    return z
 
 
 def tighten(group: np.ndarray, prio: np.ndarray, top: np.ndarray, k: int, groups: int) -> np.ndarray:
@@ -535,21 +584,33 @@ def scan(tokens: np.ndarray, offsets: np.ndarray, files: np.ndarray, samples: np
     bound = np.zeros(groups + 1, U64)
     top = bound[:groups]
     top[:] = MAX64 if p.cutoff is None else p.cutoff
-    hashes = sample_hashes(seed, p.n, files, samples)
+    high_keys, low_keys = _halves(sample_hashes(seed, p.n, files, samples))
+    wide = len(offsets) > 1 and int(np.diff(offsets).max()) > MASK32
     pool: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rows, limit = 0, max(1 << 20, 4 * k * groups) if pool_rows is None else pool_rows
-    tmp = np.empty(stretch, U64)
+    tmp = np.empty(stretch, U32)
     step = _one_length(offsets)
+    high_bound = (bound >> U64(32)).astype(U32)
     for a, b, pos, prompt in _stretches(tokens, offsets, p, vocab, exclude_id, workspace, stretch):
         counts += np.bincount(prompt, minlength=groups + 1)
-        prio = _offsets_xor_hashes(pos, offsets, hashes, a, b, step)
-        _splitmix64_(prio, tmp[:len(prio)])
-        keep = np.flatnonzero(prio <= np.take(bound, prompt))
+        sample, word = _locate(pos, offsets, a, b, step, wide)
+        high = np.take(high_keys, sample)
+        high ^= word
+        _fmix32_(high, tmp[:len(high)])
+        # the priority's high half rules out nearly every occurrence, so the low half is made
+        # only for those at or under their prompt's bound's high half
+        keep = np.flatnonzero(high <= np.take(high_bound, prompt))
         keep = keep[np.take(prompt, keep) != groups]
-        pool.append((prompt[keep], prio[keep], pos[keep] + a))
+        low = np.take(low_keys, sample[keep])
+        low ^= word[keep]
+        prio = high[keep].astype(U64) << U64(32) | _fmix32_(low, tmp[:len(keep)])
+        under = prio <= np.take(bound, prompt[keep])
+        keep = keep[under]
+        pool.append((prompt[keep], prio[under], pos[keep] + a))
         rows += len(keep)
         if rows > limit:
             pool = [_merge(pool, top, k, groups)]
+            high_bound = (bound >> U64(32)).astype(U32)
             rows = len(pool[0][0])
             limit = max(limit, 2 * rows)
     prompt, prio, pos = _merge(pool, top, k, groups) if pool else (np.zeros(0, np.int32), np.zeros(0, U64),

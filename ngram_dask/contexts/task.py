@@ -62,8 +62,9 @@ class ContextsSettings:
 
 
 # the parts' layout (in the contexts dir's digest): 2 = binary window_ids; 3 = Arrow IPC files,
-# not Parquet: only the writer reads them, whole (in one process 0.04 s a unit's parts, not 0.1)
-PART_FORMAT = 3
+# not Parquet: only the writer reads them, whole (in one process 0.04 s a unit's parts, not 0.1);
+# 4 = priorities of two 32-bit halves (``kernel.priority_int``): parts of 3 were chosen by another hash
+PART_FORMAT = 4
 
 
 def window_dtype(vocab_size: int) -> np.dtype:

@@ -74,11 +74,18 @@ def test_prompt_at_the_edges_of_samples():
 
 def test_priorities_match_the_reference():
     rng = np.random.default_rng(3)
-    files, samples, offs = rng.integers(0, 1 << 20, 50), rng.integers(0, 1 << 30, 50), rng.integers(0, 1 << 16, 50)
-    got = kernel.priorities(kernel.sample_hashes(7, 3, files, samples), offs)
-    want = [kernel.priority_int(7, 3, int(f), int(s), int(o)) for f, s, o in zip(files, samples, offs)]
-    assert [int(x) for x in got] == want
+    files, samples = rng.integers(0, 1 << 20, 60), rng.integers(0, 1 << 30, 60)
+    # offsets past 2**32 too (a sample that long: its high bits are hashed into the word)
+    offs = np.r_[rng.integers(0, 1 << 16, 50), rng.integers(1 << 32, 1 << 40, 10)]
+    for some in (slice(0, 50), slice(0, 60)):
+        got = kernel.priorities(kernel.sample_hashes(7, 3, files[some], samples[some]), offs[some])
+        want = [kernel.priority_int(7, 3, int(f), int(s), int(o)) for f, s, o in zip(files[some], samples[some],
+                                                                                       offs[some])]
+        assert [int(x) for x in got] == want
+    assert len(set(want)) == len(want)
     assert kernel.splitmix64_int(0) == 0xE220A8397B1DCDAF  # splitmix64's first output for state 0
+    # murmur3's x86_32 of no bytes is fmix32(seed): its published values for seeds 1 and 2**32 - 1
+    assert kernel.fmix32_int(1) == 0x514E28B7 and kernel.fmix32_int(0xFFFFFFFF) == 0x81F16F39
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 40])
@@ -124,11 +131,12 @@ def test_a_bound_with_k_minus_one_under_it_is_not_taken(k):
 
 
 @pytest.mark.parametrize("stretch, pool_rows, length", [
-    (kernel.STRETCH, None, None), (1, 1, None), (7, 3, None), (50, 20, None), (50, 20, 32), (7, 3, 24),
-    (kernel.STRETCH, None, 1)])
+    (kernel.STRETCH, None, None), (1, 1, None), (7, 3, None), (50, 20, None), (50, 20, 32), (64, 20, 32),
+    (7, 3, 24), (kernel.STRETCH, None, 1)])
 @pytest.mark.parametrize("n", [2, 3])
 def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, stretch, pool_rows, length):
-    """Samples of many lengths, and of one (a power of two or not: priorities from a division)."""
+    """Samples of many lengths, and of one (a power of two or not: priorities from a division;
+    stretches that start a sample, or not: from bit operations)."""
     rng = np.random.default_rng(n)
     vocab, k, before, after = 10, 4, 3, 2
     samples = [rng.integers(0, vocab, length or int(rng.integers(1, 60))).tolist() for _ in range(40)]
@@ -166,6 +174,53 @@ def test_scan_keeps_min_k_count_of_the_oracles_occurrences(n, stretch, pool_rows
     for pt, items in by_prompt.items():
         assert kept.get(pt, []) == sorted(x[0] for x in items)[:k]
     assert set(kept) <= set(by_prompt)
+
+
+@pytest.mark.parametrize("bits", [16, 20])
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_a_pair_that_is_no_prompt_in_a_shared_slot_is_none(levels, bits):
+    """Pairs that are no prompt but hash to a shared slot, and, past it, to a slot of the next
+    level that names a prompt (or to the binary search): no occurrence, in find and in scan;
+    the prompts sharing those slots are still found, each with its own count (brute force)."""
+    rng = np.random.default_rng(levels * 7 + bits)
+    vocab, count = 700, 3000
+    a, b = np.meshgrid(np.arange(vocab, dtype=np.uint64), np.arange(vocab, dtype=np.uint64), indexing="ij")
+    every = ((a << np.uint64(bits)) | b).ravel()
+    # prompts two to a level-0 slot (the slots follow the prompts' number only): all of them share
+    first = Prompts.make(3, [np.arange(count), np.arange(count)], np.zeros(count), bits, hash_levels=levels)
+    mult, shift, _ = first.levels[0]
+    slot = first.hash(every, mult, shift)
+    order = np.argsort(slot, kind="stable")
+    starts = np.flatnonzero(np.diff(slot[order]) == 0)  # order[i] and order[i + 1] share a slot
+    starts = rng.permutation(starts[np.r_[True, np.diff(starts) > 1]])
+    starts = starts[:count // 2]
+    keys = np.unique(np.concatenate([every[order[starts]], every[order[starts + 1]]]))
+    keys = np.unique(np.concatenate([keys, rng.choice(every, count - len(keys), replace=False)]))[:count]
+    assert len(keys) == count
+    mask = (1 << bits) - 1
+    p = Prompts.make(3, [keys >> np.uint64(bits), keys & np.uint64(mask)], np.zeros(count), bits, hash_levels=levels)
+    mult, shift, table = p.levels[0]
+    strangers = every[(table[p.hash(every, mult, shift)] == -2) & ~np.isin(every, p.keys)]
+    if levels > 1:  # past the shared slot, a slot of level 1 that names a prompt: the check must run again
+        m1, s1, t1 = p.levels[1]
+        strangers = strangers[t1[p.hash(strangers, m1, s1)] >= 0]
+    assert len(strangers) > 20
+    sharing = p.keys[table[p.hash(p.keys, mult, shift)] == -2]
+    samples = [[int(x) for key in rng.choice(np.concatenate([strangers, sharing]), 60)
+                for x in (int(key) >> bits, int(key) & mask)] for _ in range(30)]
+    tokens, offsets = concat([np.asarray(s, np.uint32) for s in samples])
+    ptuples = [tuple(int(c[i]) for c in p.ids) for i in range(len(p))]
+    want = sorted((pt, si, i) for pt, si, i, _ in oracle_occurrences(samples, set(ptuples), 3))
+    for stretch in (kernel.STRETCH, 7):
+        occ = kernel.find(tokens, offsets, p, vocab, stretch=stretch)
+        got = sorted((ptuples[pr], int(si), int(pos - offsets[si]))
+                     for pr, pos, si in zip(occ.prompt, occ.pos, occ.sample))
+        assert got == want
+        f = kernel.scan(tokens, offsets, np.zeros(len(samples), np.int64), np.arange(len(samples)), p, vocab, 2,
+                        seed=1, before=0, after=0, stretch=stretch)
+        counts = np.zeros(len(p), np.int64)
+        np.add.at(counts, [ptuples.index(pt) for pt, _, _ in want], 1)
+        assert (f.counts == counts).all()
 
 
 @pytest.mark.parametrize("n, levels, bits", [(2, 4, 16), (3, 4, 16), (3, 1, 16), (3, 4, 20), (3, 1, 20)])
