@@ -215,7 +215,8 @@ def _scan_step(name: str, p: Plan, s: ContextsSettings, cfg: Config, ctx: StageC
                short: list[int], announce: Announce) -> Step:
     """A step of every piece group whose results one writer merges; its ``finish`` checks
     them and commits, or (with cutoffs) puts the prompts they left short in ``short``."""
-    writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts, cfg.contexts.prune_rows)
+    files = {piece.file_index: piece.location for group in p.groups for piece in group.pieces}
+    writer = ContextsWriter(ctx.db(), s, p.prompts, p.sum_counts, files, cfg.contexts.prune_rows)
 
     def finish(stats: list[dict], ctx: StageContext) -> None:
         t0 = time.perf_counter()

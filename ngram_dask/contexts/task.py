@@ -9,10 +9,12 @@ by the piece group, so a retried unit overwrites its own output and nothing coun
     <contexts dir>/counts/<group>.arrow     per prompt with occurrences: how many
     <contexts dir>/_done/<group>.json         the statistics, written last
 
-Both files carry the prompt's ``n, id0, id1`` and its index in ``prompts.parquet``. An
-example's ``window_ids`` is one binary value, its ids as little-endian ``window_dtype``
-(a list column cost ~3x more to write, and most of a unit's examples are dropped by the
-writer's merge); the writer turns the kept ones into lists.
+Both name the prompt by its row in ``prompts.parquet`` (``prompt``) and an example's shard by
+its file index (``shard``): the writer adds the prompt's ids and the shard's file name to
+the few it keeps (a unit's examples are ~5 per prompt, the catalog's 5 in all; carried in every
+part, they were a third of what the writer read). An example's ``window_ids`` is one binary
+value, its ids as little-endian ``window_dtype`` (a list column cost ~3x more to write);
+the writer turns the kept ones into lists.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ class ContextsSettings:
 
 # the parts' layout (in the contexts dir's digest): 2 = binary window_ids; 3 = Arrow IPC files,
 # not Parquet: only the writer reads them, whole (in one process 0.04 s a unit's parts, not 0.1);
-# 4 = priorities of two 32-bit halves (``kernel.priority_int``): parts of 3 were chosen by another hash
-PART_FORMAT = 4
+# 4 = priorities of two 32-bit halves (``kernel.priority_int``): parts of 3 were chosen by another hash;
+# 5 = the prompt's row and the shard's index only, not their ids and file name
+PART_FORMAT = 5
 
 
 def window_dtype(vocab_size: int) -> np.dtype:
@@ -158,7 +161,7 @@ def load_prompts(url: str, bits: int, cutoffs: bool = True) -> dict[int, kernel.
 
 # --- the task ------------------------------------------------------------------------------
 
-_NUMPY_OF = {pa.int64(): np.int64, pa.uint8(): np.uint8, pa.uint64(): np.uint64}
+_NUMPY_OF = {pa.int64(): np.int64, pa.uint64(): np.uint64}
 
 
 def arrow_array(values, type_: pa.DataType) -> pa.Array:
@@ -168,33 +171,15 @@ def arrow_array(values, type_: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(type_, len(arr), [None, pa.py_buffer(arr)])
 
 
-def strings_array(values: list[str]) -> pa.Array:
-    """``arrow_array`` for a few strings."""
-    data = [v.encode() for v in values]
-    offsets = np.concatenate(([0], np.cumsum([len(d) for d in data], dtype=np.int64))).astype(np.int32)
-    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
-
-
-def found_tables(found: list[kernel.Found], families: dict[int, kernel.Prompts], shard_files: dict[int, str],
-                 base: dict[int, int], vocab_size: int) -> tuple[pa.Table, pa.Table]:
-    """The examples and counts of one piece as Arrow tables (``base[n]``: the first row of
-    family n in ``prompts.parquet``)."""
-    files = np.array(sorted(shard_files), np.int64)
-    names = strings_array([shard_files[int(i)] for i in files])
-    ex: dict[str, list] = {k: [] for k in ("prompt", "n", "id0", "id1", "expected", "actual", "shard", "shard_file",
-                                           "sample", "pos", "window_start", "window_ids", "priority")}
-    ct: dict[str, list] = {k: [] for k in ("prompt", "n", "id0", "id1", "occurrences")}
+def found_tables(found: list[kernel.Found], base: dict[int, int], vocab_size: int) -> tuple[pa.Table, pa.Table]:
+    """The examples and counts of one piece group as Arrow tables (``base[n]``: the first row
+    of family n in ``prompts.parquet``)."""
+    ex: dict[str, list] = {k: [] for k in EXAMPLE_TYPES}
+    ct: dict[str, list] = {k: [] for k in COUNT_TYPES}
     for f in found:
-        p = families[f.n]
-        k = len(f.prompt)
         ex["prompt"].append(arrow_array(base[f.n] + f.prompt, pa.int64()))
-        ex["n"].append(arrow_array(np.full(k, f.n), pa.uint8()))
-        ex["id0"].append(arrow_array(p.ids[0][f.prompt], pa.int64()))
-        ex["id1"].append(arrow_array(p.ids[1][f.prompt], pa.int64()) if f.n == 3 else pa.nulls(k, pa.int64()))
-        ex["expected"].append(arrow_array(p.expected[f.prompt], pa.int64()))
         ex["actual"].append(arrow_array(f.actual, pa.int64()))
         ex["shard"].append(arrow_array(f.file, pa.int64()))
-        ex["shard_file"].append(names.take(arrow_array(np.searchsorted(files, f.file), pa.int64())))
         ex["sample"].append(arrow_array(f.sample, pa.int64()))
         ex["pos"].append(arrow_array(f.offset, pa.int64()))
         ex["window_start"].append(arrow_array(f.window_start, pa.int64()))
@@ -202,19 +187,13 @@ def found_tables(found: list[kernel.Found], families: dict[int, kernel.Prompts],
         ex["priority"].append(arrow_array(f.priority, pa.uint64()))
         hit = np.flatnonzero(f.counts)
         ct["prompt"].append(arrow_array(base[f.n] + hit, pa.int64()))
-        ct["n"].append(arrow_array(np.full(len(hit), f.n), pa.uint8()))
-        ct["id0"].append(arrow_array(p.ids[0][hit], pa.int64()))
-        ct["id1"].append(arrow_array(p.ids[1][hit], pa.int64()) if f.n == 3 else pa.nulls(len(hit), pa.int64()))
         ct["occurrences"].append(arrow_array(f.counts[hit], pa.int64()))
     return _table(ex, EXAMPLE_TYPES), _table(ct, COUNT_TYPES)
 
 
-EXAMPLE_TYPES = {"prompt": pa.int64(), "n": pa.uint8(), "id0": pa.int64(), "id1": pa.int64(),
-                 "expected": pa.int64(), "actual": pa.int64(), "shard": pa.int64(), "shard_file": pa.string(),
-                 "sample": pa.int64(), "pos": pa.int64(), "window_start": pa.int64(),
-                 "window_ids": pa.binary(), "priority": pa.uint64()}
-COUNT_TYPES = {"prompt": pa.int64(), "n": pa.uint8(), "id0": pa.int64(), "id1": pa.int64(),
-               "occurrences": pa.int64()}
+EXAMPLE_TYPES = {"prompt": pa.int64(), "actual": pa.int64(), "shard": pa.int64(), "sample": pa.int64(),
+                 "pos": pa.int64(), "window_start": pa.int64(), "window_ids": pa.binary(), "priority": pa.uint64()}
+COUNT_TYPES = {"prompt": pa.int64(), "occurrences": pa.int64()}
 
 
 def _table(cols: dict[str, list], types: dict) -> pa.Table:
@@ -242,8 +221,7 @@ def contexts_group(group: PieceGroup, s: ContextsSettings) -> dict:
     base, row = {}, 0
     for n, p in sorted(families.items()):
         base[n], row = row, row + len(p)
-    examples, counts = found_tables(found, families, {piece.file_index: piece.location for piece in group.pieces}, base,
-                                    s.vocab_size)
+    examples, counts = found_tables(found, base, s.vocab_size)
     faults.delay_point(faults.CONTEXTS_TEST_DELAY)
     nbytes = atomic_write_arrow(examples_url(s, group.name), examples)
     nbytes += atomic_write_arrow(counts_url(s, group.name), counts)

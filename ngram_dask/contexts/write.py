@@ -53,9 +53,11 @@ def _kept(k: int) -> str:
 class ContextsWriter:
     """Collects the pieces' parts on the writer's connection ``con``; ``commit`` writes them."""
 
-    def __init__(self, con, s: ContextsSettings, prompts: pa.Table, sum_counts: np.ndarray,
+    def __init__(self, con, s: ContextsSettings, prompts: pa.Table, sum_counts: np.ndarray, files: dict[int, str],
                  prune_rows: int = 1_000_000):
-        self.con, self.s, self.prompts, self.prune_rows = con, s, prompts, prune_rows
+        """``prompts``: ``prompts.parquet``'s table, whose rows the parts name; ``files``: the
+        input's file name (``shard_file``) by file index (the parts' ``shard``)."""
+        self.con, self.s, self.prompts, self.files, self.prune_rows = con, s, prompts, files, prune_rows
         self.sum_counts = np.asarray(sum_counts, np.int64)
         self.counts = np.zeros(prompts.num_rows, np.int64)
         self.ledger: list[tuple] = []
@@ -132,6 +134,11 @@ class ContextsWriter:
             con.execute(f"CREATE TEMP TABLE {BEST} AS SELECT * FROM _contexts_part")
             con.unregister("_contexts_part")
             self.created = True
+        shards = sorted(self.files)
+        con.register("_contexts_prompts", self.prompts.select(["n", "id0", "id1", "expected"]).append_column(
+            "prompt", pa.array(np.arange(self.prompts.num_rows), pa.int64())))
+        names = pa.array([self.files[i] for i in shards], pa.string())
+        con.register("_contexts_files", pa.table({"shard": pa.array(shards, pa.int64()), "shard_file": names}))
         con.register("_contexts_counts", counts)
         con.register("_contexts_ledger", ledger)
         try:
@@ -139,9 +146,11 @@ class ContextsWriter:
                 ensure_info(con)
                 con.execute(typed_create_sql(CONTEXTS, contexts_columns(s.vocab_size), replace=True))
                 kept = con.sql(f"""
-                    SELECT n, id0, id1, rank, expected, actual, shard, shard_file, sample, pos, window_start,
-                           pos - window_start AS prompt_at, window_ids, priority
-                    FROM {BEST} JOIN ({_kept(s.per_task)}) ON {BEST}.rowid = kept
+                    SELECT q.n, q.id0, CASE WHEN q.n = 3 THEN q.id1 END AS id1, rank, q.expected, actual, b.shard,
+                           f.shard_file, sample, pos, window_start, pos - window_start AS prompt_at, window_ids,
+                           priority
+                    FROM {BEST} b JOIN ({_kept(s.per_task)}) ON b.rowid = kept
+                    JOIN _contexts_prompts q USING (prompt) JOIN _contexts_files f ON f.shard = b.shard
                     ORDER BY n, id0, id1 NULLS FIRST, rank""").to_arrow_table()
                 # the parts carry windows as bytes (task.windows_array): lists again, for the kept ones only
                 kept = kept.set_column(kept.schema.get_field_index("window_ids"), "window_ids",
@@ -163,7 +172,8 @@ class ContextsWriter:
                 write_info(con, {CONTEXTS_INFO: json.dumps({**info, "rows": rows, "written_at": stamp},
                                                            sort_keys=True)})
         finally:
-            for view in ("_contexts_counts", "_contexts_ledger", "_contexts_kept"):
+            for view in ("_contexts_prompts", "_contexts_files", "_contexts_counts", "_contexts_ledger",
+                         "_contexts_kept"):
                 con.unregister(view)
             con.execute(f"DROP TABLE IF EXISTS {BEST}")
         return rows
