@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -37,8 +38,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="of the random half")
     args = ap.parse_args()
 
+    if not os.path.isfile(args.db):
+        sys.exit(f"check_contexts.py: error: no database at {args.db}")
     with read_only(args.db) as con:
         info = read_info(con)
+        if CONTEXTS_INFO not in info:
+            sys.exit(f"check_contexts.py: error: database {args.db} holds no contexts: run `ngram-dask contexts` first")
         ctx = json.loads(info[CONTEXTS_INFO])
         tops = {n: con.execute(f"SELECT id0{', id1' if n == 3 else ''}, sum_count FROM {top_table(n)} "
                                "ORDER BY sum_count DESC").fetchall() for n in (2, 3)}
@@ -64,6 +69,7 @@ def main() -> int:
                       samples=info.get("samples_mode", "seq-len"),
                       token_column=info.get("token_column") or None, unit_tokens=100_000_000)
     found = {key: [] for key in kept}  # (priority, file, sample, offset, actual, window start, window)
+    total = dict.fromkeys(kept, 0)
     t0 = time.perf_counter()
     for group in group_pieces(plan.pieces, 100_000_000):
         data = read_group(group, int(info["vocab_size"]), False)
@@ -86,20 +92,18 @@ def main() -> int:
                 lo, hi = max(int(offsets[s]), p - before), min(int(offsets[s + 1]), p + n + after)
                 found[n, ids].append((int(prio[j]), int(data.files[s]), int(data.samples[s]), p - int(offsets[s]),
                                       int(tokens[p + n - 1]), lo - int(offsets[s]), tokens[lo:hi].tolist()))
-            found[n, ids].append(len(pos))
+            total[n, ids] += len(pos)
     bad = 0
     for (n, ids), rows in kept.items():
-        got = found[n, ids]
-        total = sum(x for x in got if isinstance(x, int))
-        best = sorted(x for x in got if isinstance(x, tuple))[:k]
+        best = sorted(found[n, ids])[:k]
         for q, f, s, o, *_ in best:  # the reference, once more, per kept occurrence
             assert kernel.priority_int(seed, n, f, s, o) == q
         want = [(f, s, o, a, w0, w, q) for q, f, s, o, a, w0, w in best]
         have = [(r[0], r[1], r[2], r[3], r[4], list(r[5]), int(r[6])) for r in rows]
-        ok = want == have and total == counted[n, ids]
+        ok = want == have and total[n, ids] == counted[n, ids]
         bad += not ok
         differ = "" if want == have else " differ from brute force"
-        print(f"{'ok ' if ok else 'BAD'} n={n} prompt {list(ids)}: {total:,} occurrences "
+        print(f"{'ok ' if ok else 'BAD'} n={n} prompt {list(ids)}: {total[n, ids]:,} occurrences "
               f"(catalog {counted[n, ids]:,}), {len(have)} examples{differ}")
     print(f"{len(kept)} prompts, {len(kept) - bad} agree with brute force ({time.perf_counter() - t0:.1f} s over "
           f"the input {source})")

@@ -38,11 +38,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-U64 = np.uint64
-MASK64 = (1 << 64) - 1
+U64, U32 = np.uint64, np.uint32
+MASK64, MASK32 = (1 << 64) - 1, (1 << 32) - 1
 _GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _MULTIPLIERS = (_GOLDEN, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)  # odd: one per level
 _MULTIPLIERS32 = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F)  # the same, for 32-bit keys
+_F1, _F2 = 0x85EBCA6B, 0xC2B2AE35  # murmur3's 32-bit finaliser
 
 
 # --- priorities ----------------------------------------------------------------------------
@@ -62,11 +63,6 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> U64(30))) * U64(_M1)
         z = (z ^ (z >> U64(27))) * U64(_M2)
         return z ^ (z >> U64(31))
-
-
-MASK32 = (1 << 32) - 1
-U32 = np.uint32
-_F1, _F2 = 0x85EBCA6B, 0xC2B2AE35  # murmur3's finaliser
 
 
 def fmix32_int(x: int) -> int:

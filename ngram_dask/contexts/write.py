@@ -121,8 +121,6 @@ class ContextsWriter:
         """Write the three tables and the settings in one transaction; returns the examples' rows."""
         s, con = self.s, self.con
         t = id_sql_type(s.vocab_size)
-        counts = self.prompts.select(["n", "id0", "id1"]).append_column(
-            "occurrences", pa.array(self.counts, pa.int64()))
         ledger = pa.table(dict(zip(["piece", "samples", "tokens", "occurrences", "kept"],
                                    map(list, zip(*self.ledger)) if self.ledger else [[]] * 5)),
                           schema=pa.schema([("piece", pa.string()), ("samples", pa.int64()), ("tokens", pa.int64()),
@@ -134,12 +132,14 @@ class ContextsWriter:
             con.execute(f"CREATE TEMP TABLE {BEST} AS SELECT * FROM _contexts_part")
             con.unregister("_contexts_part")
             self.created = True
+        # every prompt by its row (what the parts name), with the occurrences counted
+        prompts = self.prompts.select(["n", "id0", "id1", "expected"]).append_column(
+            "prompt", pa.array(np.arange(self.prompts.num_rows), pa.int64())).append_column(
+            "occurrences", pa.array(self.counts, pa.int64()))
         shards = sorted(self.files)
-        con.register("_contexts_prompts", self.prompts.select(["n", "id0", "id1", "expected"]).append_column(
-            "prompt", pa.array(np.arange(self.prompts.num_rows), pa.int64())))
         names = pa.array([self.files[i] for i in shards], pa.string())
+        con.register("_contexts_prompts", prompts)
         con.register("_contexts_files", pa.table({"shard": pa.array(shards, pa.int64()), "shard_file": names}))
-        con.register("_contexts_counts", counts)
         con.register("_contexts_ledger", ledger)
         try:
             with transaction(con):
@@ -164,7 +164,7 @@ class ContextsWriter:
                 faults.crash_point(faults.CRASH_IN_CONTEXTS, "write")
                 con.execute(typed_create_sql(CONTEXT_COUNTS, context_counts_columns(s.vocab_size), replace=True))
                 con.execute(f"INSERT INTO {CONTEXT_COUNTS} SELECT n, id0, CASE WHEN n = 3 THEN id1 END, occurrences "
-                            "FROM _contexts_counts ORDER BY n, id0, id1")
+                            "FROM _contexts_prompts ORDER BY n, id0, id1")
                 con.execute(typed_create_sql(CONTEXTS_LEDGER, contexts_ledger_columns(), replace=True))
                 con.execute(f"INSERT INTO {CONTEXTS_LEDGER} SELECT * FROM _contexts_ledger ORDER BY piece")
                 rows = int(scalar(con, f"SELECT count(*) FROM {CONTEXTS}"))
@@ -172,8 +172,7 @@ class ContextsWriter:
                 write_info(con, {CONTEXTS_INFO: json.dumps({**info, "rows": rows, "written_at": stamp},
                                                            sort_keys=True)})
         finally:
-            for view in ("_contexts_prompts", "_contexts_files", "_contexts_counts", "_contexts_ledger",
-                         "_contexts_kept"):
+            for view in ("_contexts_prompts", "_contexts_files", "_contexts_ledger", "_contexts_kept"):
                 con.unregister(view)
             con.execute(f"DROP TABLE IF EXISTS {BEST}")
         return rows

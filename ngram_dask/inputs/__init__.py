@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from ngram_dask.errors import BadInputError, ConfigError
 from ngram_dask.inputs import flat, megatron, parquet
 from ngram_dask.inputs.base import FORMATS, InputPlan, Piece, Samples, checked
 from ngram_dask.storage import get_fs, is_local, redact_url
+
+if TYPE_CHECKING:
+    from ngram_dask.mds import Buffers
 
 __all__ = ["FORMATS", "GroupSamples", "InputPlan", "Piece", "PieceGroup", "Samples", "balanced_plan",
            "balanced_unit_tokens", "detect_format", "even_groups", "group_pieces", "plan_input", "read_group",
@@ -276,7 +279,7 @@ class GroupSamples(NamedTuple):
 
 
 def read_group(group: PieceGroup, vocab_size: int | None = None, verify_hashes: bool = True,
-               buffers: Callable[[str, int, Any], np.ndarray] | None = None) -> GroupSamples:
+               buffers: Buffers | None = None) -> GroupSamples:
     """The samples of every piece of the group, in order, ids checked against ``vocab_size``
     (boundaries kept: nothing a unit counts crosses them).
 
